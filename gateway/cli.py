@@ -1,0 +1,38 @@
+"""The `emoe-gate` command line. Each area registers its commands from `gateway/commands/<area>.py`.
+
+Nothing here imports torch: model code is imported inside the commands that need it.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from gateway.commands import audit, model, policy, reference, report, service
+
+app = typer.Typer(
+    name="emoe-gate",
+    help="Uncertainty-gated text-to-image middleware (EMoE).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+groups: dict[str, typer.Typer] = {
+    "audit": typer.Typer(help="Verify and redact the hash-chained audit log.", no_args_is_help=True),
+    "eval": typer.Typer(help="The paper's experiments: OOD AUROC, quartiles, languages, ablations.", no_args_is_help=True),
+    "keys": typer.Typer(help="Manage per-tenant API keys.", no_args_is_help=True),
+    "reference": typer.Typer(help="Build and inspect the reference ensemble.", no_args_is_help=True),
+}
+for _name, _group in groups.items():
+    app.add_typer(_group, name=_name)
+
+for _area in (model, policy, audit, service, report, reference):
+    _area.register(app, groups)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pure decision logic: policy files, decide(), calibration and replay. No torch, no SQL, no HTTP."""

@@ -1,0 +1,74 @@
+"""The one place that reads the environment: every `EMOE_*` variable lands in `Settings`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Runtime configuration, read from `EMOE_*` environment variables (and a `.env` file if present)."""
+
+    model_config = SettingsConfigDict(env_prefix="EMOE_", env_file=".env", extra="ignore")
+
+    # --- where things live -------------------------------------------------
+    home: Path = Field(default=Path.home() / ".emoe-gate", description="Data folder of the embedded default.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; unset means the embedded SQLite file under `home`."
+    )
+    broker_url: str | None = Field(
+        default=None, description="Celery broker (Redis) URL; unset means embedded mode (in-process worker)."
+    )
+    artifacts_dir: Path | None = Field(default=None, description="Where images are written; default `home/artifacts`.")
+
+    # --- the model ----------------------------------------------------------
+    ensemble: str = Field(
+        default="default",
+        description="`default` (the shipped ensemble), `tiny` (seeded random, for tests), a segmoe YAML or a folder.",
+    )
+    device: str = "cpu"
+    dtype: str = Field(default="float32", description="float32, float16 or bfloat16 (float32 on CPU).")
+    allow_network: bool = Field(
+        default=False, description="Let segmoe download hub ids named in a YAML config (never otherwise)."
+    )
+
+    # --- gate and policy ----------------------------------------------------
+    policy_path: Path | None = Field(default=None, description="Policy YAML in force; default: the bundled one.")
+    gate_batch_size: int = Field(default=8, ge=1, le=256)
+    gate_batch_wait_ms: int = Field(default=20, ge=0, le=10_000)
+
+    # --- gateway limits -----------------------------------------------------
+    max_prompt_chars: int = Field(default=1000, ge=1)
+    score_max_prompts: int = Field(default=32, ge=1)
+    queue_max_depth: int = Field(default=1000, ge=1)
+    max_attempts: int = Field(default=3, ge=1)
+    job_timeout_s: int = Field(default=600, ge=1, description="Longest a job may run; the broker's visibility timeout is above it.")
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        if value not in {"float32", "float16", "bfloat16"}:
+            raise ValueError(f"EMOE_DTYPE must be float32, float16 or bfloat16, not {value!r}")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'emoe.db'}"
+
+    @property
+    def resolved_artifacts_dir(self) -> Path:
+        return self.artifacts_dir or self.home / "artifacts"
+
+    @property
+    def embedded(self) -> bool:
+        """True without a broker: the gateway runs the same task code in process."""
+        return not self.broker_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests call `get_settings.cache_clear()` after changing the env)."""
+    return Settings()

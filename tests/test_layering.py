@@ -1,0 +1,51 @@
+"""Each folder's one-line rule (design.md): import every module of a package with its forbidden modules blocked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# package -> top-level modules it must not import (directly or through anything it imports)
+RULES: dict[str, list[str]] = {
+    "emoe": ["gateway", "workers", "audit", "policies", "sqlalchemy", "fastapi", "celery"],
+    "policies": ["torch", "sqlalchemy", "fastapi", "httpx", "emoe", "audit", "gateway", "workers"],
+    "audit": ["torch", "fastapi", "emoe", "gateway", "workers"],
+    "workers": ["fastapi", "gateway"],
+    "gateway": ["torch"],  # at import time; commands import model code lazily
+}
+
+PROBE = textwrap.dedent(
+    """
+    import importlib, pkgutil, sys
+    blocked = set(sys.argv[2].split(","))
+
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in blocked:
+                raise ImportError(f"forbidden import of {name!r}")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    pkg = importlib.import_module(sys.argv[1])
+    for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+        importlib.import_module(info.name)
+    """
+)
+
+
+@pytest.mark.parametrize("package", sorted(RULES))
+def test_package_imports_nothing_forbidden(package: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, package, ",".join(RULES[package])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
