@@ -1,0 +1,252 @@
+"""The hash chain over `decisions`: `row_hash = sha256(prev_hash ‖ canonical record)`, one writer at a time.
+
+The canonical record is sorted-key, compact JSON of every decision column except `id`, `prev_hash` and
+`row_hash`: floats as Python's shortest round-trip repr, the job id as a hyphenated UUID, `created_at` as
+ISO-8601 UTC with microseconds, JSON columns as stored. Both SQLite and PostgreSQL give these values back bit
+for bit, so a chain written on one verifies the same way on the other. It covers the prompt's sha256, not its
+text, so redacting prompts (`audit.retention`) leaves the chain valid.
+
+Appends are serialised so that concurrent writers never fork the chain: on PostgreSQL with a
+transaction-scoped advisory lock (held until the caller commits, so commit soon after appending); on
+SQLite by the engine of `audit.db`, which begins every transaction with `BEGIN IMMEDIATE`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from audit.models import ACTIONS, Decision, Job, utcnow
+
+GENESIS_HASH = "0" * 64
+CHAIN_VERSION = 1
+# pg_advisory_xact_lock key of the decisions chain (ASCII "emoechai").
+CHAIN_LOCK_KEY = int.from_bytes(b"emoechai", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+FLOAT_FIELDS = ("score", "eu", "flag_at", "halt_at")
+TEXT_FIELDS = (
+    "tenant",
+    "prompt_sha256",
+    "language",
+    "fingerprint",
+    "policy_name",
+    "policy_version",
+    "policy_hash",
+    "policy_mode",
+    "rule",
+    "action",
+    "shadow_action",
+    "reason",
+)
+JSON_FIELDS = ("scoring", "expert_deviation", "timings")
+
+
+class ChainError(ValueError):
+    """A decision that cannot be appended (missing or non-finite fields)."""
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """The outcome of `verify_chain`: ok, how many rows were checked, and the first bad row if any."""
+
+    ok: bool
+    rows: int
+    head_hash: str
+    first_bad_id: int | None = None
+    first_bad_job_id: str | None = None
+    problem: str | None = None
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"audit chain intact: {self.rows} decisions, head {self.head_hash[:16]}…"
+        return (
+            f"audit chain BROKEN at decision id {self.first_bad_id} (job {self.first_bad_job_id}): "
+            f"{self.problem} ({self.rows} rows verified before it)"
+        )
+
+
+# --- the canonical record -----------------------------------------------------------------------------------
+
+
+def _plain_json(value: Any, where: str) -> Any:
+    """JSON that round-trips exactly through both databases (numpy scalars to Python, tuples to lists)."""
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, Mapping | list | tuple):
+        value = value.item()  # numpy / torch scalar
+    if isinstance(value, Mapping):
+        return {str(k): _plain_json(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ChainError(f"{where}: non-finite number {value!r} cannot be stored in the audit log")
+        return value
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    raise ChainError(f"{where}: {type(value).__name__} is not JSON")
+
+
+def _iso_utc(moment: datetime) -> str:
+    if moment.tzinfo is None:  # SQLite hands back naive datetimes; everything stored is UTC
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_record(row: Decision) -> str:
+    """The exact text the row's hash covers."""
+    record: dict[str, Any] = {
+        "v": CHAIN_VERSION,
+        "job_id": str(uuid.UUID(str(row.job_id))),
+        "created_at": _iso_utc(row.created_at),
+        "num_experts": int(row.num_experts),
+    }
+    record.update({name: float(getattr(row, name)) for name in FLOAT_FIELDS})
+    record.update({name: getattr(row, name) for name in TEXT_FIELDS})
+    record.update({name: getattr(row, name) for name in JSON_FIELDS})
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def row_hash(prev_hash: str, row: Decision) -> str:
+    """sha256(prev_hash ‖ canonical record), hex."""
+    return hashlib.sha256((prev_hash + canonical_record(row)).encode("utf-8")).hexdigest()
+
+
+# --- appending ----------------------------------------------------------------------------------------------
+
+
+def _field(obj: Any, name: str, default: Any = ...) -> Any:
+    value = obj.get(name, default) if isinstance(obj, Mapping) else getattr(obj, name, default)
+    if value is ...:
+        raise ChainError(f"{name}: missing on {type(obj).__name__}")
+    return value
+
+
+def _finite(value: Any, name: str) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ChainError(f"{name}: non-finite value {value!r} cannot be stored in the audit log")
+    return number
+
+
+def build_decision_row(
+    job: Job, score: Any, decision: Any, timings: Mapping[str, Any] | None = None
+) -> Decision:
+    """An unsaved `Decision` row from the job, the score (an `emoe.Score` or anything with its fields) and the
+    `policies.Decision`. The chain fields are filled in by `append_decision`."""
+    action = _field(decision, "action")
+    if action not in ACTIONS:
+        raise ChainError(f"action: {action!r} is not one of {', '.join(ACTIONS)}")
+    if job.id is None:
+        raise ChainError("job: has no id yet (flush the session first)")
+    return Decision(
+        job_id=job.id,
+        tenant=job.tenant,
+        prompt_sha256=job.prompt_sha256,
+        language=job.language,
+        score=_finite(_field(score, "score"), "score"),
+        eu=_finite(_field(score, "eu"), "eu"),
+        num_experts=int(_field(score, "num_experts")),
+        fingerprint=str(_field(score, "fingerprint")),
+        scoring=_plain_json(_field(score, "scoring", {}) or {}, "scoring"),
+        expert_deviation=_plain_json(list(_field(score, "expert_deviation", []) or []), "expert_deviation"),
+        policy_name=str(_field(decision, "policy_name")),
+        policy_version=str(_field(decision, "policy_version")),
+        policy_hash=str(_field(decision, "policy_hash")),
+        policy_mode=str(_field(decision, "mode")),
+        flag_at=_finite(_field(decision, "flag_at"), "flag_at"),
+        halt_at=_finite(_field(decision, "halt_at"), "halt_at"),
+        rule=str(_field(decision, "rule")),
+        action=action,
+        shadow_action=_field(decision, "shadow_action", None),
+        reason=str(_field(decision, "reason", "") or ""),
+        timings=_plain_json(dict(timings or {}), "timings"),
+    )
+
+
+def lock_chain(session: Session) -> None:
+    """Serialise appenders until the session's transaction ends (PostgreSQL: advisory lock; SQLite: already
+    holds its write lock from `BEGIN IMMEDIATE`)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
+
+
+def chain_head(session: Session) -> str:
+    """The row_hash of the newest decision (the genesis hash for an empty log)."""
+    head = session.execute(
+        select(Decision.row_hash).order_by(Decision.id.desc()).limit(1)
+    ).scalar_one_or_none()
+    return head or GENESIS_HASH
+
+
+def append_decisions(session: Session, rows: Sequence[Decision]) -> list[Decision]:
+    """Append unsaved rows (from `build_decision_row`) to the chain in order, under one lock and one flush."""
+    # 1. take the chain's lock, then read its head (a fresh snapshot: the previous holder has committed)
+    lock_chain(session)
+    session.flush()
+    prev = chain_head(session)
+    # 2. link the rows: timestamps taken under the lock, so they rise along the chain
+    for row in rows:
+        row.created_at = utcnow()
+        row.prev_hash = prev
+        row.row_hash = prev = row_hash(prev, row)
+    session.add_all(rows)
+    session.flush()
+    return list(rows)
+
+
+def append_decision(
+    session: Session, job: Job, score: Any, decision: Any, timings: Mapping[str, Any] | None = None
+) -> Decision:
+    """Append one decision for `job` to the chain (the caller commits, soon: PostgreSQL holds the lock)."""
+    if job.id is None:
+        session.flush()
+    return append_decisions(session, [build_decision_row(job, score, decision, timings)])[0]
+
+
+# --- verifying ----------------------------------------------------------------------------------------------
+
+
+def verify_chain(session: Session, *, batch_size: int = 1000) -> ChainReport:
+    """Walk the decisions in id order and recompute every link; stop at the first bad row."""
+    prev = GENESIS_HASH
+    rows = 0
+    # populate_existing: check what the database holds, not objects this session may already have in memory
+    query = (
+        select(Decision).order_by(Decision.id).execution_options(yield_per=batch_size, populate_existing=True)
+    )
+    result = session.execute(query)
+    for row in result.scalars():
+        if row.prev_hash != prev:
+            problem = (
+                "prev_hash does not match the previous row's row_hash (a row before it was deleted, inserted "
+                "or rewritten)"
+                if rows
+                else "the first row's prev_hash is not the genesis hash (earlier rows were deleted)"
+            )
+            return ChainReport(False, rows, prev, row.id, str(row.job_id), problem)
+        try:
+            expected = row_hash(prev, row)
+        except (TypeError, ValueError) as exc:
+            return ChainReport(
+                False, rows, prev, row.id, str(row.job_id), f"row cannot be read canonically: {exc}"
+            )
+        if row.row_hash != expected:
+            return ChainReport(
+                False,
+                rows,
+                prev,
+                row.id,
+                str(row.job_id),
+                "row_hash does not match the row's content (altered)",
+            )
+        prev = row.row_hash
+        rows += 1
+    return ChainReport(True, rows, prev)

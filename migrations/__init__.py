@@ -1,0 +1,1 @@
+"""Alembic migrations of the audit database (env.py and versions/)."""
