@@ -46,6 +46,17 @@ class Settings(BaseSettings):
     queue_max_depth: int = Field(default=1000, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     job_timeout_s: int = Field(default=600, ge=1, description="Longest a job may run; the broker's visibility timeout is above it.")
+    max_image_side: int = Field(default=1024, ge=64, description="Largest height or width a request may ask for.")
+    max_wait_s: float = Field(default=60.0, ge=0, description="Longest `?wait=` a request may ask for.")
+    recover_after_s: int = Field(
+        default=30, ge=1, description="A queued job with no broker message this long after submission is re-enqueued."
+    )
+    webhook_secret: str | None = Field(
+        default=None, description="HMAC-SHA256 key of webhook signatures; default: a random one kept in `home`."
+    )
+    webhook_max_attempts: int = Field(default=5, ge=1)
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_backoff_s: float = Field(default=2.0, ge=0, description="First retry delay; doubles per attempt.")
 
     @field_validator("dtype")
     @classmethod

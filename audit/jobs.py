@@ -1,0 +1,386 @@
+"""Job repository: create (idempotently), read per tenant, list, cancel; the workers' state machine.
+
+A job's state lives here, not in the broker. A worker *claims* a job for a stage (scoring or
+rendering) by moving it there, bumping `attempts` and stamping `started_at`; the claim is its token.
+Every later write checks the token (compare-and-set on status and attempts), so a redelivered or stale
+task can never write a second decision or image.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from audit.models import TERMINAL_STATUSES, Decision, Job
+
+STAGES = ("scoring", "rendering")
+
+
+def prompt_sha256(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; they were stored as UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class IdempotencyConflict(ValueError):
+    """The Idempotency-Key was used before with a different request."""
+
+
+def request_fingerprint(fields: dict[str, Any]) -> str:
+    """A stable hash of what a request asked for, to tell a true retry from a reused key."""
+    import json
+
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def create_job(
+    session: Session,
+    *,
+    tenant: str,
+    prompt: str,
+    negative_prompt: str,
+    mode: str,
+    params: dict[str, Any],
+    labels: dict[str, str],
+    language: str | None,
+    callback_url: str | None,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Insert a queued job; with an Idempotency-Key already used by this tenant, return (that job, False)."""
+    request_hash = request_fingerprint(
+        {
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
+            "mode": mode,
+            "params": params,
+            "labels": labels,
+            "callback_url": callback_url,
+        }
+    )
+    if idempotency_key is not None:
+        existing = _by_idempotency_key(session, tenant, idempotency_key)
+        if existing is not None:
+            return _same_request(existing, request_hash), False
+    job = Job(
+        id=uuid.uuid4(),
+        tenant=tenant,
+        idempotency_key=idempotency_key,
+        prompt=prompt,
+        prompt_sha256=prompt_sha256(prompt),
+        prompt_chars=len(prompt),
+        prompt_words=len(prompt.split()),
+        negative_prompt=negative_prompt,
+        language=language,
+        labels=labels,
+        params={**params, "request_sha256": request_hash},
+        mode=mode,
+        callback_url=callback_url,
+        status="queued",
+        attempts=0,
+    )
+    if idempotency_key is None:
+        session.add(job)
+        session.flush()
+        return job, True
+    try:
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        # a concurrent request with the same key won the race
+        existing = _by_idempotency_key(session, tenant, idempotency_key)
+        if existing is None:
+            raise
+        return _same_request(existing, request_hash), False
+    return job, True
+
+
+def _by_idempotency_key(session: Session, tenant: str, key: str) -> Job | None:
+    return session.scalar(
+        select(Job).where(Job.tenant == tenant, Job.idempotency_key == key).options(*_job_loads())
+    )
+
+
+def _same_request(job: Job, request_hash: str) -> Job:
+    if (job.params or {}).get("request_sha256") != request_hash:
+        raise IdempotencyConflict("Idempotency-Key was already used with a different request")
+    return job
+
+
+def _job_loads() -> list[Any]:
+    return [selectinload(Job.decision), selectinload(Job.artifacts)]
+
+
+def get_job(session: Session, job_id: uuid.UUID, tenant: str | None = None) -> Job | None:
+    """The job with its decision and artifacts; None if it does not exist or belongs to another tenant."""
+    query = select(Job).where(Job.id == job_id).options(*_job_loads())
+    if tenant is not None:
+        query = query.where(Job.tenant == tenant)
+    return session.scalar(query)
+
+
+def get_jobs(session: Session, job_ids: Iterable[uuid.UUID]) -> list[Job]:
+    ids = list(job_ids)
+    rows = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(ids)).options(*_job_loads()))}
+    return [rows[i] for i in ids if i in rows]
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = f"{_aware(job.created_at).isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Raise ValueError on a cursor this module did not make."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, job_id = raw.split("|")
+        return _aware(datetime.fromisoformat(stamp)), uuid.UUID(job_id)
+    except Exception as exc:
+        raise ValueError("cursor is not one this API returned") from exc
+
+
+def list_jobs(
+    session: Session,
+    tenant: str,
+    *,
+    status: str | None = None,
+    action: str | None = None,
+    language: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page:
+    """A tenant's jobs, newest first, filtered, one page at a time (keyset pagination)."""
+    query = select(Job).where(Job.tenant == tenant)
+    if status:
+        query = query.where(Job.status == status)
+    if language:
+        query = query.where(Job.language == language)
+    if since:
+        query = query.where(Job.created_at >= since)
+    if until:
+        query = query.where(Job.created_at < until)
+    if action:
+        query = query.join(Decision, Decision.job_id == Job.id).where(Decision.action == action)
+    if cursor:
+        stamp, last_id = decode_cursor(cursor)
+        query = query.where(or_(Job.created_at < stamp, and_(Job.created_at == stamp, Job.id < last_id)))
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1).options(*_job_loads())
+    rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, _encode_cursor(rows[-1]) if more and rows else None)
+
+
+def cancel_job(session: Session, job_id: uuid.UUID, tenant: str) -> Job | None:
+    """Cancel a job that has not finished; returns the job (its status tells whether it was cancelled)."""
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant == tenant).with_for_update())
+    if job is None:
+        return None
+    if job.status not in TERMINAL_STATUSES:
+        job.status = "cancelled"
+        job.finished_at = _now()
+    session.flush()
+    return get_job(session, job_id, tenant)
+
+
+def queue_depth(session: Session) -> int:
+    """Jobs waiting for a gate worker."""
+    return session.scalar(select(func.count()).select_from(Job).where(Job.status == "queued")) or 0
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    return {status: count for status, count in rows}
+
+
+# --- the workers' state machine -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on a job for one stage; `attempt` is the token every later write checks."""
+
+    job_id: uuid.UUID
+    stage: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class ClaimRefused:
+    """Why not claimed: gone, done (past this stage), busy (a live claim), dead (attempts exhausted)."""
+
+    reason: str
+    retry_in_s: float = 0.0
+
+
+def _claimable(job: Job, stage: str, lease_s: float, now: datetime) -> ClaimRefused | None:
+    waiting = "queued" if stage == "scoring" else "rendering"
+    if job.status == waiting and (stage == "scoring" or job.started_at is None):
+        return None
+    if job.status == stage:
+        started = _aware(job.started_at)
+        if started is None:
+            return None
+        age = (now - started).total_seconds()
+        if age >= lease_s:
+            return None  # the holder died (its lease ran out): take over
+        return ClaimRefused("busy", retry_in_s=max(0.5, lease_s - age))
+    return ClaimRefused("done")
+
+
+def _lock(query: Any, session: Session) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        return query.with_for_update(skip_locked=True)
+    return query
+
+
+def claim(
+    session: Session, job_id: uuid.UUID, stage: str, *, lease_s: float, max_attempts: int
+) -> Claim | ClaimRefused:
+    """Claim a job for `stage` or say why not; past `max_attempts` the job is dead-lettered (failed)."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, not {stage!r}")
+    now = _now()
+    job = session.scalar(_lock(select(Job).where(Job.id == job_id), session))
+    if job is None:
+        exists = session.scalar(select(Job.status).where(Job.id == job_id))
+        return ClaimRefused("gone" if exists is None else "busy", retry_in_s=1.0)
+    refused = _claimable(job, stage, lease_s, now)
+    if refused is not None:
+        return refused
+    if job.attempts >= max_attempts:
+        job.status = "failed"
+        job.error = f"gave up after {job.attempts} attempt(s) at {stage}" + (
+            f": {job.error}" if job.error else ""
+        )
+        job.finished_at = now
+        return ClaimRefused("dead")
+    job.status = stage
+    job.attempts += 1
+    job.started_at = now
+    session.flush()
+    return Claim(job.id, stage, job.attempts)
+
+
+def claim_waiting(
+    session: Session, *, limit: int, max_attempts: int, exclude: Iterable[uuid.UUID] = ()
+) -> list[Claim]:
+    """Claim up to `limit` more queued jobs for scoring, oldest first (cross-request gate batching)."""
+    if limit <= 0:
+        return []
+    query = select(Job).where(Job.status == "queued", Job.attempts < max_attempts)
+    excluded = list(exclude)
+    if excluded:
+        query = query.where(Job.id.not_in(excluded))
+    query = _lock(query.order_by(Job.created_at).limit(limit), session)
+    now = _now()
+    claims = []
+    for job in session.scalars(query):
+        job.status = "scoring"
+        job.attempts += 1
+        job.started_at = now
+        claims.append(Claim(job.id, "scoring", job.attempts))
+    session.flush()
+    return claims
+
+
+def holds(session: Session, claim_: Claim) -> Job | None:
+    """The job, locked, if `claim_` still holds it; None if it was cancelled, finished or taken over."""
+    job = session.scalar(
+        select(Job)
+        .where(Job.id == claim_.job_id, Job.status == claim_.stage, Job.attempts == claim_.attempt)
+        .with_for_update()
+    )
+    return job
+
+
+def move(session: Session, claim_: Claim, status: str, *, error: str | None = None) -> bool:
+    """Compare-and-set the claimed job to `status`; False if the claim no longer holds."""
+    values: dict[str, Any] = {"status": status, "updated_at": _now()}
+    if status in TERMINAL_STATUSES:
+        values["finished_at"] = _now()
+    if status == "rendering":
+        values.update(started_at=None, attempts=0)  # attempts count per stage
+    if error is not None:
+        values["error"] = error
+    result = session.execute(
+        update(Job)
+        .where(Job.id == claim_.job_id, Job.status == claim_.stage, Job.attempts == claim_.attempt)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def release(session: Session, claim_: Claim, error: str) -> bool:
+    """Give a claim back after an error so that a retry can take it (attempts stay counted)."""
+    waiting = "queued" if claim_.stage == "scoring" else "rendering"
+    result = session.execute(
+        update(Job)
+        .where(Job.id == claim_.job_id, Job.status == claim_.stage, Job.attempts == claim_.attempt)
+        .values(status=waiting, started_at=None, error=error[:2000], updated_at=_now())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def stalled(
+    session: Session, *, older_than_s: float, lease_s: float, limit: int = 500
+) -> list[tuple[uuid.UUID, str]]:
+    """Jobs a lost broker message may have orphaned: (id, stage to enqueue) for queued/rendering jobs waiting
+    longer than `older_than_s`, and claims whose lease ran out."""
+    now = _now()
+    old = now - timedelta(seconds=older_than_s)
+    stale = now - timedelta(seconds=lease_s)
+    rows = session.execute(
+        select(Job.id, Job.status)
+        .where(
+            or_(
+                and_(Job.status == "queued", Job.updated_at < old),
+                and_(Job.status == "rendering", Job.started_at.is_(None), Job.updated_at < old),
+                and_(Job.status.in_(STAGES), Job.started_at.is_not(None), Job.started_at < stale),
+            )
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+    ).all()
+    return [(job_id, "gate" if status in ("queued", "scoring") else "render") for job_id, status in rows]
+
+
+def touch(session: Session, job_ids: Iterable[uuid.UUID]) -> None:
+    """Mark jobs as just re-enqueued (so the recovery sweep leaves them alone for a while)."""
+    ids = list(job_ids)
+    if ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(ids))
+            .values(updated_at=_now())
+            .execution_options(synchronize_session=False)
+        )

@@ -1,0 +1,75 @@
+"""The FastAPI app factory: `create_app(settings)` wires settings, database, dispatcher and routers."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from audit.db import ensure_schema, get_sessionmaker, is_sqlite, resolve_url
+from gateway.auth import KeyCache
+from gateway.errors import install_error_handlers
+from gateway.metrics import GatewayMetrics
+from gateway.routers import health, jobs, score
+from settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+# Other areas' routers plug in here: add the module path of a module with a `router` (fastapi.APIRouter).
+# Their endpoints authenticate with `gateway.auth.require_role("read" | "submit")`, which returns the tenant.
+EXTRA_ROUTER_MODULES: tuple[str, ...] = ()
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    extra_routers: Sequence[APIRouter] = (),
+    start_workers: bool = True,
+) -> FastAPI:
+    """Build the gateway. Embedded mode (no broker URL) also runs the in-process worker."""
+    settings = settings or get_settings()
+    url = resolve_url(settings.resolved_database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from audit.language import warm_up
+
+        if is_sqlite(url):
+            ensure_schema(url)  # the embedded database creates and migrates itself
+        warm_up()
+        if start_workers:
+            app.state.dispatcher.start()
+        try:
+            yield
+        finally:
+            app.state.dispatcher.stop()
+
+    app = FastAPI(
+        title="emoe-gate",
+        version="0.1.0",
+        summary="Uncertainty-gated text-to-image generation: EMoE gate, policies, audit log.",
+        lifespan=lifespan,
+    )
+    from workers import latency
+    from workers.dispatch import make_dispatcher
+
+    app.state.settings = settings
+    app.state.database_url = url
+    app.state.sessionmaker = get_sessionmaker(url)
+    app.state.key_cache = KeyCache()
+    app.state.dispatcher = make_dispatcher(settings)
+    app.state.dispatcher_latency = lambda: latency.snapshot(settings)
+    app.state.metrics = GatewayMetrics(app)
+    install_error_handlers(app)
+
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(score.router)
+    for module in EXTRA_ROUTER_MODULES:
+        app.include_router(importlib.import_module(module).router)
+    for router in extra_routers:
+        app.include_router(router)
+    return app

@@ -1,0 +1,104 @@
+"""API keys: `require_role("read")` / `require_role("submit")` are dependencies returning the tenant.
+
+A key is sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Only its sha256 is
+stored. A `submit` key can also read; a `read` key can only read. Verified keys are
+cached for a few seconds per process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from audit.keys import find_key, hash_key
+
+ROLE_GRANTS = {"read": {"read", "submit"}, "submit": {"submit"}}
+CACHE_TTL_S = 10.0
+
+_bearer = HTTPBearer(auto_error=False, description="An API key made with `emoe-gate keys create`.")
+_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The same API key, as a header.")
+
+
+class KeyCache:
+    """sha256(key) -> (tenant, role), for CACHE_TTL_S seconds: most requests skip the key lookup."""
+
+    def __init__(self, ttl_s: float = CACHE_TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._rows: dict[str, tuple[str, str, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> tuple[str, str] | None:
+        with self._lock:
+            hit = self._rows.get(digest)
+        if hit is None or hit[2] < time.monotonic():
+            return None
+        return hit[0], hit[1]
+
+    def put(self, digest: str, tenant: str, role: str) -> None:
+        with self._lock:
+            if len(self._rows) > 10_000:
+                self._rows.clear()
+            self._rows[digest] = (tenant, role, time.monotonic() + self.ttl_s)
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(status_code=401, detail=message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _identify(
+    request: Request,
+    bearer: HTTPAuthorizationCredentials | None,
+    header_key: str | None,
+) -> tuple[str, str]:
+    secret = bearer.credentials if bearer is not None else header_key
+    if not secret:
+        raise _unauthorized("missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")
+    if len(secret) > 256 or "\x00" in secret:
+        raise _unauthorized("API key is not valid")
+    digest = hash_key(secret)
+    cache: KeyCache = request.app.state.key_cache
+    hit = cache.get(digest)
+    if hit is None:
+        session = request.app.state.sessionmaker()
+        try:
+            row = find_key(session, secret)
+            session.commit()
+        finally:
+            session.close()
+        if row is None:
+            raise _unauthorized("API key is not valid")
+        hit = (row.tenant, row.role)
+        cache.put(digest, *hit)
+    return hit
+
+
+def require_role(role: str) -> Callable[..., str]:
+    """A dependency that authenticates the request and returns its tenant (403: the role is too weak)."""
+    if role not in ROLE_GRANTS:
+        raise ValueError(f"role must be one of {sorted(ROLE_GRANTS)}, not {role!r}")
+
+    def dependency(
+        request: Request,
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
+        header_key: Annotated[str | None, Security(_header)] = None,
+    ) -> str:
+        tenant, key_role = _identify(request, bearer, header_key)
+        if key_role not in ROLE_GRANTS[role]:
+            raise HTTPException(
+                status_code=403, detail=f"this API key has role {key_role!r}; {role!r} is needed"
+            )
+        request.state.tenant = tenant
+        request.state.role = key_role
+        return tenant
+
+    dependency.__name__ = f"require_{role}"
+    return dependency
+
+
+ReadTenant = Annotated[str, Depends(require_role("read"))]
+SubmitTenant = Annotated[str, Depends(require_role("submit"))]

@@ -1,0 +1,175 @@
+"""Request and response bodies. Requests are strict: unknown fields, wrong types, NUL bytes and
+non-finite numbers are refused with a 422 naming the field."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+Mode = Literal["fast", "full", "score_only"]
+Status = Literal["queued", "scoring", "rendering", "completed", "halted", "failed", "cancelled"]
+Action = Literal["continue", "flag", "halt"]
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL bytes")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or whitespace")
+    return value
+
+
+def _multiple_of_8(value: int | None) -> int | None:
+    if value is not None and value % 8:
+        raise ValueError(f"must be a multiple of 8 (the VAE's scale), got {value}")
+    return value
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in value):
+        raise ValueError("must be an absolute http(s) URL")
+    return value
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+Prompt = Annotated[str, Field(min_length=1), AfterValidator(_no_nul), AfterValidator(_not_blank)]
+Side = Annotated[int, Field(ge=64, le=4096), AfterValidator(_multiple_of_8)]
+LabelKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+LabelValue = Annotated[str, Field(max_length=256), AfterValidator(_no_nul)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class JobRequest(Strict):
+    """A generation request. Its prompt is gated first; an accepted prompt is rendered in `mode`."""
+
+    prompt: Prompt = Field(description="The text prompt (its limit is the server's `max_prompt_chars`).")
+    negative_prompt: Annotated[Text, Field(max_length=4000)] = ""
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    steps: Annotated[int, Field(ge=1, le=200)] = 25
+    guidance: Annotated[float, Field(ge=0.0, le=50.0), AfterValidator(_finite)] = 7.5
+    height: Side | None = Field(default=None, description="Pixels, a multiple of 8; default: the ensemble's.")
+    width: Side | None = Field(default=None, description="Pixels, a multiple of 8; default: the ensemble's.")
+    mode: Mode = Field(
+        default="fast", description="fast: one image; full: one per expert; score_only: no image."
+    )
+    callback_url: Annotated[str, Field(max_length=2048), AfterValidator(_http_url)] | None = Field(
+        default=None,
+        description="Receives signed webhooks when the job is halted, flagged, completed or failed.",
+    )
+    labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=16)] = Field(
+        default_factory=dict,
+        description="Client metadata (group labels such as region) kept with the decision.",
+    )
+
+    def params(self) -> dict[str, Any]:
+        """What the render worker needs besides the prompt."""
+        return {
+            "seed": self.seed,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "height": self.height,
+            "width": self.width,
+        }
+
+
+class ScoreRequest(Strict):
+    """Score and decide up to the server's `score_max_prompts` prompts; nothing is rendered."""
+
+    prompts: Annotated[list[Prompt], Field(min_length=1)]
+    labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=16)] = Field(default_factory=dict)
+
+
+class ScoreOut(BaseModel):
+    score: float = Field(description="sqrt(d) * EU: the experts' disagreement at the first denoising step.")
+    eu: float
+    num_experts: int
+    fingerprint: str = Field(description="sha256 of the scoring configuration (seed, scheduler, steps, ...).")
+    scoring: dict[str, Any]
+    expert_deviation: list[float]
+
+
+class DecisionOut(BaseModel):
+    action: Action
+    shadow_action: Action | None
+    rule: str
+    threshold: float | None = Field(
+        description="The threshold that fired (halt_at or flag_at); null on continue."
+    )
+    flag_at: float
+    halt_at: float
+    reason: str
+    policy_name: str
+    policy_version: str
+    policy_hash: str
+    policy_mode: str
+    decided_at: datetime
+    row_hash: str
+
+
+class ArtifactOut(BaseModel):
+    index: int
+    url: str
+    sha256: str
+    width: int
+    height: int
+    size_bytes: int
+
+
+class JobOut(BaseModel):
+    id: uuid.UUID
+    status: Status
+    mode: Mode
+    language: str | None = Field(description="ISO 639-1 code detected from the prompt (null when unsure).")
+    labels: dict[str, str]
+    params: dict[str, Any]
+    attempts: int
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    score: ScoreOut | None
+    decision: DecisionOut | None
+    flagged: bool = Field(description="True when the policy flagged the job for review (it still completes).")
+    artifacts: list[ArtifactOut]
+    links: dict[str, str]
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class ScoreResult(BaseModel):
+    job_id: uuid.UUID
+    prompt_index: int
+    status: Status
+    language: str | None
+    score: ScoreOut | None
+    decision: DecisionOut | None
+
+
+class ScoreResponse(BaseModel):
+    results: list[ScoreResult]
+    complete: bool = Field(description="False when some prompts were still waiting for a gate worker.")
+
+
+class Problem(BaseModel):
+    detail: Any

@@ -1,0 +1,83 @@
+"""How the gateway hands work to workers: Celery queues (real mode) or the in-process worker (embedded mode).
+
+Always called after the job's row is committed (Celery's rule: enqueue after the commit), with ids only.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Protocol
+
+from settings import Settings
+
+GATE_TASK = "emoe.gate"
+RENDER_TASK = "emoe.render"
+HOOK_TASK = "emoe.hook"
+QUEUES = ("gate", "render", "hooks")
+
+
+class Dispatcher(Protocol):
+    def gate(self, job_ids: Iterable[uuid.UUID]) -> None: ...
+    def render(self, job_id: uuid.UUID) -> None: ...
+    def hook(self, job_id: uuid.UUID, event: str) -> None: ...
+    def broker_ok(self) -> bool: ...
+    def ready_workers(self) -> int: ...
+    def queue_lengths(self) -> dict[str, int]: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class CeleryDispatcher:
+    """Sends task messages to Redis; readiness comes from the workers' heartbeat keys."""
+
+    def __init__(self, settings: Settings) -> None:
+        from workers.celery_app import make_celery
+
+        self.settings = settings
+        self.celery = make_celery(settings)
+
+    def gate(self, job_ids: Iterable[uuid.UUID]) -> None:
+        for job_id in job_ids:
+            self.celery.send_task(GATE_TASK, args=[str(job_id)], queue="gate")
+
+    def render(self, job_id: uuid.UUID) -> None:
+        self.celery.send_task(RENDER_TASK, args=[str(job_id)], queue="render")
+
+    def hook(self, job_id: uuid.UUID, event: str) -> None:
+        self.celery.send_task(HOOK_TASK, args=[str(job_id), event, 1], queue="hooks")
+
+    def _redis(self):
+        from workers.heartbeat import redis_client
+
+        return redis_client(self.settings)
+
+    def broker_ok(self) -> bool:
+        try:
+            return bool(self._redis().ping())
+        except Exception:
+            return False
+
+    def ready_workers(self) -> int:
+        from workers.heartbeat import count_ready
+
+        return count_ready(self._redis())
+
+    def queue_lengths(self) -> dict[str, int]:
+        client = self._redis()
+        return {queue: int(client.llen(queue)) for queue in QUEUES}
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def make_dispatcher(settings: Settings) -> Dispatcher:
+    """Embedded (in-process worker) without a broker URL, Celery with one."""
+    if settings.embedded:
+        from workers.embedded import InProcessWorker
+
+        return InProcessWorker(settings)
+    return CeleryDispatcher(settings)

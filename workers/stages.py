@@ -1,0 +1,236 @@
+"""The task bodies, shared by Celery tasks and the embedded in-process worker: gate, render, hook.
+
+Each takes ids, re-reads rows, works, and returns what to enqueue next (the caller enqueues after the commit).
+A stage first *claims* its job in SQL (see `audit.jobs`); every write re-checks the claim, so a redelivered
+task never writes a second decision or image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from audit import jobs as repo
+from audit.db import session_scope
+from audit.models import Artifact, Job, utcnow
+from settings import Settings
+from workers import latency
+from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What a stage asks for next: renders, webhooks, and a retry of itself after `retry_in_s`."""
+
+    render: list[uuid.UUID] = field(default_factory=list)
+    hooks: list[tuple[uuid.UUID, str]] = field(default_factory=list)
+    retry_in_s: float | None = None
+    note: str = ""
+
+
+def _lease_s(settings: Settings) -> float:
+    return float(settings.job_timeout_s)
+
+
+def _hook(job: Job, event: str, outcome: Outcome) -> None:
+    if job.callback_url:
+        outcome.hooks.append((job.id, event))
+
+
+def _dead(session: Any, job_id: uuid.UUID, outcome: Outcome) -> None:
+    job = repo.get_job(session, job_id)
+    if job is not None:
+        _hook(job, "failed", outcome)
+
+
+# --- gate ---------------------------------------------------------------------------------------------------
+
+
+def run_gate(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outcome:
+    """Score this job and any others waiting (one batch across requests), decide, record, move each on."""
+    from emoe import score as emoe_score
+    from policies import DecisionContext, decide
+
+    url = settings.resolved_database_url
+    outcome = Outcome()
+    # 1. let a few concurrent submissions arrive, so that they share the batch
+    if settings.gate_batch_size > 1 and settings.gate_batch_wait_ms:
+        time.sleep(settings.gate_batch_wait_ms / 1000)
+    # 2. claim this job, then fill the batch with other queued jobs
+    with session_scope(url) as session:
+        first = repo.claim(
+            session, job_id, "scoring", lease_s=_lease_s(settings), max_attempts=settings.max_attempts
+        )
+        if isinstance(first, repo.ClaimRefused):
+            if first.reason == "busy":
+                outcome.retry_in_s = first.retry_in_s
+            elif first.reason == "dead":
+                _dead(session, job_id, outcome)
+            outcome.note = first.reason
+            return outcome
+        claims = [
+            first,
+            *repo.claim_waiting(
+                session,
+                limit=settings.gate_batch_size - 1,
+                max_attempts=settings.max_attempts,
+                exclude=[job_id],
+            ),
+        ]
+        jobs = {
+            j.id: (j.prompt or "", j.language, dict(j.labels or {}))
+            for j in repo.get_jobs(session, [c.job_id for c in claims])
+        }
+    # 3. score the batch (per-request routing makes a batch score exactly like each prompt alone)
+    started = time.perf_counter()
+    try:
+        scores = emoe_score([jobs[c.job_id][0] for c in claims], runtime.gate_config, runtime.ensemble)
+    except Exception as exc:
+        log.exception("gate scoring failed for %d job(s)", len(claims))
+        with session_scope(url) as session:
+            for c in claims:
+                repo.release(session, c, f"scoring failed: {type(exc).__name__}: {exc}")
+        outcome.retry_in_s = 1.0
+        outcome.note = "error"
+        raise GateError(str(exc), outcome) from exc
+    gate_s = time.perf_counter() - started
+    latency.observe(settings, gate_s)
+    # 4. decide and record each job: the decision row and the status change commit together
+    for c, score in zip(claims, scores, strict=True):
+        _prompt, language, labels = jobs[c.job_id]
+        decision = decide(score, DecisionContext(language=language, labels=labels), runtime.policy)
+        with session_scope(url) as session:
+            job = repo.holds(session, c)
+            if job is None:
+                continue  # cancelled or taken over meanwhile: write nothing
+            if decision.action == "halt":
+                job.status = "halted"
+            elif job.mode == "score_only":
+                job.status = "completed"
+            else:
+                job.status = "rendering"
+            if job.status in ("halted", "completed"):
+                job.finished_at = utcnow()
+            else:
+                job.started_at = None
+                job.attempts = 0  # attempts count per stage
+            timings = {
+                **dict(getattr(score, "timings_ms", {}) or {}),
+                "gate_batch_ms": gate_s * 1000,
+                "gate_batch_size": len(claims),
+                "attempt": c.attempt,
+            }
+            from audit.chain import append_decision
+
+            append_decision(session, job, score, decision, timings)
+            if job.status == "rendering":
+                outcome.render.append(job.id)
+            if decision.action == "halt":
+                _hook(job, "halted", outcome)
+            elif decision.action == "flag":
+                _hook(job, "flagged", outcome)
+            if job.status == "completed":
+                _hook(job, "completed", outcome)
+    return outcome
+
+
+class GateError(RuntimeError):
+    """Scoring failed; the claims were released and `outcome.retry_in_s` says when to retry."""
+
+    def __init__(self, message: str, outcome: Outcome) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+# --- render -------------------------------------------------------------------------------------------------
+
+
+def _write_png(image: Any, path: Path) -> tuple[str, int]:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)  # atomic: a reader never sees half an image
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def run_render(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outcome:
+    """Finish an accepted job into its image(s) (1 in fast mode, one per expert in full mode)."""
+    from emoe import generate
+
+    url = settings.resolved_database_url
+    outcome = Outcome()
+    # 1. claim
+    with session_scope(url) as session:
+        c = repo.claim(
+            session, job_id, "rendering", lease_s=_lease_s(settings), max_attempts=settings.max_attempts
+        )
+        if isinstance(c, repo.ClaimRefused):
+            if c.reason == "busy":
+                outcome.retry_in_s = c.retry_in_s
+            elif c.reason == "dead":
+                _dead(session, job_id, outcome)
+            outcome.note = c.reason
+            return outcome
+        job = repo.get_job(session, job_id)
+        prompt, mode = job.prompt or "", job.mode
+        config = runtime.render_config(dict(job.params or {}), job.negative_prompt or "")
+    # 2. generate; the decision was taken by the gate, so nothing here halts
+    try:
+        generation = generate(prompt, config, runtime.ensemble, mode=mode, decide=None)
+    except Exception as exc:
+        log.exception("render failed for job %s", job_id)
+        with session_scope(url) as session:
+            repo.release(session, c, f"rendering failed: {type(exc).__name__}: {exc}")
+        outcome.retry_in_s = 1.0
+        outcome.note = "error"
+        raise GateError(str(exc), outcome) from exc
+    # 3. write the images (idempotent paths: a redelivery overwrites the same bytes), then record them
+    folder = Path(settings.resolved_artifacts_dir) / str(job_id)
+    written = []
+    for index, image in enumerate(generation.images):
+        path = folder / f"{index}.png"
+        digest, size = _write_png(image, path)
+        written.append((index, path, digest, size, image.width, image.height))
+    with session_scope(url) as session:
+        job = repo.holds(session, c)
+        if job is None:
+            return outcome  # cancelled or taken over: the other holder records its own images
+        for index, path, digest, size, width, height in written:
+            session.add(
+                Artifact(
+                    job_id=job.id,
+                    path_index=index,
+                    storage_uri=f"file://{path}",
+                    sha256=digest,
+                    size_bytes=size,
+                    width=width,
+                    height=height,
+                )
+            )
+        job.status = "completed"
+        job.finished_at = utcnow()
+        _hook(job, "completed", outcome)
+    return outcome
+
+
+# --- recovery -----------------------------------------------------------------------------------------------
+
+
+def find_stalled(settings: Settings) -> list[tuple[uuid.UUID, str]]:
+    """Jobs whose broker message may be lost (queued/rendering too long, or a claim past its lease)."""
+    with session_scope(settings.resolved_database_url) as session:
+        found = repo.stalled(session, older_than_s=settings.recover_after_s, lease_s=_lease_s(settings))
+        repo.touch(session, [job_id for job_id, _ in found])
+    return found
