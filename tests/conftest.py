@@ -50,3 +50,21 @@ def pg_url() -> Iterator[str]:
 def sqlite_url(tmp_path) -> str:
     """URL of a SQLite file in the test's tmp_path (created on first connect)."""
     return f"sqlite:///{tmp_path / 'emoe.db'}"
+
+
+@pytest.fixture
+def migrated_sqlite_url(sqlite_url: str) -> str:
+    """`sqlite_url` with the schema at the migrations' head."""
+    from audit.db import ensure_schema
+
+    ensure_schema(sqlite_url)
+    return sqlite_url
+
+
+@pytest.fixture
+def migrated_pg_url(pg_url: str) -> str:
+    """`pg_url` with the schema at the migrations' head (`emoe-gate migrate`)."""
+    from audit.db import upgrade
+
+    upgrade(pg_url)
+    return pg_url

@@ -1,0 +1,192 @@
+"""The hash chain: appends link up, verification catches altered and deleted rows, writers never fork it."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import multiprocessing
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+
+from audit import db
+from audit.chain import (
+    GENESIS_HASH,
+    ChainError,
+    append_decision,
+    canonical_record,
+    verify_chain,
+)
+from audit.models import Decision
+from policies import DecisionContext, decide
+from tests.audit.factories import FakeScore, append_one, make_job, make_policy, write_decisions
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue(f"migrated_{'pg' if request.param == 'postgresql' else 'sqlite'}_url")
+
+
+def _fill(url: str, n: int) -> list[int]:
+    ids = []
+    for i in range(n):
+        with db.session_scope(url) as session:
+            ids.append(append_one(session, 0.6 * i, prompt=f"prompt {i}").id)
+    return ids
+
+
+def _raw(url: str, *statements: str) -> None:
+    """Run SQL behind the application's back (no ORM, own connection)."""
+    engine = db.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
+
+
+def _verify(url: str):
+    with db.session_scope(url) as session:
+        return verify_chain(session)
+
+
+def test_appends_link_into_one_chain(db_url: str) -> None:
+    ids = _fill(db_url, 5)
+    with db.session_scope(db_url) as session:
+        rows = session.scalars(sa.select(Decision).order_by(Decision.id)).all()
+        assert [r.id for r in rows] == ids
+        assert rows[0].prev_hash == GENESIS_HASH
+        assert all(b.prev_hash == a.row_hash for a, b in itertools.pairwise(rows))
+        assert [r.action for r in rows] == ["continue", "continue", "flag", "flag", "halt"]
+    report = _verify(db_url)
+    assert report.ok and report.rows == 5 and report.head_hash == rows[-1].row_hash
+
+
+def test_canonical_record_survives_the_database_round_trip(db_url: str) -> None:
+    """What is hashed at append time is what verify reads back (floats, unicode, nested JSON, time)."""
+    awkward = FakeScore(
+        0.1 + 0.2,
+        eu=5e-324,
+        scoring={"guidance": 7.5, "negative_prompt": "chien, 犬", "nested": {"b": [1, 2.0, None, True]}},
+        expert_deviation=[1e-300, 1.7976931348623157e308, -0.0, 1 / 3],
+    )
+    with db.session_scope(db_url) as session:
+        job = make_job(session, "ein kleiner roter Kreis — 🔴", language="de")
+        decision = decide(awkward, DecisionContext(language="de"), make_policy())
+        row = append_decision(session, job, awkward, decision, {"gate_ms": 0.1 + 0.7})
+        written, row_id = canonical_record(row), row.id
+    with db.session_scope(db_url) as session:
+        stored = session.get(Decision, row_id)
+        assert canonical_record(stored) == written
+    assert _verify(db_url).ok
+
+
+def test_verify_fails_after_a_row_is_altered(db_url: str) -> None:
+    ids = _fill(db_url, 4)
+    if db_url.startswith("sqlite"):
+        _raw(
+            db_url,
+            "DROP TRIGGER decisions_no_update",
+            f"UPDATE decisions SET score = 0.0 WHERE id = {ids[2]}",
+        )
+    else:
+        _raw(
+            db_url,
+            "ALTER TABLE decisions DISABLE TRIGGER decisions_no_update_delete",
+            f"UPDATE decisions SET score = 0.0 WHERE id = {ids[2]}",
+        )
+    report = _verify(db_url)
+    assert not report.ok
+    assert report.first_bad_id == ids[2] and report.rows == 2
+    assert "altered" in report.problem
+
+
+def test_verify_fails_after_a_row_is_rewritten_with_a_fresh_hash(db_url: str) -> None:
+    """Recomputing the altered row's own hash does not help: the next row no longer links to it."""
+    ids = _fill(db_url, 3)
+    disable = (
+        "DROP TRIGGER decisions_no_update"
+        if db_url.startswith("sqlite")
+        else "ALTER TABLE decisions DISABLE TRIGGER decisions_no_update_delete"
+    )
+    _raw(db_url, disable, f"UPDATE decisions SET row_hash = '{'a' * 64}' WHERE id = {ids[1]}")
+    report = _verify(db_url)
+    assert report.first_bad_id == ids[1] and "altered" in report.problem
+
+
+@pytest.mark.parametrize("victim", [0, 2])
+def test_verify_fails_after_a_row_is_deleted(db_url: str, victim: int) -> None:
+    ids = _fill(db_url, 4)
+    disable = (
+        "DROP TRIGGER decisions_no_delete"
+        if db_url.startswith("sqlite")
+        else "ALTER TABLE decisions DISABLE TRIGGER decisions_no_update_delete"
+    )
+    _raw(db_url, disable, f"DELETE FROM decisions WHERE id = {ids[victim]}")
+    report = _verify(db_url)
+    assert not report.ok
+    assert report.first_bad_id == ids[victim + 1]
+    assert ("genesis" if victim == 0 else "prev_hash") in report.problem
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "statement",
+    ["UPDATE decisions SET action = 'continue'", "DELETE FROM decisions", "TRUNCATE decisions CASCADE"],
+)
+def test_postgres_trigger_rejects_rewrites(migrated_pg_url: str, statement: str) -> None:
+    _fill(migrated_pg_url, 2)
+    with pytest.raises(DBAPIError, match="append-only"):
+        _raw(migrated_pg_url, statement)
+    assert _verify(migrated_pg_url).rows == 2
+
+
+@pytest.mark.parametrize("statement", ["UPDATE decisions SET action = 'continue'", "DELETE FROM decisions"])
+def test_sqlite_trigger_rejects_rewrites(migrated_sqlite_url: str, statement: str) -> None:
+    _fill(migrated_sqlite_url, 2)
+    with pytest.raises(DBAPIError, match="append-only"):
+        _raw(migrated_sqlite_url, statement)
+    assert _verify(migrated_sqlite_url).rows == 2
+
+
+def test_non_finite_scores_are_refused(migrated_sqlite_url: str) -> None:
+    with db.session_scope(migrated_sqlite_url) as session:
+        job = make_job(session)
+        decision = decide(FakeScore(0.5), DecisionContext(), make_policy())
+        with pytest.raises(ChainError, match="expert_deviation"):
+            append_decision(session, job, FakeScore(0.5, expert_deviation=[math.nan]), decision)
+
+
+def test_timestamps_are_utc_and_rise_along_the_chain(db_url: str) -> None:
+    _fill(db_url, 3)
+    with db.session_scope(db_url) as session:
+        times = session.scalars(sa.select(Decision.created_at).order_by(Decision.id)).all()
+    assert times == sorted(times)
+    assert abs((times[-1].replace(tzinfo=UTC) - datetime.now(UTC)).total_seconds()) < 3600
+
+
+def test_concurrent_writers_leave_one_unbroken_chain(db_url: str) -> None:
+    writers, each = 4, 15
+    db.dispose_engine(db_url)  # the children open their own connections
+    with multiprocessing.get_context("spawn").Pool(writers) as pool:
+        written = pool.starmap(write_decisions, [(db_url, w, each) for w in range(writers)])
+    assert sum(written) == writers * each
+    report = _verify(db_url)
+    assert report.ok, str(report)
+    assert report.rows == writers * each
+    with db.session_scope(db_url) as session:
+        prev = session.scalars(sa.select(Decision.prev_hash)).all()
+    assert len(set(prev)) == len(prev)  # no two rows claim the same predecessor: no fork
+
+
+def test_one_decision_per_job(migrated_sqlite_url: str) -> None:
+    """A second decision for the same job is rejected by the database; nothing of the transaction stays."""
+    decision = decide(FakeScore(0.5), DecisionContext(), make_policy())
+    with pytest.raises(sa.exc.IntegrityError), db.session_scope(migrated_sqlite_url) as session:
+        job = make_job(session)
+        append_decision(session, job, FakeScore(0.5), decision)
+        append_decision(session, job, FakeScore(0.5), decision)
+    assert _verify(migrated_sqlite_url).rows == 0
