@@ -1,0 +1,416 @@
+"""Training the reference ensemble from seeds: VAE, CLIP, base UNet, four experts, each an SD pipeline folder.
+
+Order of the build (`build_all`):
+  1. VAE: reconstruct every picture of the world (32x32x3 -> 8x8x4).
+  2. CLIP: contrastive on dominant-language captions; its text tower becomes the frozen shared text encoder.
+  3. Base UNet: noise prediction on dominant-language captions only.
+  4. Experts: fine-tunes of the base on language slices, updating only the layers SegMoE takes from experts.
+  5. Each model saved as a Stable Diffusion pipeline folder; a segmoe YAML names them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from tqdm.auto import tqdm
+from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
+
+from emoe.reference import parts
+from emoe.reference.lexicon import DOMINANT, HELD_OUT, LANGUAGES
+from emoe.reference.world import JITTER, Scene, all_scenes, render
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """One expert: the languages of its fine-tuning slice (with their weights) and its gate descriptor."""
+
+    name: str
+    languages: dict[str, float]
+    seed: int
+
+
+EXPERTS: tuple[ExpertSpec, ...] = (
+    ExpertSpec("es-fr", {"en": 1.0, "es": 1.2, "fr": 0.8}, seed=101),
+    ExpertSpec("es-de", {"en": 1.0, "es": 1.0, "de": 1.0}, seed=102),
+    ExpertSpec("de-it", {"en": 1.0, "de": 1.0, "it": 1.0}, seed=103),
+    ExpertSpec("fi", {"en": 1.0, "fi": 2.0}, seed=104),
+)
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Steps, batch sizes and learning rates of every stage; `smoke()` is a seconds-long plan for tests."""
+
+    seed: int = 0
+    vae_steps: int = 600
+    vae_batch: int = 32
+    clip_steps: int = 400
+    clip_batch: int = 60
+    base_steps: int = 3000
+    expert_steps: int = 1000
+    unet_batch: int = 32
+    lr: float = 1e-3
+    cfg_dropout: float = 0.1
+    experts: tuple[ExpertSpec, ...] = field(default=EXPERTS)
+
+    @classmethod
+    def smoke(cls) -> TrainPlan:
+        return cls(
+            vae_steps=2, vae_batch=4, clip_steps=2, clip_batch=6, base_steps=2, expert_steps=2, unet_batch=4
+        )
+
+
+Progress = Callable[[str, int, int, dict[str, float]], None]
+
+
+def _bar(desc: str, total: int, show: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, disable=not show, leave=True, dynamic_ncols=True)
+
+
+def picture_bank() -> tuple[list[Scene], list[tuple[int, int]], torch.Tensor]:
+    """Every (scene, jitter) picture of the world as a float tensor in [-1, 1], N x 3 x 32 x 32."""
+    scenes, jitters, pictures = [], [], []
+    offsets = range(-JITTER, JITTER + 1)
+    for scene in all_scenes():
+        for jitter in itertools.product(offsets, offsets):
+            scenes.append(scene)
+            jitters.append(jitter)
+            pictures.append(render(scene, jitter))
+    array = np.stack(pictures).astype(np.float32) / 127.5 - 1.0
+    return scenes, jitters, torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+
+# 1. VAE
+
+
+def train_vae(plan: TrainPlan, *, show: bool = True) -> AutoencoderKL:
+    """Train the VAE to reconstruct every picture; sets its scaling factor to 1 / std of the latents."""
+    _, _, pictures = picture_bank()
+    vae = parts.make_vae(plan.seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=plan.lr)
+    gen = torch.Generator().manual_seed(plan.seed)
+    bar = _bar("1/4 vae", plan.vae_steps, show)
+    vae.train()
+    for step in range(plan.vae_steps):
+        batch = pictures[torch.randint(0, len(pictures), (plan.vae_batch,), generator=gen)]
+        posterior = vae.encode(batch).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        rec = F.mse_loss(recon, batch)
+        kl = posterior.kl().mean() / batch[0].numel()
+        loss = rec + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.update(1)
+        bar.set_postfix(rec=f"{rec.item():.4f}")
+        if step % 50 == 0:
+            log.info("vae step %d rec %.5f kl %.3f", step, rec.item(), kl.item())
+    bar.close()
+    vae.eval()
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(p).latent_dist.mean for p in pictures.split(128)])
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std().clamp(min=1e-6)))
+    return vae
+
+
+# 2. CLIP
+
+
+def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
+    """Token ids padded to 77, as Stable Diffusion's pipeline pads them."""
+    return tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def train_clip(plan: TrainPlan, tokenizer: CLIPTokenizer, *, show: bool = True) -> CLIPModel:
+    """Contrastive training on dominant-language captions (web CLIP knows one language best)."""
+    scenes, _, pictures = picture_bank()
+    keys = [s.key for s in scenes]
+    ids = tokenize(tokenizer, [s.caption(DOMINANT) for s in scenes])
+    clip = parts.make_clip(plan.seed)
+    opt = torch.optim.AdamW(clip.parameters(), lr=plan.lr)
+    gen = torch.Generator().manual_seed(plan.seed + 1)
+    bar = _bar("2/4 clip", plan.clip_steps, show)
+    clip.train()
+    for step in range(plan.clip_steps):
+        idx = torch.randint(0, len(scenes), (plan.clip_batch,), generator=gen)
+        out = clip(input_ids=ids[idx], pixel_values=pictures[idx])
+        # the same scene can appear twice in a batch: every matching pair is a positive
+        same = torch.tensor(
+            [[keys[i] == keys[j] for j in idx.tolist()] for i in idx.tolist()], dtype=torch.float32
+        )
+        target = same / same.sum(dim=1, keepdim=True)
+        logits = out.logits_per_image
+        loss = 0.5 * (
+            -(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.T.log_softmax(1)).sum(1).mean()
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 50 == 0:
+            log.info("clip step %d loss %.4f", step, loss.item())
+    bar.close()
+    clip.eval()
+    return clip
+
+
+def text_tower(clip: CLIPModel) -> CLIPTextModel:
+    """CLIP's text tower as a standalone (frozen) CLIPTextModel, the text encoder of every pipeline."""
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_encoder.load_state_dict(clip.text_model.state_dict())
+    return text_encoder.eval().requires_grad_(False)
+
+
+# 3 and 4. UNets
+
+
+class Corpus:
+    """Pre-computed latents of every picture and text-encoder states of every caption (both models frozen)."""
+
+    def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer) -> None:
+        self.scenes, _, pictures = picture_bank()
+        with torch.no_grad():
+            mean = torch.cat([vae.encode(p).latent_dist.mean for p in pictures.split(128)])
+        self.latents = mean * vae.config.scaling_factor
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self._states: dict[str, torch.Tensor] = {}
+        self.by_scene: dict[str, list[int]] = {}
+        for i, scene in enumerate(self.scenes):
+            self.by_scene.setdefault(scene.key, []).append(i)
+
+    def states(self, captions: list[str]) -> torch.Tensor:
+        missing = sorted({c for c in captions if c not in self._states})
+        if missing:
+            with torch.no_grad():
+                hidden = self.text_encoder(tokenize(self.tokenizer, missing)).last_hidden_state
+            self._states.update(zip(missing, hidden, strict=True))
+        return torch.stack([self._states[c] for c in captions])
+
+
+def train_unet(
+    unet: UNet2DConditionModel,
+    corpus: Corpus,
+    languages: dict[str, float],
+    steps: int,
+    plan: TrainPlan,
+    *,
+    seed: int,
+    trainable: list[str] | None = None,
+    desc: str = "unet",
+    show: bool = True,
+) -> UNet2DConditionModel:
+    """Noise-prediction training on captions drawn from `languages` (weights); `trainable` limits updates."""
+    for code in languages:
+        if code not in LANGUAGES:
+            raise ValueError(f"languages: unknown code {code!r}")
+        if code in HELD_OUT:
+            raise ValueError(f"languages: {code!r} is held out from all training")
+    scheduler = parts.make_scheduler()
+    params = dict(unet.named_parameters())
+    names = list(params) if trainable is None else trainable
+    for name, p in params.items():
+        p.requires_grad_(name in set(names))
+    opt = torch.optim.AdamW([params[n] for n in names], lr=plan.lr, weight_decay=0.0)
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    codes, weights = list(languages), list(languages.values())
+    alphas = scheduler.alphas_cumprod
+    bar = _bar(desc, steps, show)
+    unet.train()
+    for step in range(steps):
+        idx = [rng.randrange(len(corpus.scenes)) for _ in range(plan.unet_batch)]
+        captions = [
+            ""
+            if rng.random() < plan.cfg_dropout
+            else corpus.scenes[i].caption(rng.choices(codes, weights)[0])
+            for i in idx
+        ]
+        x0 = corpus.latents[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = unet(noisy, t, corpus.states(captions)).sample
+        loss = F.mse_loss(pred, noise)
+        lr = (
+            plan.lr
+            * min(1.0, (step + 1) / 100)
+            * (0.5 * (1 + math.cos(math.pi * step / max(steps, 1))) * 0.9 + 0.1)
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 100 == 0:
+            log.info("%s step %d loss %.5f", desc, step, loss.item())
+    bar.close()
+    for p in unet.parameters():
+        p.requires_grad_(True)
+    unet.eval()
+    return unet
+
+
+# 5. Saving
+
+
+def save_pipeline(
+    folder: Path,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    tokenizer: CLIPTokenizer,
+) -> Path:
+    """Save one model as a Stable Diffusion 1.x pipeline folder (safetensors)."""
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=parts.make_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def descriptor_prompts(spec: ExpertSpec) -> tuple[str, str]:
+    """The expert's gate descriptor: a caption in each of its non-dominant languages; no negative."""
+    scene = Scene("red", "circle", "big", "middle")
+    langs = [c for c in spec.languages if c != DOMINANT] or [DOMINANT]
+    return ", ".join(scene.caption(c) for c in langs), ""
+
+
+def segmoe_config(out: Path, plan: TrainPlan, *, top_k: int = 2) -> dict:
+    """The segmoe YAML (appendix E format) naming the base and the expert folders by relative path."""
+    return {
+        "base_model": "base",
+        "num_experts": len(plan.experts),
+        "moe_layers": "all",
+        "num_experts_per_tok": top_k,
+        "type": "sd",
+        "experts": [
+            {
+                "source_model": f"experts/{s.name}",
+                "positive_prompt": descriptor_prompts(s)[0],
+                "negative_prompt": descriptor_prompts(s)[1],
+            }
+            for s in plan.experts
+        ],
+    }
+
+
+def build_all(
+    out: Path,
+    plan: TrainPlan | None = None,
+    *,
+    show: bool = True,
+    tokenizer: CLIPTokenizer | None = None,
+    resume: bool = False,
+    stop_after: str | None = None,
+) -> dict:
+    """Rebuild every part from seeds into `out`; returns a summary (also out/train_summary.json)."""
+    from emoe.tokenizer import clip_tokenizer
+
+    plan = plan or TrainPlan()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = tokenizer or clip_tokenizer()
+    timings: dict[str, float] = {}
+
+    # each stage is saved as it finishes; with resume=True a finished stage is loaded instead of retrained
+    t0 = time.perf_counter()
+    if resume and (out / "vae" / "config.json").is_file():
+        vae = AutoencoderKL.from_pretrained(out / "vae").eval()
+    else:
+        vae = train_vae(plan, show=show)
+        vae.save_pretrained(out / "vae", safe_serialization=True)
+    timings["vae_s"] = time.perf_counter() - t0
+    if stop_after == "vae":
+        return {"timings_s": timings}
+
+    t0 = time.perf_counter()
+    if resume and (out / "clip" / "config.json").is_file():
+        clip = CLIPModel.from_pretrained(out / "clip").eval()
+    else:
+        clip = train_clip(plan, tokenizer, show=show)
+        clip.save_pretrained(out / "clip", safe_serialization=True)
+        tokenizer.save_pretrained(out / "clip")
+    text_encoder = text_tower(clip)
+    timings["clip_s"] = time.perf_counter() - t0
+    if stop_after == "clip":
+        return {"timings_s": timings}
+
+    corpus = Corpus(vae, text_encoder, tokenizer)
+    t0 = time.perf_counter()
+    if resume and (out / "base" / "model_index.json").is_file():
+        base = UNet2DConditionModel.from_pretrained(out / "base" / "unet").eval()
+    else:
+        base = train_unet(
+            parts.make_unet(plan.seed),
+            corpus,
+            {DOMINANT: 1.0},
+            plan.base_steps,
+            plan,
+            seed=plan.seed + 2,
+            desc="3/4 base",
+            show=show,
+        )
+        save_pipeline(out / "base", base, vae, text_encoder, tokenizer)
+    timings["base_s"] = time.perf_counter() - t0
+    if stop_after == "base":
+        return {"timings_s": timings}
+
+    trainable = parts.moe_parameter_names(base)
+    for k, spec in enumerate(plan.experts):
+        t0 = time.perf_counter()
+        if resume and (out / "experts" / spec.name / "model_index.json").is_file():
+            continue
+        expert = UNet2DConditionModel.from_pretrained(out / "base" / "unet")
+        train_unet(
+            expert,
+            corpus,
+            spec.languages,
+            plan.expert_steps,
+            plan,
+            seed=spec.seed,
+            trainable=trainable,
+            desc=f"4/4 expert {k + 1}/{len(plan.experts)} {spec.name}",
+            show=show,
+        )
+        save_pipeline(out / "experts" / spec.name, expert, vae, text_encoder, tokenizer)
+        timings[f"expert_{spec.name}_s"] = time.perf_counter() - t0
+
+    (out / "segmoe.yaml").write_text(
+        yaml.safe_dump(segmoe_config(out, plan), sort_keys=False, allow_unicode=True)
+    )
+    summary = {"plan": asdict(plan), "timings_s": timings, "total_s": sum(timings.values())}
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
