@@ -1,0 +1,270 @@
+"""The SQL side of reports and the dashboard: load decision records, aggregate counts, browse jobs.
+
+Statistics live in `audit.fairness` (pure); this module only reads the audit tables. Shadow-mode decisions
+count with what the policy *would* have done (`shadow_action`): what a fairness audit of a policy needs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from typing import Any
+
+import numpy as np
+from sqlalchemy import and_, case, func, literal, select
+from sqlalchemy.orm import Session
+
+from audit.fairness import Records
+from audit.models import ACTIONS, Artifact, Decision, Job, ReplayRun
+
+GROUP_BY_LANGUAGE = "language"
+_LABEL_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+
+def parse_since(value: str | date | datetime | None) -> datetime | None:
+    """`--since`: an ISO date (midnight UTC) or datetime (naive means UTC); a clear error otherwise."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime.combine(value, time.min, tzinfo=UTC)
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError as exc:
+        raise ValueError(
+            f"since: {value!r} is not an ISO date (2026-01-31) or datetime (2026-01-31T12:00)"
+        ) from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def check_group_by(group_by: str) -> str:
+    """`language`, or the name of a client label (letters, digits, `_-.`)."""
+    if not group_by or not set(group_by) <= _LABEL_CHARS or len(group_by) > 64:
+        raise ValueError(
+            f"group_by: {group_by!r} must be 'language' or a label name (letters, digits, '_', '-', '.')"
+        )
+    return group_by
+
+
+def _effective_action() -> Any:
+    return case(
+        (and_(Decision.policy_mode == "shadow", Decision.shadow_action.is_not(None)), Decision.shadow_action),
+        else_=Decision.action,
+    )
+
+
+@dataclass(frozen=True)
+class LoadedRecords:
+    """Records plus what the report must say about them."""
+
+    records: Records
+    n_shadow: int
+    quality_metrics: list[str]
+    group_by: str
+    since: datetime | None
+    notes: list[str] = field(default_factory=list)
+
+
+def load_records(
+    session: Session,
+    *,
+    group_by: str = GROUP_BY_LANGUAGE,
+    since: datetime | None = None,
+    with_prompts: bool = False,
+) -> LoadedRecords:
+    """Every decision (since `since`) as columns, grouped by language or by a client label's value."""
+    check_group_by(group_by)
+    quality = (
+        select(
+            Artifact.job_id.label("job_id"),
+            func.avg(Artifact.quality).label("quality"),
+        )
+        .where(Artifact.quality.is_not(None))
+        .group_by(Artifact.job_id)
+        .subquery()
+    )
+    group_col = Decision.language if group_by == GROUP_BY_LANGUAGE else Job.labels[group_by].as_string()
+    cols = [
+        Decision.score,
+        _effective_action().label("action"),
+        group_col.label("grp"),
+        Job.prompt_chars,
+        Job.prompt_words,
+        quality.c.quality,
+        (Decision.policy_mode == "shadow").label("shadow"),
+        Job.prompt if with_prompts else literal(None).label("prompt"),
+    ]
+    stmt = (
+        select(*cols)
+        .join(Job, Job.id == Decision.job_id)
+        .outerjoin(quality, quality.c.job_id == Decision.job_id)
+        .order_by(Decision.id)
+    )
+    if since is not None:
+        stmt = stmt.where(Decision.created_at >= since)
+    rows = session.execute(stmt).all()
+    if rows:
+        score, action, grp, chars, words, qual, shadow, prompt = (list(c) for c in zip(*rows, strict=True))
+    else:
+        score, action, grp, chars, words, qual, shadow, prompt = ([] for _ in range(8))
+    metric_stmt = select(Artifact.quality_metric).where(Artifact.quality.is_not(None)).distinct()
+    metrics = sorted(m for m in session.execute(metric_stmt).scalars() if m)
+    records = Records.from_columns(
+        score=np.asarray(score, dtype=np.float64),
+        action=np.asarray(action, dtype=object),
+        group=np.asarray(grp, dtype=object),
+        chars=np.asarray(chars, dtype=np.int64),
+        words=np.asarray(words, dtype=np.int64),
+        quality=np.asarray([np.nan if q is None else q for q in qual], dtype=np.float64),
+        prompt=np.asarray(prompt, dtype=object),
+        quality_metric=", ".join(metrics) or None,
+    )
+    notes = []
+    if len(metrics) > 1:
+        notes.append(f"quality scores come from several metrics ({', '.join(metrics)}): compare with care")
+    return LoadedRecords(records, int(sum(bool(s) for s in shadow)), metrics, group_by, since, notes)
+
+
+def _bucket_expr(session: Session, bucket: str) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        fmt = "YYYY-MM-DD" if bucket == "day" else 'YYYY-MM-DD"T"HH24:00'
+        return func.to_char(func.timezone("UTC", Decision.created_at), fmt)
+    fmt = "%Y-%m-%d" if bucket == "day" else "%Y-%m-%dT%H:00"
+    return func.strftime(fmt, Decision.created_at)
+
+
+def decisions_over_time(session: Session, *, since: datetime | None = None) -> dict[str, Any]:
+    """Counts per time bucket and action (aggregated in SQL): hourly for spans under 3 days, else daily."""
+    span = select(func.min(Decision.created_at), func.max(Decision.created_at))
+    if since is not None:
+        span = span.where(Decision.created_at >= since)
+    first, last = session.execute(span).one()
+    if first is None:
+        return {"bucket": "day", "rows": []}
+    bucket = "hour" if (_as_utc(last) - _as_utc(first)).total_seconds() < 3 * 86400 else "day"
+    key = _bucket_expr(session, bucket).label("t")
+    action = _effective_action().label("action")
+    stmt = select(key, action, func.count()).group_by(key, action).order_by(key)
+    if since is not None:
+        stmt = stmt.where(Decision.created_at >= since)
+    table: dict[str, dict[str, int]] = {}
+    for t, act, n in session.execute(stmt):
+        table.setdefault(t, dict.fromkeys(ACTIONS, 0))[act] = int(n)
+    return {"bucket": bucket, "rows": [{"t": t, **counts} for t, counts in sorted(table.items())]}
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def policy_counts(session: Session, *, since: datetime | None = None) -> list[dict[str, Any]]:
+    """Decisions per policy name, version and mode, newest first."""
+    stmt = (
+        select(
+            Decision.policy_name,
+            Decision.policy_version,
+            Decision.policy_hash,
+            Decision.policy_mode,
+            func.count(),
+            func.max(Decision.created_at),
+        )
+        .group_by(Decision.policy_name, Decision.policy_version, Decision.policy_hash, Decision.policy_mode)
+        .order_by(func.max(Decision.created_at).desc())
+    )
+    if since is not None:
+        stmt = stmt.where(Decision.created_at >= since)
+    return [
+        {
+            "policy_name": a,
+            "policy_version": b,
+            "policy_hash": c,
+            "policy_mode": d,
+            "decisions": int(n),
+            "last_decision_at": _as_utc(t).isoformat() if t else None,
+        }
+        for a, b, c, d, n, t in session.execute(stmt)
+    ]
+
+
+# --- the dashboard's job browser ---
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Filters of the job browser; empty strings mean no filter."""
+
+    action: str = ""
+    language: str = ""
+    policy_version: str = ""
+
+    def __post_init__(self) -> None:
+        if self.action and self.action not in ACTIONS:
+            raise ValueError(f"action: must be one of {', '.join(ACTIONS)}, got {self.action!r}")
+        for name in ("language", "policy_version"):
+            if len(getattr(self, name)) > 64:
+                raise ValueError(f"{name}: at most 64 characters")
+
+
+def list_jobs(
+    session: Session, flt: JobFilter, *, limit: int = 50, before_id: int | None = None
+) -> list[dict]:
+    """Newest decisions first, with their job: keyset pagination on the decision id (fast on large tables)."""
+    stmt = (
+        select(Decision, Job.prompt, Job.status, Job.labels)
+        .join(Job, Job.id == Decision.job_id)
+        .order_by(Decision.id.desc())
+        .limit(limit)
+    )
+    if flt.action:
+        stmt = stmt.where(_effective_action() == flt.action)
+    if flt.language:
+        stmt = stmt.where(Decision.language == flt.language)
+    if flt.policy_version:
+        stmt = stmt.where(Decision.policy_version == flt.policy_version)
+    if before_id is not None:
+        stmt = stmt.where(Decision.id < before_id)
+    return [
+        {
+            "decision_id": d.id,
+            "job_id": str(d.job_id),
+            "created_at": _as_utc(d.created_at),
+            "language": d.language,
+            "score": d.score,
+            "action": d.action,
+            "shadow_action": d.shadow_action,
+            "rule": d.rule,
+            "policy": f"{d.policy_name} {d.policy_version}",
+            "prompt": prompt,
+            "status": status,
+            "labels": labels,
+        }
+        for d, prompt, status, labels in session.execute(stmt)
+    ]
+
+
+def job_detail(session: Session, job_id: str) -> dict[str, Any] | None:
+    """One job with its decision and artifacts, or None."""
+    try:
+        key = uuid.UUID(job_id)
+    except ValueError as exc:
+        raise ValueError(f"job_id: {job_id!r} is not a UUID") from exc
+    job = session.get(Job, key)
+    if job is None:
+        return None
+    return {"job": job, "decision": job.decision, "artifacts": list(job.artifacts)}
+
+
+def filter_choices(session: Session) -> dict[str, list[str]]:
+    """Distinct languages and policy versions, for the browser's filter menus."""
+    langs = session.execute(
+        select(Decision.language).where(Decision.language.is_not(None)).distinct()
+    ).scalars()
+    versions = session.execute(select(Decision.policy_version).distinct()).scalars()
+    return {"languages": sorted(langs), "policy_versions": sorted(versions)}
+
+
+def latest_replay(session: Session) -> ReplayRun | None:
+    return session.execute(select(ReplayRun).order_by(ReplayRun.id.desc()).limit(1)).scalar_one_or_none()
