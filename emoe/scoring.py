@@ -1,0 +1,430 @@
+"""EMoE scoring: disagreement of the M expert paths at the first denoising step (paper section 3, appendix A).
+
+Paths are batch rows. Per request r and path m there are the CFG rows (negative, prompt) - one routing group,
+so every later MoE layer routes exactly as that path would alone. At the split layers each path is forced to
+its own expert (no gate). EU(y) is the mean over the d latent dimensions of the population variance across the
+M paths of the conditional row; the reported score is sqrt(d) * EU.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from emoe import unet_passes
+from emoe.config import ScoreConfig
+from emoe.ensemble import Ensemble
+from emoe.routing import routing
+
+SCORING_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Score:
+    """One prompt's EMoE score and everything needed to interpret and replay it."""
+
+    prompt: str
+    score: float  # sqrt(d) * eu
+    eu: float
+    num_experts: int
+    latent: str
+    split: str | list[str]
+    fingerprint: str
+    scoring: dict[str, Any]
+    timings_ms: dict[str, float]
+    expert_deviation: list[float]  # per path: mean over dims of (path - paths' mean)^2; their mean is eu
+    n_tokens: int
+    truncated: bool
+    experts: list[int] = field(
+        default_factory=list
+    )  # the expert of each path, same order as expert_deviation
+    is_random: bool = False  # True when the ensemble has random weights (the score means nothing)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict."""
+        return {
+            "prompt": self.prompt,
+            "score": self.score,
+            "eu": self.eu,
+            "num_experts": self.num_experts,
+            "latent": self.latent,
+            "split": self.split,
+            "fingerprint": self.fingerprint,
+            "scoring": self.scoring,
+            "timings_ms": dict(self.timings_ms),
+            "expert_deviation": list(self.expert_deviation),
+            "experts": list(self.experts),
+            "n_tokens": self.n_tokens,
+            "truncated": self.truncated,
+            "is_random": self.is_random,
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# the plan: a ScoreConfig resolved against an ensemble
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    config: ScoreConfig
+    height: int
+    width: int
+    scheduler: Any  # with timesteps set
+    timesteps: torch.Tensor
+    split_layers: frozenset[str]
+    experts: list[int]
+    cfg: bool
+    scoring: dict[str, Any]
+    fingerprint: str
+
+    @property
+    def rows_per_group(self) -> int:
+        return 2 if self.cfg else 1
+
+    def fresh_scheduler(self) -> Any:
+        return copy.deepcopy(self.scheduler)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def make_plan(config: ScoreConfig, ensemble: Ensemble) -> Plan:
+    """Check config against the ensemble and compute the scoring fingerprint."""
+    if not isinstance(config, ScoreConfig):
+        raise TypeError(f"config: expected a ScoreConfig, got {type(config).__name__}")
+    height = config.height or ensemble.default_height
+    width = config.width or ensemble.default_width
+    problem = ensemble.size_problem(height, width)
+    if problem:
+        raise ValueError(f"ScoreConfig.{problem}")
+    experts = list(config.experts) if config.experts is not None else list(range(ensemble.num_experts))
+    bad = [e for e in experts if e >= ensemble.num_experts]
+    if bad:
+        raise ValueError(
+            f"ScoreConfig.experts: {bad} out of range for an ensemble of {ensemble.num_experts} experts"
+        )
+    if len(experts) < 2:
+        raise ValueError(
+            f"ScoreConfig.experts: EMoE needs at least 2 experts (M >= 2), the ensemble has {len(experts)}"
+        )
+    split_layers = ensemble.resolve_split(config.split)
+    scheduler = ensemble.make_scheduler(config.scheduler)
+    scheduler.set_timesteps(config.steps, device=ensemble.device)
+    timesteps = scheduler.timesteps
+    cfg = config.guidance > 1.0  # diffusers' rule: guidance <= 1 runs without classifier-free guidance
+    scheduler_config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+    scoring = {
+        "version": SCORING_VERSION,
+        "weights_hash": ensemble.weights_hash,
+        "dtype": str(ensemble.dtype).removeprefix("torch."),
+        "scheduler": type(scheduler).__name__,
+        "scheduler_config": _json_safe(scheduler_config),
+        "first_timestep": int(timesteps[0]),
+        "steps": config.steps,
+        "guidance": config.guidance,
+        "cfg": cfg,
+        "negative_prompt": config.negative_prompt,
+        "height": height,
+        "width": width,
+        "seed": config.seed,
+        "latent": config.latent,
+        "split": list(split_layers),
+        "experts": experts,
+    }
+    fingerprint = hashlib.sha256(
+        json.dumps(scoring, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    return Plan(
+        config,
+        height,
+        width,
+        scheduler,
+        timesteps,
+        frozenset(split_layers),
+        experts,
+        cfg,
+        scoring,
+        fingerprint,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# building blocks shared with generation
+# ----------------------------------------------------------------------------------------------------
+
+
+def check_prompts(prompts: Sequence[str]) -> list[str]:
+    if isinstance(prompts, str):
+        raise TypeError("prompts: expected a list of strings, got a single string")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts: at least one prompt is needed")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompts[{i}]: must be a string, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise ValueError(f"prompts[{i}]: empty or whitespace-only prompt")
+    return prompts
+
+
+@torch.no_grad()
+def encode_prompts(ensemble: Ensemble, prompts: list[str]) -> tuple[torch.Tensor, list[int], list[bool]]:
+    """CLIP embeddings as StableDiffusionPipeline makes them, plus token counts and truncation flags."""
+    tokenizer = ensemble.tokenizer
+    limit = ensemble.max_prompt_tokens
+    n_tokens = [len(tokenizer(p, truncation=False, verbose=False).input_ids) - 2 for p in prompts]
+    ids = tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    embeds = ensemble.pipe.text_encoder(ids.to(ensemble.device))[0]
+    return embeds.to(ensemble.dtype), n_tokens, [n > limit for n in n_tokens]
+
+
+def initial_noise(ensemble: Ensemble, plan: Plan) -> tuple[torch.Tensor, torch.Generator]:
+    """The request's starting latents from its seed (as diffusers draws them with a CPU generator)."""
+    generator = torch.Generator("cpu").manual_seed(plan.config.seed)
+    channels = ensemble.unet.config.in_channels
+    shape = (1, channels, plan.height // ensemble.vae_scale_factor, plan.width // ensemble.vae_scale_factor)
+    latents = torch.randn(shape, generator=generator, dtype=ensemble.dtype).to(ensemble.device)
+    return latents * plan.scheduler.init_noise_sigma, generator
+
+
+def step_kwargs(scheduler: Any, generator: torch.Generator) -> dict[str, Any]:
+    params = set(inspect.signature(scheduler.step).parameters)
+    kwargs: dict[str, Any] = {}
+    if "eta" in params:
+        kwargs["eta"] = 0.0
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs
+
+
+def guided(noise: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """Classifier-free guidance over consecutive (negative, prompt) row pairs."""
+    if not plan.cfg:
+        return noise
+    pairs = noise.view(-1, 2, *noise.shape[1:])
+    uncond, cond = pairs[:, 0], pairs[:, 1]
+    return uncond + plan.config.guidance * (cond - uncond)
+
+
+@dataclass
+class Rows:
+    """A batch laid out as requests x paths x CFG rows; path len(experts) is the ordinary MoE path."""
+
+    latents: torch.Tensor
+    encoder_states: torch.Tensor
+    forced: torch.Tensor
+    paths: int
+
+
+def layout(
+    ensemble: Ensemble,
+    plan: Plan,
+    embeds: torch.Tensor,
+    negative: torch.Tensor,
+    latents: torch.Tensor,
+    *,
+    ordinary: bool,
+) -> Rows:
+    """Rows for R requests: per request, M gate paths (+ the ordinary path), each with its CFG rows."""
+    requests = embeds.shape[0]
+    paths = len(plan.experts) + (1 if ordinary else 0)
+    encoder_rows = []
+    for r in range(requests):
+        per_path = [negative[0], embeds[r]] if plan.cfg else [embeds[r]]
+        encoder_rows.extend(per_path * paths)
+    path_expert = [*plan.experts, -1][:paths]
+    forced = torch.tensor(
+        [e for _ in range(requests) for e in path_expert for _ in range(plan.rows_per_group)],
+        device=ensemble.device,
+    )
+    x = latents.repeat_interleave(paths * plan.rows_per_group, dim=0)
+    return Rows(x, torch.stack(encoder_rows), forced, paths)
+
+
+def disagreement(paths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(requests, M, d) -> EU (requests,) and each path's mean squared deviation from the mean (requests, M).
+
+    Centred on path 0 first, in float64, so identical paths give exactly 0.
+    """
+    x = paths.double()
+    centred = x - x[:, :1]
+    deviation = centred - centred.mean(dim=1, keepdim=True)
+    per_path = deviation.pow(2).mean(dim=2)
+    return per_path.mean(dim=1), per_path
+
+
+@dataclass
+class FirstStep:
+    """The gate's outputs for one batch at the first denoising step."""
+
+    eu: torch.Tensor
+    deviation: torch.Tensor
+    dims: int
+    state: unet_passes.DownMid
+    rows: Rows
+    gate_noise: torch.Tensor | None  # UNet output of the gate rows when the latent needed the up blocks
+
+
+@torch.no_grad()
+def first_step(
+    ensemble: Ensemble,
+    plan: Plan,
+    embeds: torch.Tensor,
+    negative: torch.Tensor,
+    latents: torch.Tensor,
+    generator_states: list[torch.Tensor],
+    *,
+    ordinary: bool,
+) -> FirstStep:
+    """Run the M gate paths (+ the ordinary path) through down+mid at the first timestep; measure EU."""
+    unet = ensemble.unet
+    t0 = plan.timesteps[0]
+    rows = layout(ensemble, plan, embeds, negative, latents, ordinary=ordinary)
+    g, m, requests = plan.rows_per_group, len(plan.experts), embeds.shape[0]
+    x = plan.scheduler.scale_model_input(rows.latents, t0)
+    with routing(
+        ensemble.routing, rows_per_group=g, forced_expert=rows.forced, split_layers=plan.split_layers
+    ):
+        state = unet_passes.down_mid(unet, x, t0, rows.encoder_states)
+        gate_noise = None
+        if plan.config.latent in ("eps", "z_prev"):
+            gate_idx = (rows.forced >= 0).nonzero(as_tuple=True)[0]
+            with routing(
+                ensemble.routing,
+                rows_per_group=g,
+                forced_expert=rows.forced[gate_idx],
+                split_layers=plan.split_layers,
+            ):
+                gate_noise = unet_passes.up(unet, state.rows(gate_idx), rows.encoder_states[gate_idx])
+
+    # the conditional row of each gate path: (requests, M, ...)
+    def cond_rows(t: torch.Tensor, per_path: int) -> torch.Tensor:
+        t = t.view(requests, per_path, g, *t.shape[1:])
+        return t[:, :m, g - 1]
+
+    latent = plan.config.latent
+    if latent == "m_post":
+        paths = cond_rows(state.sample, rows.paths)
+    elif latent == "m_pre":
+        paths = cond_rows(state.mid_in, rows.paths)
+    elif latent == "eps":
+        assert gate_noise is not None
+        paths = cond_rows(gate_noise, m)
+    else:  # z_prev: each path takes its own first scheduler step from the same latents and the same noise
+        assert gate_noise is not None
+        eps = guided(gate_noise, plan).view(requests, m, *gate_noise.shape[1:])
+        stepped = []
+        for r in range(requests):
+            for p in range(m):
+                scheduler = plan.fresh_scheduler()
+                gen = torch.Generator("cpu")
+                gen.set_state(generator_states[r])
+                out = scheduler.step(eps[r, p : p + 1], t0, latents[r : r + 1], **step_kwargs(scheduler, gen))
+                stepped.append(out.prev_sample[0])
+        paths = torch.stack(stepped).view(requests, m, *latents.shape[1:])
+    flat = paths.reshape(requests, m, -1)
+    eu, deviation = disagreement(flat)
+    return FirstStep(eu, deviation, flat.shape[-1], state, rows, gate_noise)
+
+
+def make_score(
+    ensemble: Ensemble,
+    plan: Plan,
+    prompt: str,
+    step: FirstStep,
+    index: int,
+    n_tokens: int,
+    truncated: bool,
+    timings_ms: dict[str, float],
+) -> Score:
+    eu = float(step.eu[index])
+    split = plan.config.split
+    return Score(
+        prompt=prompt,
+        score=math.sqrt(step.dims) * eu,
+        eu=eu,
+        num_experts=len(plan.experts),
+        latent=plan.config.latent,
+        split=list(split) if isinstance(split, tuple) else split,
+        fingerprint=plan.fingerprint,
+        scoring=plan.scoring,
+        timings_ms=timings_ms,
+        expert_deviation=[float(v) for v in step.deviation[index]],
+        n_tokens=n_tokens,
+        truncated=truncated,
+        experts=list(plan.experts),
+        is_random=ensemble.is_random,
+    )
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+# --------------------------------------------------------------------------------------------------
+# the public entry point
+# ----------------------------------------------------------------------------------------------------
+
+
+def score(prompts: Sequence[str], config: ScoreConfig, ensemble: Ensemble) -> list[Score]:
+    """Score prompts with EMoE at the first denoising step, `config.batch_size` requests per batch."""
+    # 1. check inputs and resolve the configuration
+    prompts = check_prompts(prompts)
+    plan = make_plan(config, ensemble)
+    negative, _, _ = encode_prompts(ensemble, [config.negative_prompt])
+    latents, generator = initial_noise(ensemble, plan)
+    generator_state = generator.get_state()
+
+    scores: list[Score] = []
+    for start in range(0, len(prompts), config.batch_size):
+        batch = prompts[start : start + config.batch_size]
+        t_batch = time.perf_counter()
+        # 2. encode the prompts
+        embeds, n_tokens, truncated = encode_prompts(ensemble, batch)
+        t_encoded = time.perf_counter()
+        # 3. the gate: every request starts from its seed's latents (same seed, same noise)
+        step = first_step(
+            ensemble,
+            plan,
+            embeds,
+            negative,
+            latents.expand(len(batch), -1, -1, -1),
+            [generator_state] * len(batch),
+            ordinary=False,
+        )
+        timings = {
+            "encode_ms": round((t_encoded - t_batch) * 1000.0, 3),
+            "gate_ms": _ms(t_encoded),
+            "batch_ms": _ms(t_batch),
+            "batch_size": float(len(batch)),
+        }
+        for i, prompt in enumerate(batch):
+            scores.append(
+                make_score(ensemble, plan, prompt, step, i, n_tokens[i], truncated[i], dict(timings))
+            )
+    return scores
