@@ -251,7 +251,7 @@ def _claimable(job: Job, stage: str, lease_s: float, now: datetime) -> ClaimRefu
         age = (now - started).total_seconds()
         if age >= lease_s:
             return None  # the holder died (its lease ran out): take over
-        return ClaimRefused("busy", retry_in_s=max(0.5, lease_s - age))
+        return ClaimRefused("busy", retry_in_s=max(0.5, min(5.0, lease_s - age)))
     return ClaimRefused("done")
 
 

@@ -105,7 +105,13 @@ def run_gate(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outcome
     # 4. decide and record each job: the decision row and the status change commit together
     for c, score in zip(claims, scores, strict=True):
         _prompt, language, labels = jobs[c.job_id]
-        decision = decide(score, DecisionContext(language=language, labels=labels), runtime.policy)
+        try:
+            decision = decide(score, DecisionContext(language=language, labels=labels), runtime.policy)
+        except ValueError as exc:  # e.g. FingerprintMismatch: the policy is for another scoring configuration
+            with session_scope(url) as session:
+                if repo.move(session, c, "failed", error=f"policy refused the score: {exc}"):
+                    _dead(session, c.job_id, outcome)
+            continue
         with session_scope(url) as session:
             job = repo.holds(session, c)
             if job is None:

@@ -1,9 +1,293 @@
-"""CLI commands of this area; filled in by the issue that owns it."""
+"""Service commands: `serve`, `worker`, `keys create` and `demo` (the README's main job, embedded mode)."""
 
 from __future__ import annotations
 
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+DEMO_PROMPTS = Path(__file__).resolve().parents[2] / "workers" / "demo_prompts.json"
+DEMO_TENANT = "demo"
+
+
+def _settings(**changes: Any) -> Any:
+    from settings import get_settings
+
+    settings = get_settings()
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return settings.model_copy(update=changes) if changes else settings
+
+
+def _prepare_database(url: str) -> None:
+    """SQLite creates and migrates itself; PostgreSQL must already be migrated (`emoe-gate migrate`)."""
+    from audit.db import SchemaNotReady, ensure_schema
+
+    try:
+        ensure_schema(url)
+    except SchemaNotReady as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    db: Annotated[
+        str | None, typer.Option(help="Database URL (default: EMOE_DATABASE_URL or embedded SQLite).")
+    ] = None,
+) -> None:
+    """Run the HTTP gateway. Without EMOE_BROKER_URL it also runs the worker in process (embedded mode)."""
+    import uvicorn
+
+    from gateway.app import create_app
+
+    settings = _settings(database_url=db)
+    _prepare_database(settings.resolved_database_url)
+    mode = "embedded (in-process worker)" if settings.embedded else f"broker {settings.broker_url}"
+    typer.echo(f"emoe-gate serving on http://{host}:{port} — {mode}")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+def worker(
+    queues: Annotated[
+        str, typer.Option(help="Comma-separated queues: gate, render, hooks.")
+    ] = "gate,render,hooks",
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Worker processes (each loads the model once).")
+    ] = 1,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
+) -> None:
+    """Run a Celery worker against EMOE_BROKER_URL (Redis) and EMOE_DATABASE_URL."""
+    from workers.dispatch import QUEUES
+
+    settings = _settings()
+    if settings.embedded:
+        typer.echo(
+            "error: EMOE_BROKER_URL is not set (embedded mode needs no worker: `emoe-gate serve`)", err=True
+        )
+        raise typer.Exit(2)
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = sorted(set(names) - set(QUEUES))
+    if not names or unknown:
+        typer.echo(
+            f"error: --queues: unknown {unknown or 'empty'}; choose from {', '.join(QUEUES)}", err=True
+        )
+        raise typer.Exit(2)
+    from workers.celery_app import app
+
+    app.conf.emoe_preload = bool({"gate", "render"} & set(names))
+    app.worker_main(
+        [
+            "worker",
+            f"--queues={','.join(names)}",
+            f"--concurrency={concurrency}",
+            f"--loglevel={loglevel}",
+            "--pool=prefork",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant the key belongs to.")],
+    role: Annotated[str, typer.Option(help="submit (submit and read) or read (read only).")] = "submit",
+    db: Annotated[
+        str | None, typer.Option(help="Database URL (default: EMOE_DATABASE_URL or embedded SQLite).")
+    ] = None,
+) -> None:
+    """Make an API key; it is printed once, on the last line, and stored only as its sha256."""
+    from audit.db import session_scope
+    from audit.keys import create_key
+
+    settings = _settings(database_url=db)
+    _prepare_database(settings.resolved_database_url)
+    try:
+        with session_scope(settings.resolved_database_url) as session:
+            secret, row = create_key(session, tenant, role)
+            prefix = row.key_prefix
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"created a {role!r} key for tenant {tenant!r} (prefix {prefix}); it is not shown again:")
+    typer.echo(secret)
+
+
+def load_demo_prompts(limit: int | None = None) -> list[dict[str, str]]:
+    prompts = json.loads(DEMO_PROMPTS.read_text(encoding="utf-8"))["prompts"]
+    return prompts[:limit] if limit else prompts
+
+
+def demo(
+    db: Annotated[str | None, typer.Option(help="Database URL (default: OUT/emoe-demo.db, SQLite).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N bundled prompts.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the images and the report.")] = Path("demo-out"),
+    ensemble: Annotated[
+        str | None, typer.Option(help="Ensemble (default: EMOE_ENSEMBLE, i.e. `default`).")
+    ] = None,
+    steps: Annotated[int, typer.Option(min=1, max=200, help="Denoising steps of each rendered image.")] = 25,
+) -> None:
+    """The main job: gate the bundled multilingual prompts, render the accepted ones, audit every decision."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from audit import jobs as repo
+    from audit.db import session_scope
+    from audit.language import detect_language
+    from workers.embedded import InProcessWorker
+    from workers.runtime import load_runtime
+
+    console = Console()
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    url = db or f"sqlite:///{out / 'emoe-demo.db'}"
+    settings = _settings(database_url=url, broker_url="", artifacts_dir=out / "images", ensemble=ensemble)
+    # 1. the database (embedded SQLite migrates itself)
+    _prepare_database(settings.resolved_database_url)
+    # 2. the model and the policy, once
+    console.print(f"[bold]emoe-gate demo[/bold]: loading ensemble {settings.ensemble!r} ...")
+    started = time.perf_counter()
+    runtime = load_runtime(settings)
+    console.print(f"ensemble: {runtime.ensemble.description}")
+    console.print(
+        f"policy: {runtime.policy.name} v{runtime.policy.version} ({runtime.policy.mode}), "
+        f"flag above {runtime.policy.flag_at:.4g}, halt above {runtime.policy.halt_at:.4g}"
+    )
+    # 3. submit the prompts as jobs, as the gateway would
+    prompts = load_demo_prompts(limit)
+    ids = []
+    with session_scope(settings.resolved_database_url) as session:
+        for row in prompts:
+            job, _ = repo.create_job(
+                session,
+                tenant=DEMO_TENANT,
+                prompt=row["prompt"],
+                negative_prompt="",
+                mode="fast",
+                params={"seed": 0, "steps": steps, "guidance": 7.5, "height": None, "width": None},
+                labels={"set": "demo"},
+                language=detect_language(row["prompt"]),
+                callback_url=None,
+            )
+            ids.append(job.id)
+    # 4. the in-process worker runs the same task code as a Celery worker: gate, decide, audit, render
+    worker_ = InProcessWorker(settings, runtime=runtime)
+    worker_.start()
+    worker_.gate(ids)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("gate + render", total=len(ids))
+        while True:
+            with session_scope(settings.resolved_database_url) as session:
+                jobs = repo.get_jobs(session, ids)
+                done = sum(j.status in ("completed", "halted", "failed", "cancelled") for j in jobs)
+            progress.update(bar, completed=done)
+            if done == len(ids):
+                break
+            time.sleep(0.3)
+    worker_.wait_idle(timeout=60)
+    worker_.stop()
+    # 5. the summary and the report
+    summary = _summarise(settings, ids, out, time.perf_counter() - started)
+    _print_summary(console, summary)
+    console.print(f"images: {out / 'images'}; report: {summary['report_files']}")
+
+
+def _summarise(settings: Any, ids: list, out: Path, seconds: float) -> dict[str, Any]:
+    from audit import jobs as repo
+    from audit.chain import verify_chain
+    from audit.db import session_scope
+
+    with session_scope(settings.resolved_database_url) as session:
+        jobs = repo.get_jobs(session, ids)
+        rows = []
+        for j in jobs:
+            d = j.decision
+            rows.append(
+                {
+                    "job_id": str(j.id),
+                    "language": j.language,
+                    "prompt": j.prompt,
+                    "status": j.status,
+                    "action": d.action if d else None,
+                    "score": d.score if d else None,
+                    "error": j.error,
+                    "images": [a.storage_uri.removeprefix("file://") for a in j.artifacts],
+                    "row_hash": d.row_hash if d else None,
+                }
+            )
+        chain = verify_chain(session)
+        chain_ok = bool(getattr(chain, "ok", False))
+        policy = next(
+            (
+                {
+                    "name": j.decision.policy_name,
+                    "version": j.decision.policy_version,
+                    "hash": j.decision.policy_hash,
+                    "flag_at": j.decision.flag_at,
+                    "halt_at": j.decision.halt_at,
+                }
+                for j in jobs
+                if j.decision
+            ),
+            None,
+        )
+    by_action = Counter(r["action"] or r["status"] for r in rows)
+    by_language: dict[str, Counter] = {}
+    for r in rows:
+        by_language.setdefault(r["language"] or "unknown", Counter())[r["action"] or r["status"]] += 1
+    summary = {
+        "jobs": len(rows),
+        "seconds": round(seconds, 1),
+        "by_action": dict(by_action),
+        "by_language": {lang: dict(c) for lang, c in sorted(by_language.items())},
+        "images": sum(len(r["images"]) for r in rows),
+        "audit_chain_ok": chain_ok,
+        "policy": policy,
+        "database": settings.resolved_database_url,
+        "results": rows,
+    }
+    files = [out / "summary.json"]
+    (out / "summary.json").write_text(
+        json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    try:  # the fairness report (HTML), when that part of the package is present
+        from audit.report import build_report, render_html
+
+        with session_scope(settings.resolved_database_url) as session:
+            report = build_report(session, database=settings.resolved_database_url)
+        (out / "report.html").write_text(render_html(report), encoding="utf-8")
+        files.append(out / "report.html")
+    except Exception as exc:  # the demo's own summary still stands
+        summary["report_error"] = f"{type(exc).__name__}: {exc}"
+    summary["report_files"] = ", ".join(str(f) for f in files)
+    return summary
+
+
+def _print_summary(console: Any, summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    actions = ["continue", "flag", "halt", "failed"]
+    table = Table(title=f"decisions by language ({summary['jobs']} prompts, {summary['seconds']} s)")
+    table.add_column("language")
+    for action in actions:
+        table.add_column(action, justify="right")
+    for lang, counts in summary["by_language"].items():
+        table.add_row(lang, *(str(counts.get(a, 0)) for a in actions))
+    table.add_row("[bold]all[/bold]", *(f"[bold]{summary['by_action'].get(a, 0)}[/bold]" for a in actions))
+    console.print(table)
+    console.print(f"{summary['images']} images written; audit chain verified: {summary['audit_chain_ok']}")
+    if summary.get("report_error"):
+        console.print(f"[yellow]fairness report skipped: {summary['report_error']}[/yellow]")
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     """Add this area's commands to the CLI."""
+    app.command("serve")(serve)
+    app.command("worker")(worker)
+    app.command("demo")(demo)
+    groups["keys"].command("create")(keys_create)
