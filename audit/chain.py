@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from audit.models import ACTIONS, Decision, Job, utcnow
@@ -79,18 +79,25 @@ class ChainReport:
 
 def _plain_json(value: Any, where: str) -> Any:
     """JSON that round-trips exactly through both databases (numpy scalars to Python, tuples to lists)."""
-    if hasattr(value, "item") and callable(value.item) and not isinstance(value, Mapping | list | tuple):
-        value = value.item()  # numpy / torch scalar
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:  # the common cases first, cheaply
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise ChainError(f"{where}: non-finite number {value!r} cannot be stored in the audit log")
+        return value
     if isinstance(value, Mapping):
         return {str(k): _plain_json(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, bool):  # subclasses (numpy.bool_ is not one; enums and numpy.float64 are)
+        return bool(value)
+    if isinstance(value, str | int):
+        return str.__str__(value) if isinstance(value, str) else int(value)
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ChainError(f"{where}: non-finite number {value!r} cannot be stored in the audit log")
-        return value
-    if value is None or isinstance(value, bool | int | str):
-        return value
+        return _plain_json(float(value), where)
+    if callable(getattr(value, "item", None)):  # numpy / torch scalar
+        return _plain_json(value.item(), where)
     raise ChainError(f"{where}: {type(value).__name__} is not JSON")
 
 
@@ -100,21 +107,23 @@ def _iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def canonical_record(row: Decision) -> str:
-    """The exact text the row's hash covers."""
+def canonical_record(row: Decision | Mapping[str, Any]) -> str:
+    """The exact text the row's hash covers (`row`: a `Decision` or a mapping of its column values)."""
+    get = row.__getattribute__ if isinstance(row, Decision) else row.__getitem__
     record: dict[str, Any] = {
         "v": CHAIN_VERSION,
-        "job_id": str(uuid.UUID(str(row.job_id))),
-        "created_at": _iso_utc(row.created_at),
-        "num_experts": int(row.num_experts),
+        "job_id": str(uuid.UUID(str(get("job_id")))),
+        "created_at": _iso_utc(get("created_at")),
+        "num_experts": int(get("num_experts")),
     }
-    record.update({name: float(getattr(row, name)) for name in FLOAT_FIELDS})
-    record.update({name: getattr(row, name) for name in TEXT_FIELDS})
-    record.update({name: getattr(row, name) for name in JSON_FIELDS})
+    for name in FLOAT_FIELDS:
+        record[name] = float(get(name))
+    for name in TEXT_FIELDS + JSON_FIELDS:
+        record[name] = get(name)
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def row_hash(prev_hash: str, row: Decision) -> str:
+def row_hash(prev_hash: str, row: Decision | Mapping[str, Any]) -> str:
     """sha256(prev_hash ‖ canonical record), hex."""
     return hashlib.sha256((prev_hash + canonical_record(row)).encode("utf-8")).hexdigest()
 
@@ -136,39 +145,44 @@ def _finite(value: Any, name: str) -> float:
     return number
 
 
-def build_decision_row(
-    job: Job, score: Any, decision: Any, timings: Mapping[str, Any] | None = None
-) -> Decision:
-    """An unsaved `Decision` row from the job, the score (an `emoe.Score` or anything with its fields) and the
-    `policies.Decision`. The chain fields are filled in by `append_decision`."""
+def decision_values(
+    job: Any, score: Any, decision: Any, timings: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The column values of a decision row, chain fields aside.
+
+    `job`: a `Job` (or anything with its id, tenant, prompt_sha256 and language); `score`: an `emoe.Score` or
+    anything with its fields; `decision`: a `policies.Decision`.
+    """
     action = _field(decision, "action")
     if action not in ACTIONS:
         raise ChainError(f"action: {action!r} is not one of {', '.join(ACTIONS)}")
     if job.id is None:
         raise ChainError("job: has no id yet (flush the session first)")
-    return Decision(
-        job_id=job.id,
-        tenant=job.tenant,
-        prompt_sha256=job.prompt_sha256,
-        language=job.language,
-        score=_finite(_field(score, "score"), "score"),
-        eu=_finite(_field(score, "eu"), "eu"),
-        num_experts=int(_field(score, "num_experts")),
-        fingerprint=str(_field(score, "fingerprint")),
-        scoring=_plain_json(_field(score, "scoring", {}) or {}, "scoring"),
-        expert_deviation=_plain_json(list(_field(score, "expert_deviation", []) or []), "expert_deviation"),
-        policy_name=str(_field(decision, "policy_name")),
-        policy_version=str(_field(decision, "policy_version")),
-        policy_hash=str(_field(decision, "policy_hash")),
-        policy_mode=str(_field(decision, "mode")),
-        flag_at=_finite(_field(decision, "flag_at"), "flag_at"),
-        halt_at=_finite(_field(decision, "halt_at"), "halt_at"),
-        rule=str(_field(decision, "rule")),
-        action=action,
-        shadow_action=_field(decision, "shadow_action", None),
-        reason=str(_field(decision, "reason", "") or ""),
-        timings=_plain_json(dict(timings or {}), "timings"),
-    )
+    return {
+        "job_id": job.id,
+        "tenant": job.tenant,
+        "prompt_sha256": job.prompt_sha256,
+        "language": job.language,
+        "score": _finite(_field(score, "score"), "score"),
+        "eu": _finite(_field(score, "eu"), "eu"),
+        "num_experts": int(_field(score, "num_experts")),
+        "fingerprint": str(_field(score, "fingerprint")),
+        "scoring": _plain_json(_field(score, "scoring", {}) or {}, "scoring"),
+        "expert_deviation": _plain_json(
+            list(_field(score, "expert_deviation", []) or []), "expert_deviation"
+        ),
+        "policy_name": str(_field(decision, "policy_name")),
+        "policy_version": str(_field(decision, "policy_version")),
+        "policy_hash": str(_field(decision, "policy_hash")),
+        "policy_mode": str(_field(decision, "mode")),
+        "flag_at": _finite(_field(decision, "flag_at"), "flag_at"),
+        "halt_at": _finite(_field(decision, "halt_at"), "halt_at"),
+        "rule": str(_field(decision, "rule")),
+        "action": action,
+        "shadow_action": _field(decision, "shadow_action", None),
+        "reason": str(_field(decision, "reason", "") or ""),
+        "timings": _plain_json(dict(timings or {}), "timings"),
+    }
 
 
 def lock_chain(session: Session) -> None:
@@ -186,67 +200,95 @@ def chain_head(session: Session) -> str:
     return head or GENESIS_HASH
 
 
-def append_decisions(session: Session, rows: Sequence[Decision]) -> list[Decision]:
-    """Append unsaved rows (from `build_decision_row`) to the chain in order, under one lock and one flush."""
+def _link(session: Session, rows: Sequence[Any]) -> None:
+    """Lock the chain, read its head and chain `rows` (Decision objects or value dicts) after it, in order."""
     # 1. take the chain's lock, then read its head (a fresh snapshot: the previous holder has committed)
     lock_chain(session)
     session.flush()
     prev = chain_head(session)
-    # 2. link the rows: timestamps taken under the lock, so they rise along the chain
+    # 2. link: timestamps are taken under the lock, so they rise along the chain
     for row in rows:
-        row.created_at = utcnow()
-        row.prev_hash = prev
-        row.row_hash = prev = row_hash(prev, row)
-    session.add_all(rows)
-    session.flush()
-    return list(rows)
+        created_at, prev_hash = utcnow(), prev
+        if isinstance(row, Mapping):
+            row["created_at"], row["prev_hash"] = created_at, prev_hash
+            row["row_hash"] = prev = row_hash(prev_hash, row)
+        else:
+            row.created_at, row.prev_hash = created_at, prev_hash
+            row.row_hash = prev = row_hash(prev_hash, row)
 
 
 def append_decision(
     session: Session, job: Job, score: Any, decision: Any, timings: Mapping[str, Any] | None = None
 ) -> Decision:
-    """Append one decision for `job` to the chain (the caller commits, soon: PostgreSQL holds the lock)."""
+    """Append one decision for `job` to the chain and return the row (the caller commits, soon: PostgreSQL
+    holds the chain's lock until then)."""
     if job.id is None:
         session.flush()
-    return append_decisions(session, [build_decision_row(job, score, decision, timings)])[0]
+    row = Decision(**decision_values(job, score, decision, timings))
+    _link(session, [row])
+    session.add(row)
+    session.flush()
+    return row
+
+
+def append_decisions(session: Session, values: Sequence[dict[str, Any]]) -> str:
+    """Append many decisions (dicts from `decision_values`) under one lock with one executemany; return the
+    new chain head. The fast path for batching writers: no ORM objects, ids are not fetched."""
+    if not values:
+        return chain_head(session)
+    rows = [dict(v) for v in values]
+    _link(session, rows)
+    if session.get_bind().dialect.name == "postgresql":
+        _copy_rows(session, rows)
+    else:
+        session.execute(insert(Decision), rows)
+    return rows[-1]["row_hash"]
+
+
+_COPY_COLUMNS = [c.name for c in Decision.__table__.columns if c.name != "id"]
+
+
+def _copy_rows(session: Session, rows: list[dict[str, Any]]) -> None:
+    """PostgreSQL: stream the rows with COPY on the session's own connection (same transaction, same lock).
+
+    JSON columns are sent as the same `json.dumps` text SQLAlchemy would write (PostgreSQL's `json` keeps it
+    verbatim), so reading them back gives the values that were hashed.
+    """
+    cursor = session.connection().connection.driver_connection.cursor()
+    columns = ", ".join(_COPY_COLUMNS)
+    with cursor.copy(f"COPY decisions ({columns}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([json.dumps(row[c]) if c in JSON_FIELDS else row[c] for c in _COPY_COLUMNS])
 
 
 # --- verifying ----------------------------------------------------------------------------------------------
 
 
-def verify_chain(session: Session, *, batch_size: int = 1000) -> ChainReport:
+def verify_chain(session: Session, *, batch_size: int = 2000) -> ChainReport:
     """Walk the decisions in id order and recompute every link; stop at the first bad row."""
     prev = GENESIS_HASH
     rows = 0
-    # populate_existing: check what the database holds, not objects this session may already have in memory
-    query = (
-        select(Decision).order_by(Decision.id).execution_options(yield_per=batch_size, populate_existing=True)
-    )
-    result = session.execute(query)
-    for row in result.scalars():
-        if row.prev_hash != prev:
-            problem = (
+    # Plain column values straight from the database (no ORM identity map that could hold in-memory copies),
+    # streamed in batches so a long log does not sit in memory.
+    query = select(*Decision.__table__.columns).order_by(Decision.id)
+    result = session.execute(query, execution_options={"yield_per": batch_size, "stream_results": True})
+    for row in result.mappings():
+        bad = None
+        if row["prev_hash"] != prev:
+            bad = (
                 "prev_hash does not match the previous row's row_hash (a row before it was deleted, inserted "
                 "or rewritten)"
                 if rows
                 else "the first row's prev_hash is not the genesis hash (earlier rows were deleted)"
             )
-            return ChainReport(False, rows, prev, row.id, str(row.job_id), problem)
-        try:
-            expected = row_hash(prev, row)
-        except (TypeError, ValueError) as exc:
-            return ChainReport(
-                False, rows, prev, row.id, str(row.job_id), f"row cannot be read canonically: {exc}"
-            )
-        if row.row_hash != expected:
-            return ChainReport(
-                False,
-                rows,
-                prev,
-                row.id,
-                str(row.job_id),
-                "row_hash does not match the row's content (altered)",
-            )
-        prev = row.row_hash
+        else:
+            try:
+                if row["row_hash"] != row_hash(prev, row):
+                    bad = "row_hash does not match the row's content (altered)"
+            except (TypeError, ValueError) as exc:
+                bad = f"row cannot be read canonically: {exc}"
+        if bad:
+            return ChainReport(False, rows, prev, row["id"], str(row["job_id"]), bad)
+        prev = row["row_hash"]
         rows += 1
     return ChainReport(True, rows, prev)

@@ -16,7 +16,9 @@ from audit.chain import (
     GENESIS_HASH,
     ChainError,
     append_decision,
+    append_decisions,
     canonical_record,
+    decision_values,
     verify_chain,
 )
 from audit.models import Decision
@@ -82,6 +84,29 @@ def test_canonical_record_survives_the_database_round_trip(db_url: str) -> None:
         stored = session.get(Decision, row_id)
         assert canonical_record(stored) == written
     assert _verify(db_url).ok
+
+
+def test_batched_appends_chain_with_single_appends(db_url: str) -> None:
+    """The batch path (COPY on PostgreSQL, executemany on SQLite) and the one-row path make one chain."""
+    awkward = FakeScore(
+        0.1 + 0.2, scoring={"nested": {"x": [1, 2.5e-8, None]}}, expert_deviation=[1 / 3, 1e-300]
+    )
+    decision = decide(awkward, DecisionContext(), make_policy())
+    with db.session_scope(db_url) as session:
+        append_one(session, 0.5)
+    with db.session_scope(db_url) as session:
+        values = [
+            decision_values(make_job(session, f"batch {i}"), awkward, decision, {"i": i}) for i in range(30)
+        ]
+        head = append_decisions(session, values)
+    with db.session_scope(db_url) as session:
+        append_one(session, 2.5)
+    report = _verify(db_url)
+    assert report.ok and report.rows == 32, str(report)
+    with db.session_scope(db_url) as session:
+        rows = session.scalars(sa.select(Decision).order_by(Decision.id)).all()
+    assert rows[30].row_hash == head and rows[31].prev_hash == head
+    assert rows[5].expert_deviation == [1 / 3, 1e-300] and rows[5].timings == {"i": 4}
 
 
 def test_verify_fails_after_a_row_is_altered(db_url: str) -> None:
