@@ -2,9 +2,10 @@
 
 Every estimate comes with an interval (`Estimate.ci_low`/`ci_high`) and the name of the method that made it:
 
-- means: percentile bootstrap (seeded, `n_boot` resamples) for groups of at most `bootstrap_max_n`
-  records; above that, the normal interval with the bootstrap's own standard error (population sd / √n),
-  which the bootstrap converges to at that size and costs nothing;
+- means: percentile bootstrap (seeded, `n_boot` resamples) for groups of at most `bootstrap_max_n` (200)
+  records, where skew matters; above that, the normal interval with the bootstrap's own standard error
+  (population sd / √n), which the bootstrap converges to, at no cost (a 100,000-decision report would
+  otherwise spend seconds resampling);
 - medians: percentile bootstrap up to `bootstrap_max_n`; above it the distribution-free order-statistic
   interval;
 - rates (halt, flag, keyword shares): Wilson score intervals; their differences: Newcombe's hybrid score
@@ -33,7 +34,7 @@ ACTIONS = ("continue", "flag", "halt")
 DEFAULT_REFERENCE = "en"
 DEFAULT_MIN_GROUP_SIZE = 30
 DEFAULT_N_BOOT = 1000
-DEFAULT_BOOTSTRAP_MAX_N = 2000
+DEFAULT_BOOTSTRAP_MAX_N = 200
 UNKNOWN_GROUP = "unknown"
 
 
@@ -182,6 +183,13 @@ class Records:
         """Distinct groups, sorted."""
         return sorted(set(self.group.tolist()))
 
+    def group_indices(self) -> dict[str, np.ndarray]:
+        """Row indices of each group, groups sorted by name (one sort instead of a scan per group)."""
+        order = np.argsort(self.group.astype(str), kind="stable")
+        names, starts = np.unique(self.group[order].astype(str), return_index=True)
+        bounds = [*starts.tolist(), len(order)]
+        return {name: order[a:b] for name, a, b in zip(names.tolist(), bounds[:-1], bounds[1:], strict=True)}
+
 
 # ------------------------------------------------------------------------------------------------------
 # estimates and intervals
@@ -295,7 +303,7 @@ def _mean_draws(x: np.ndarray, rng: np.random.Generator, n_boot: int, max_n: int
         chunk = max(1, 2_000_000 // max(n, 1))
         for start in range(0, n_boot, chunk):
             stop = min(n_boot, start + chunk)
-            draws[start:stop] = x[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+            draws[start:stop] = x[rng.integers(0, n, size=(stop - start, n), dtype=np.int32)].mean(axis=1)
         return draws, "bootstrap"
     se = float(x.std()) / math.sqrt(n)  # the bootstrap's standard error (population sd)
     return float(x.mean()) + se * rng.standard_normal(n_boot), "normal"
@@ -362,7 +370,9 @@ def median_estimate(
         chunk = max(1, 2_000_000 // n)
         for start in range(0, n_boot, chunk):
             stop = min(n_boot, start + chunk)
-            draws[start:stop] = np.median(x[rng.integers(0, n, size=(stop - start, n))], axis=1)
+            draws[start:stop] = np.median(
+                x[rng.integers(0, n, size=(stop - start, n), dtype=np.int32)], axis=1
+            )
         lo, hi = _percentile_interval(draws, confidence)
         method = "bootstrap"
     else:
@@ -490,15 +500,9 @@ def group_stats(
     if min_group_size < 1:
         raise ValueError(f"field 'min_group_size' must be at least 1, got {min_group_size}")
     _z(confidence)
-    order = np.argsort(records.group.astype(str), kind="stable")
-    groups_sorted = records.group[order].astype(str)
-    names, starts = np.unique(groups_sorted, return_index=True)
-    bounds = [*starts.tolist(), len(order)]
-
     # 1. the per-group estimates, keeping each group's mean draws for the disparities
     rows: dict[str, dict[str, Any]] = {}
-    for name, start, stop in zip(names.tolist(), bounds[:-1], bounds[1:], strict=True):
-        idx = order[start:stop]
+    for name, idx in records.group_indices().items():
         scores = records.score[idx]
         actions = records.action[idx]
         quality = records.quality[idx]
@@ -729,9 +733,8 @@ def keyword_lowest_quartile_share(
         raise ValueError("field 'keyword' must be a non-empty string")
     needle = keyword.strip().casefold()
     out = []
-    for name in records.groups():
-        mask = records.group == name
-        sub = records.subset(mask)
+    for name, idx in records.group_indices().items():
+        sub = records.subset(idx)
         q = score_quartiles(sub.score)
         has = np.array([p is not None and needle in p.casefold() for p in sub.prompt], dtype=bool)
         redacted = int(sum(p is None for p in sub.prompt))

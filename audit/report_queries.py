@@ -67,14 +67,24 @@ class LoadedRecords:
     notes: list[str] = field(default_factory=list)
 
 
+def _scoped(stmt: Any, tenant: str | None, since: datetime | None) -> Any:
+    """Restrict a statement over `decisions` to one tenant and a start time (None: no restriction)."""
+    if tenant is not None:
+        stmt = stmt.where(Decision.tenant == tenant)
+    if since is not None:
+        stmt = stmt.where(Decision.created_at >= since)
+    return stmt
+
+
 def load_records(
     session: Session,
     *,
     group_by: str = GROUP_BY_LANGUAGE,
     since: datetime | None = None,
     with_prompts: bool = False,
+    tenant: str | None = None,
 ) -> LoadedRecords:
-    """Every decision (since `since`) as columns, grouped by language or by a client label's value."""
+    """Every decision (since `since`, of `tenant`) as columns, grouped by language or a label's value."""
     check_group_by(group_by)
     quality = (
         select(
@@ -100,16 +110,21 @@ def load_records(
         select(*cols)
         .join(Job, Job.id == Decision.job_id)
         .outerjoin(quality, quality.c.job_id == Decision.job_id)
-        .order_by(Decision.id)
-    )
-    if since is not None:
-        stmt = stmt.where(Decision.created_at >= since)
-    rows = session.execute(stmt).all()
+    )  # no ORDER BY: the statistics do not depend on the records' order
+    stmt = _scoped(stmt, tenant, since)
+    rows = session.connection().execute(stmt).all()
     if rows:
         score, action, grp, chars, words, qual, shadow, prompt = (list(c) for c in zip(*rows, strict=True))
     else:
         score, action, grp, chars, words, qual, shadow, prompt = ([] for _ in range(8))
-    metric_stmt = select(Artifact.quality_metric).where(Artifact.quality.is_not(None)).distinct()
+    metric_stmt = _scoped(
+        select(Artifact.quality_metric)
+        .join(Decision, Decision.job_id == Artifact.job_id)
+        .where(Artifact.quality.is_not(None))
+        .distinct(),
+        tenant,
+        since,
+    )
     metrics = sorted(m for m in session.execute(metric_stmt).scalars() if m)
     records = Records.from_columns(
         score=np.asarray(score, dtype=np.float64),
@@ -136,20 +151,18 @@ def _bucket_expr(session: Session, bucket: str) -> Any:
     return func.strftime(fmt, Decision.created_at)
 
 
-def decisions_over_time(session: Session, *, since: datetime | None = None) -> dict[str, Any]:
+def decisions_over_time(
+    session: Session, *, since: datetime | None = None, tenant: str | None = None
+) -> dict[str, Any]:
     """Counts per time bucket and action (aggregated in SQL): hourly for spans under 3 days, else daily."""
-    span = select(func.min(Decision.created_at), func.max(Decision.created_at))
-    if since is not None:
-        span = span.where(Decision.created_at >= since)
+    span = _scoped(select(func.min(Decision.created_at), func.max(Decision.created_at)), tenant, since)
     first, last = session.execute(span).one()
     if first is None:
         return {"bucket": "day", "rows": []}
     bucket = "hour" if (_as_utc(last) - _as_utc(first)).total_seconds() < 3 * 86400 else "day"
     key = _bucket_expr(session, bucket).label("t")
     action = _effective_action().label("action")
-    stmt = select(key, action, func.count()).group_by(key, action).order_by(key)
-    if since is not None:
-        stmt = stmt.where(Decision.created_at >= since)
+    stmt = _scoped(select(key, action, func.count()).group_by(key, action).order_by(key), tenant, since)
     table: dict[str, dict[str, int]] = {}
     for t, act, n in session.execute(stmt):
         table.setdefault(t, dict.fromkeys(ACTIONS, 0))[act] = int(n)
@@ -160,7 +173,9 @@ def _as_utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def policy_counts(session: Session, *, since: datetime | None = None) -> list[dict[str, Any]]:
+def policy_counts(
+    session: Session, *, since: datetime | None = None, tenant: str | None = None
+) -> list[dict[str, Any]]:
     """Decisions per policy name, version and mode, newest first."""
     stmt = (
         select(
@@ -174,8 +189,7 @@ def policy_counts(session: Session, *, since: datetime | None = None) -> list[di
         .group_by(Decision.policy_name, Decision.policy_version, Decision.policy_hash, Decision.policy_mode)
         .order_by(func.max(Decision.created_at).desc())
     )
-    if since is not None:
-        stmt = stmt.where(Decision.created_at >= since)
+    stmt = _scoped(stmt, tenant, since)
     return [
         {
             "policy_name": a,
@@ -190,6 +204,20 @@ def policy_counts(session: Session, *, since: datetime | None = None) -> list[di
 
 
 # --- the dashboard's job browser ---
+
+
+def action_counts(session: Session, *, tenant: str | None = None) -> dict[str, int]:
+    """Decisions per (effective) action."""
+    action = _effective_action().label("action")
+    stmt = _scoped(select(action, func.count()).group_by(action), tenant, None)
+    counts = dict.fromkeys(ACTIONS, 0)
+    counts.update({a: int(n) for a, n in session.execute(stmt)})
+    return counts
+
+
+def latest_decision_id(session: Session, *, tenant: str | None = None) -> int:
+    """The newest decision id (0 when there are none): a cheap key for caching statistics."""
+    return int(session.execute(_scoped(select(func.max(Decision.id)), tenant, None)).scalar() or 0)
 
 
 @dataclass(frozen=True)
@@ -209,15 +237,21 @@ class JobFilter:
 
 
 def list_jobs(
-    session: Session, flt: JobFilter, *, limit: int = 50, before_id: int | None = None
-) -> list[dict]:
+    session: Session,
+    flt: JobFilter,
+    *,
+    tenant: str | None = None,
+    limit: int = 50,
+    before_id: int | None = None,
+) -> list[dict[str, Any]]:
     """Newest decisions first, with their job: keyset pagination on the decision id (fast on large tables)."""
     stmt = (
-        select(Decision, Job.prompt, Job.status, Job.labels)
+        select(Decision, Job.prompt, Job.status)
         .join(Job, Job.id == Decision.job_id)
         .order_by(Decision.id.desc())
         .limit(limit)
     )
+    stmt = _scoped(stmt, tenant, None)
     if flt.action:
         stmt = stmt.where(_effective_action() == flt.action)
     if flt.language:
@@ -239,32 +273,32 @@ def list_jobs(
             "policy": f"{d.policy_name} {d.policy_version}",
             "prompt": prompt,
             "status": status,
-            "labels": labels,
         }
-        for d, prompt, status, labels in session.execute(stmt)
+        for d, prompt, status in session.execute(stmt)
     ]
 
 
-def job_detail(session: Session, job_id: str) -> dict[str, Any] | None:
-    """One job with its decision and artifacts, or None."""
+def job_detail(session: Session, job_id: str, *, tenant: str | None = None) -> dict[str, Any] | None:
+    """One job with its decision and artifacts, or None (also when it belongs to another tenant)."""
     try:
         key = uuid.UUID(job_id)
     except ValueError as exc:
         raise ValueError(f"job_id: {job_id!r} is not a UUID") from exc
     job = session.get(Job, key)
-    if job is None:
+    if job is None or (tenant is not None and job.tenant != tenant):
         return None
     return {"job": job, "decision": job.decision, "artifacts": list(job.artifacts)}
 
 
-def filter_choices(session: Session) -> dict[str, list[str]]:
+def filter_choices(session: Session, *, tenant: str | None = None) -> dict[str, list[str]]:
     """Distinct languages and policy versions, for the browser's filter menus."""
     langs = session.execute(
-        select(Decision.language).where(Decision.language.is_not(None)).distinct()
+        _scoped(select(Decision.language).where(Decision.language.is_not(None)).distinct(), tenant, None)
     ).scalars()
-    versions = session.execute(select(Decision.policy_version).distinct()).scalars()
+    versions = session.execute(_scoped(select(Decision.policy_version).distinct(), tenant, None)).scalars()
     return {"languages": sorted(langs), "policy_versions": sorted(versions)}
 
 
 def latest_replay(session: Session) -> ReplayRun | None:
+    """The newest stored policy replay (replays are not per tenant)."""
     return session.execute(select(ReplayRun).order_by(ReplayRun.id.desc()).limit(1)).scalar_one_or_none()

@@ -33,6 +33,13 @@ def report(
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
     min_group_size: Annotated[int, typer.Option(help="Groups smaller than this are marked too small.")] = 30,
+    bootstrap_max_n: Annotated[
+        int,
+        typer.Option(
+            help="Bootstrap groups up to this size; larger ones use normal/order-statistic intervals."
+        ),
+    ] = 200,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's decisions (default: all).")] = None,
 ) -> None:
     """Fairness report: per-group scores, halt and flag rates with intervals, quartiles, plots."""
     from sqlalchemy.engine import make_url
@@ -52,6 +59,7 @@ def report(
         options = ReportOptions(
             group_by=group_by, since=since_dt, reference=reference, keywords=tuple(keyword or ()),
             confidence=confidence, n_boot=n_boot, seed=seed, min_group_size=min_group_size,
+            bootstrap_max_n=bootstrap_max_n, tenant=tenant,
         )  # fmt: skip
     except ValueError as exc:
         raise bad(str(exc)) from exc
