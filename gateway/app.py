@@ -15,6 +15,7 @@ from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics
 from gateway.routers import health, jobs, score
 from settings import Settings, get_settings
+from workers.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def create_app(
     *,
     extra_routers: Sequence[APIRouter] = (),
     start_workers: bool = True,
+    dispatcher: Dispatcher | None = None,
 ) -> FastAPI:
     """Build the gateway. Embedded mode (no broker URL) also runs the in-process worker."""
     settings = settings or get_settings()
@@ -60,7 +62,7 @@ def create_app(
     app.state.database_url = url
     app.state.sessionmaker = get_sessionmaker(url)
     app.state.key_cache = KeyCache()
-    app.state.dispatcher = make_dispatcher(settings)
+    app.state.dispatcher = dispatcher or make_dispatcher(settings)
     app.state.dispatcher_latency = lambda: latency.snapshot(settings)
     app.state.metrics = GatewayMetrics(app)
     install_error_handlers(app)

@@ -67,6 +67,8 @@ class InProcessWorker:
     def start(self) -> None:
         if self.threads:
             return
+        with self.idle:
+            self.pending += 1  # the start-up itself (load the model, resume unfinished jobs)
         self.threads = [
             threading.Thread(target=self._work_loop, name="emoe-embedded-worker", daemon=True),
             threading.Thread(target=self._hook_loop, name="emoe-embedded-hooks", daemon=True),
@@ -138,6 +140,7 @@ class InProcessWorker:
             return
         finally:
             self.loaded.set()
+            self._done()
         while True:
             item = self.work.get()
             if item == _STOP:
