@@ -30,7 +30,7 @@ EXPERT_NOISE = 0.2
 Perturb = Callable[[int, str, torch.Tensor], torch.Tensor | None]
 
 
-def tiny_components(seed: int = BASE_SEED) -> dict[str, object]:
+def tiny_components(seed: int = BASE_SEED, sample_size: int = 16) -> dict[str, object]:
     """Seeded random StableDiffusionPipeline components: 3-level cross-attention UNet, VAE, CLIP text."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -39,7 +39,7 @@ def tiny_components(seed: int = BASE_SEED) -> dict[str, object]:
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=16,
+        sample_size=sample_size,
         in_channels=4,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
@@ -59,7 +59,7 @@ def tiny_components(seed: int = BASE_SEED) -> dict[str, object]:
         block_out_channels=(8, 16),
         latent_channels=4,
         norm_num_groups=8,
-        sample_size=32,
+        sample_size=2 * sample_size,
     )
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(
@@ -117,17 +117,19 @@ def write_tiny_sources(
     top_k: int = 2,
     moe_layers: str = "attn",
     base_seed: int = BASE_SEED,
+    sample_size: int = 16,
 ) -> Path:
     """Save a base and `num_experts` expert pipelines plus a segmoe YAML under folder; returns the YAML path.
 
     `perturb(expert, unet_param_name, tensor)` returns the expert's tensor (None: keep the base's).
+    `sample_size` is the latent size (images are twice that); segmoe's gate-vector pass runs at that size.
     """
     from diffusers import StableDiffusionPipeline
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     perturb = perturb or perturb_expert()
-    components = tiny_components(base_seed)
+    components = tiny_components(base_seed, sample_size)
     pipe = StableDiffusionPipeline(**components)
     pipe.save_pretrained(folder / "base", safe_serialization=True)
     base_state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
@@ -172,11 +174,15 @@ def build_tiny(folder: str | Path, **source_options: object) -> Path:
     return save_ensemble(ensemble, folder)
 
 
-def tiny_checkpoint() -> Path:
-    """The cached tiny checkpoint folder (built once per machine and torch version)."""
-    from settings import get_settings
+def tiny_checkpoint(cache: Path | None = None) -> Path:
+    """The cached tiny checkpoint folder (built once per machine and torch version) under `cache`.
 
-    cache = get_settings().home / "cache"
+    Default cache: `settings.home / "cache"`.
+    """
+    if cache is None:
+        from settings import get_settings
+
+        cache = get_settings().home / "cache"
     folder = cache / f"tiny-v{TINY_VERSION}-torch{torch.__version__.replace('+', '_')}"
     if (folder / "emoe.json").is_file():
         return folder

@@ -1,0 +1,50 @@
+"""Fixtures of the EMoE core tests: the tiny seeded random ensemble (built once, cached in .pytest_cache)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(pytestconfig: pytest.Config) -> Path:
+    """The tiny merged checkpoint; built through segmoe from a YAML the first time (~30 s), then reused."""
+    from emoe.tiny import tiny_checkpoint
+
+    return tiny_checkpoint(Path(pytestconfig.cache.mkdir("emoe-tiny")))
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_folder: Path):
+    """The tiny ensemble, loaded once per session: tests must not change its weights (use `fresh_tiny`)."""
+    import torch
+
+    from emoe import load_ensemble
+
+    torch.set_num_threads(1)
+    return load_ensemble(tiny_folder)
+
+
+@pytest.fixture
+def fresh_tiny(tiny_folder: Path):
+    """A private copy of the tiny ensemble that a test may modify."""
+    from emoe import load_ensemble
+
+    return load_ensemble(tiny_folder)
+
+
+def make_experts_identical(ensemble, layers: Iterable[str] | None = None) -> None:
+    """Copy expert 0's weights into every other expert, at `layers` (MoE layer names) or everywhere."""
+    import torch
+
+    wanted = set(layers) if layers is not None else set(ensemble.moe_layers)
+    with torch.no_grad():
+        for name, module in ensemble.moe_layers.items():
+            if name in wanted:
+                for expert in module.experts[1:]:
+                    expert.load_state_dict(module.experts[0].state_dict())

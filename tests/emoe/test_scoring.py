@@ -1,0 +1,199 @@
+"""EMoE scores on the tiny seeded random ensemble (random weights: only properties are tested, not values)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+
+from emoe import ScoreConfig, default_score_config, score, unet_passes
+from emoe.routing import routing
+from emoe.scoring import encode_prompts, first_step, initial_noise, make_plan
+from tests.emoe.conftest import make_experts_identical
+
+PROMPTS = ["a photo of a cat", "un chat noir sur un toit", "a city street at night", "ein roter Apfel"]
+SPLIT_ATTN2 = [f"down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_{p}" for p in "kqv"]
+
+
+def cfg(ensemble, **changes) -> ScoreConfig:
+    return default_score_config(ensemble).replace(**{"steps": 5, **changes})
+
+
+def mid_dims(ensemble) -> int:
+    """d of the mid-block output: channels x (latent size / down-sampling)^2."""
+    unet = ensemble.unet
+    side = ensemble.default_height // ensemble.vae_scale_factor // 2 ** (len(unet.down_blocks) - 1)
+    return unet.config.block_out_channels[-1] * side * side
+
+
+def test_different_experts_score_above_zero(tiny) -> None:
+    scores = score(PROMPTS, cfg(tiny), tiny)
+    assert [s.prompt for s in scores] == PROMPTS
+    for s in scores:
+        assert s.score > 0 and s.eu > 0
+        assert s.score == pytest.approx(math.sqrt(mid_dims(tiny)) * s.eu, rel=1e-12)
+        assert s.num_experts == 4 and s.experts == [0, 1, 2, 3]
+        assert len(s.expert_deviation) == 4 and all(v > 0 for v in s.expert_deviation)
+        assert sum(s.expert_deviation) / 4 == pytest.approx(s.eu, rel=1e-9)
+        assert s.latent == "m_post" and s.split == "attn2" and s.is_random
+        assert s.scoring["split"] == SPLIT_ATTN2
+    assert len({s.score for s in scores}) == len(PROMPTS)  # the prompt matters
+
+
+def test_identical_experts_score_exactly_zero(fresh_tiny) -> None:
+    make_experts_identical(fresh_tiny)
+    for split in ("attn2", "attn1", "all"):
+        for latent in ("m_post", "eps"):
+            for s in score(PROMPTS[:2], cfg(fresh_tiny, split=split, latent=latent), fresh_tiny):
+                assert s.score == 0.0 and s.eu == 0.0, (split, latent)
+                assert s.expert_deviation == [0.0] * 4
+
+
+def test_experts_identical_only_at_the_split_layer_score_zero(fresh_tiny) -> None:
+    make_experts_identical(fresh_tiny, SPLIT_ATTN2)
+    at_split = score(PROMPTS, cfg(fresh_tiny), fresh_tiny)
+    assert all(s.score == 0.0 for s in at_split)
+    # the experts still differ elsewhere: splitting at attn1 (or everywhere) sees it
+    assert all(s.score > 0 for s in score(PROMPTS, cfg(fresh_tiny, split="attn1"), fresh_tiny))
+    assert all(s.score > 0 for s in score(PROMPTS, cfg(fresh_tiny, split="all"), fresh_tiny))
+
+
+def test_batched_equals_unbatched(tiny) -> None:
+    together = score(PROMPTS, cfg(tiny, batch_size=4), tiny)
+    pairs = score(PROMPTS, cfg(tiny, batch_size=3), tiny)
+    for i, prompt in enumerate(PROMPTS):
+        alone = score([prompt], cfg(tiny, batch_size=1), tiny)[0]
+        for other in (together[i], pairs[i]):
+            assert other.score == pytest.approx(alone.score, rel=1e-5, abs=1e-9)
+            assert other.fingerprint == alone.fingerprint
+
+
+def test_same_seed_same_score_other_seed_other_score(tiny) -> None:
+    a = score(PROMPTS[:2], cfg(tiny, seed=7), tiny)
+    b = score(PROMPTS[:2], cfg(tiny, seed=7), tiny)
+    c = score(PROMPTS[:2], cfg(tiny, seed=8), tiny)
+    assert [s.score for s in a] == [s.score for s in b]
+    assert a[0].fingerprint == b[0].fingerprint != c[0].fingerprint
+    assert a[0].score != c[0].score
+
+
+@torch.no_grad()
+def test_early_exit_latent_equals_the_full_pass(tiny) -> None:
+    """m_post read after the mid block equals the mid-block output inside diffusers' own full UNet forward."""
+    plan = make_plan(cfg(tiny), tiny)
+    embeds, _, _ = encode_prompts(tiny, PROMPTS[:2])
+    negative, _, _ = encode_prompts(tiny, [""])
+    latents, gen = initial_noise(tiny, plan)
+    latents = latents.expand(2, -1, -1, -1)
+    step = first_step(tiny, plan, embeds, negative, latents, [gen.get_state()] * 2, ordinary=False)
+    captured = {}
+    hook = tiny.unet.mid_block.register_forward_hook(lambda m, i, o: captured.update(out=o, inp=i[0]))
+    try:
+        rows = step.rows
+        x = plan.scheduler.scale_model_input(rows.latents, plan.timesteps[0])
+        with routing(
+            tiny.routing, rows_per_group=2, forced_expert=rows.forced, split_layers=plan.split_layers
+        ):
+            full = tiny.unet(x, plan.timesteps[0], rows.encoder_states).sample
+            ours = unet_passes.full(tiny.unet, x, plan.timesteps[0], rows.encoder_states)
+    finally:
+        hook.remove()
+    assert torch.equal(captured["out"], step.state.sample)
+    assert torch.equal(captured["inp"], step.state.mid_in)
+    assert torch.equal(full, ours)
+
+
+def test_latent_options_and_expert_subsets(tiny) -> None:
+    base = score(PROMPTS[:2], cfg(tiny), tiny)
+    for latent in ("m_pre", "z_prev", "eps"):
+        other = score(PROMPTS[:2], cfg(tiny, latent=latent), tiny)
+        assert all(s.score > 0 and s.latent == latent for s in other)
+        assert other[0].fingerprint != base[0].fingerprint
+    for subset in ([0, 1], [1, 2, 3]):
+        sub = score(PROMPTS[:2], cfg(tiny, experts=subset), tiny)
+        assert all(s.num_experts == len(subset) and s.experts == subset for s in sub)
+        assert len(sub[0].expert_deviation) == len(subset)
+
+
+def test_split_options(tiny) -> None:
+    deeper = ["down_blocks.1.attentions.0.transformer_blocks.0.attn2"]
+    results = {}
+    for split in ("attn2", "attn1", "all", deeper, SPLIT_ATTN2[:1]):
+        s = score(PROMPTS[:1], cfg(tiny, split=split), tiny)[0]
+        assert s.score > 0
+        results[json.dumps(s.scoring["split"])] = s.fingerprint
+    assert len(set(results.values())) == 5
+    all_layers = score(PROMPTS[:1], cfg(tiny, split="all"), tiny)[0].scoring["split"]
+    assert len(all_layers) == 36
+    named = score(PROMPTS[:1], cfg(tiny, split=deeper), tiny)[0]
+    assert named.scoring["split"] == [f"{deeper[0]}.to_{p}" for p in "kqv"]
+    assert named.split == deeper
+
+
+def test_fingerprint_covers_the_scoring_configuration(tiny) -> None:
+    base = score(PROMPTS[:1], cfg(tiny), tiny)[0]
+    keys = set(base.scoring)
+    assert {
+        "weights_hash",
+        "scheduler",
+        "first_timestep",
+        "steps",
+        "guidance",
+        "negative_prompt",
+        "height",
+        "width",
+        "seed",
+        "latent",
+        "split",
+    } <= keys
+    assert base.scoring["weights_hash"] == tiny.weights_hash
+    for change in (
+        {"negative_prompt": "dog"},
+        {"guidance": 1.0},
+        {"steps": 6},
+        {"scheduler": "dpm"},
+        {"height": 48},
+        {"seed": 1},
+        {"latent": "m_pre"},
+        {"split": "attn1"},
+    ):
+        other = score(PROMPTS[:1], cfg(tiny, **change), tiny)[0]
+        assert other.fingerprint != base.fingerprint, change
+    assert score(PROMPTS[:1], cfg(tiny, batch_size=2), tiny)[0].fingerprint == base.fingerprint
+    assert json.loads(json.dumps(base.to_dict()))["fingerprint"] == base.fingerprint
+
+
+def test_first_timestep_depends_on_the_scheduler(tiny) -> None:
+    ddpm = score(PROMPTS[:1], cfg(tiny, steps=25), tiny)[0]
+    dpm = score(PROMPTS[:1], cfg(tiny, steps=25, scheduler="dpm"), tiny)[0]
+    assert ddpm.scoring["first_timestep"] == 961
+    assert dpm.scoring["first_timestep"] == 951  # DPM-Solver's trailing spacing starts lower (design.md)
+    assert ddpm.score != dpm.score
+
+
+def test_long_prompt_is_truncated_and_reported(tiny) -> None:
+    long_prompt = " ".join(["cat"] * 120)
+    s = score([long_prompt, "a cat"], cfg(tiny), tiny)
+    assert s[0].truncated and s[0].n_tokens == 120 and tiny.max_prompt_tokens == 75
+    assert not s[1].truncated and s[1].n_tokens == 2
+
+
+@pytest.mark.parametrize(
+    ("prompts", "field"),
+    [([""], "prompts[0]"), (["ok", "   \n"], "prompts[1]"), ([], "prompts"), ([3], "prompts[0]")],
+)
+def test_bad_prompts_name_the_field(tiny, prompts, field) -> None:
+    with pytest.raises(ValueError, match="^" + re.escape(field) + ":"):
+        score(prompts, cfg(tiny), tiny)
+
+
+def test_config_checked_against_the_ensemble(tiny) -> None:
+    with pytest.raises(ValueError, match=r"ScoreConfig\.experts"):
+        score(["a cat"], cfg(tiny, experts=[0, 7]), tiny)
+    with pytest.raises(ValueError, match=r"ScoreConfig\.height"):
+        score(["a cat"], cfg(tiny, height=36), tiny)
+    with pytest.raises(ValueError, match=r"ScoreConfig\.split.*not_a_layer"):
+        score(["a cat"], cfg(tiny, split=["down_blocks.0.not_a_layer"]), tiny)
