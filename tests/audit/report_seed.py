@@ -46,7 +46,7 @@ def seed(engine: Engine, rows: Iterable[Mapping[str, Any]], *, chunk: int = 5000
         jobs.append(
             {
                 "id": job_id,
-                "tenant": "t",
+                "tenant": row.get("tenant", "t"),
                 "prompt": prompt,
                 "prompt_sha256": sha,
                 "prompt_chars": len(prompt or ""),
@@ -66,7 +66,7 @@ def seed(engine: Engine, rows: Iterable[Mapping[str, Any]], *, chunk: int = 5000
             {
                 "job_id": job_id,
                 "created_at": created,
-                "tenant": "t",
+                "tenant": row.get("tenant", "t"),
                 "prompt_sha256": sha,
                 "language": row.get("language"),
                 "score": float(row["score"]),

@@ -30,8 +30,10 @@ def seed_tenant(url: str, tenant: str, tmp_path) -> str:
              "prompt": f"prompt {i}", "policy_version": "2" if i % 2 else "1", "rule": f"rule-{i}",
              "minutes": i * 90}
         )  # fmt: skip
-    rows.append({"tenant": tenant, "language": "en", "score": 0.05, "action": "continue", "prompt": "with image",
-                 "storage_uri": f"file://{png}", "quality": 30.5, "minutes": 2000})  # fmt: skip
+    rows.append(
+        {"tenant": tenant, "language": "en", "score": 0.05, "action": "continue", "prompt": "with image",
+         "storage_uri": f"file://{png}", "quality": 30.5, "minutes": 2000}
+    )  # fmt: skip
     rows.append(
         {"tenant": "someone-else", "language": "de", "score": 9.0, "action": "halt", "prompt": "secret"}
     )
@@ -50,7 +52,11 @@ def client(module_pg_url: str, tmp_path):
     from gateway.app import create_app
     from gateway.dashboard import router
 
-    settings = make_settings(module_pg_url, tmp_path)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "name: dash\nversion: '7'\nfingerprint: " + "f" * 64 + "\nmode: enforce\nflag_at: 0.5\nhalt_at: 0.8\n"
+    )
+    settings = make_settings(module_pg_url, tmp_path, policy_path=policy)
     app = create_app(settings, start_workers=False, extra_routers=[] if _included() else [router])
     with TestClient(app, raise_server_exceptions=True) as c:
         yield c
@@ -71,8 +77,9 @@ def test_pages_need_a_read_key(client: TestClient, module_pg_url: str) -> None:
     assert r.status_code == 303 and "error=" in r.headers["location"]
     _, headers = new_key(module_pg_url, role="read")
     secret = headers["Authorization"].removeprefix("Bearer ")
-    r = client.post("/dashboard/login", content=f"key={secret}&next=https://evil.example/", follow_redirects=False,
-                    headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    body = f"key={secret}&next=https://evil.example/"
+    r = client.post("/dashboard/login", content=body, follow_redirects=False, headers=form)
     assert r.status_code == 303 and r.headers["location"] == "/dashboard"  # no open redirect
     cookie = r.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/dashboard" in cookie
@@ -91,7 +98,7 @@ def test_overview_fairness_and_jobs_are_scoped_to_the_tenant(
     assert overview.status_code == 200
     counts = re.findall(r'<span class="tag (\w+)">\w+</span></td><td>(\d+)</td>', overview.text)
     assert dict(counts) == {"continue": "8", "flag": "2", "halt": "3"}  # not the other tenant's halt
-    assert "default@" in overview.text  # the bundled policy in force
+    assert "dash@7#" in overview.text  # the policy in force
     assert "would_halt" in overview.text  # the latest replay
 
     fair = client.get("/dashboard/fairness", headers=headers)
