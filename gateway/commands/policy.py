@@ -64,12 +64,21 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     ) -> None:
         """Score reference prompts and write a policy whose thresholds are their split-conformal quantiles."""
         from policies import PolicyError, dump_policy
-        from policies.calibration import CalibrationError, calibrate_policy
+        from policies.calibration import CalibrationError, calibrate_policy, min_reference_size
         from settings import get_settings
 
         settings = get_settings()
-        # 1. the reference prompts
+        # 1. the reference prompts, enough of them for finite thresholds (checked before any scoring)
         texts = read_prompts(prompts)
+        for option, q in (("--flag-quantile", flag_quantile), ("--halt-quantile", halt_quantile)):
+            try:
+                needed = min_reference_size(q, option)
+            except CalibrationError as exc:
+                raise _fail(str(exc)) from exc
+            if len(texts) < needed:
+                raise _fail(
+                    f"{option}: {q} needs at least {needed} reference prompts, --prompts has {len(texts)}"
+                )
 
         # 2. score them with the ensemble's default scoring configuration (what policies are calibrated for)
         import emoe

@@ -1,0 +1,93 @@
+"""The bundled default policy matches the default ensemble's default scoring (recalibrate when either
+changes), and `emoe-gate calibrate` writes policies from reference prompts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from policies import DecisionContext, bundled_policy_path, decide, load_policy
+
+RECALIBRATE = (
+    "emoe-gate calibrate --prompts policies/bundled/calibration_prompts.txt --flag-quantile 0.75 "
+    "--halt-quantile 0.95 --name default --version 1 --ensemble default --out policies/bundled/default.yaml"
+)
+
+
+@pytest.fixture(scope="module")
+def default_ensemble():
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import emoe
+
+    return emoe.load_ensemble("default")
+
+
+def test_bundled_policy_is_valid() -> None:
+    policy = load_policy(bundled_policy_path())
+    assert policy.name == "default" and policy.mode == "enforce"
+    assert policy.flag_at <= policy.halt_at
+    assert policy.calibration["n"] == 40
+    assert RECALIBRATE in bundled_policy_path().read_text()  # the header says how to regenerate it
+
+
+@pytest.mark.slow
+def test_bundled_policy_fingerprint_is_the_default_scoring_fingerprint(default_ensemble) -> None:
+    import emoe
+
+    policy = load_policy(bundled_policy_path())
+    [score] = emoe.score(
+        ["a small red circle"], emoe.default_score_config(default_ensemble), default_ensemble
+    )
+    assert score.fingerprint == policy.fingerprint, (
+        "the default scoring configuration or the default ensemble changed: recalibrate the bundled policy "
+        f"with `{RECALIBRATE}`"
+    )
+    assert decide(score, DecisionContext(language="en"), policy).action in {"continue", "flag", "halt"}
+
+
+@pytest.mark.slow
+def test_calibrate_command_on_the_tiny_ensemble(tmp_path: Path) -> None:
+    from gateway.cli import app
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(
+        "# shapes\na red circle\n\na blue square\na green triangle\na yellow star\na black ring\n"
+    )
+    out = tmp_path / "policy.yaml"
+    args = ["calibrate", "--prompts", str(prompts), "--flag-quantile", "0.5", "--halt-quantile", "0.8"]
+    result = CliRunner().invoke(app, [*args, "--ensemble", "tiny", "--out", str(out), "--resamples", "200"])
+    assert result.exit_code == 0, result.output
+    policy = load_policy(out)
+    cal = policy.calibration
+    # n = 5: ceil(6 * 0.5) = 3rd and ceil(6 * 0.8) = 5th smallest of the five scores
+    assert (cal["n"], cal["flag_rank"], cal["halt_rank"]) == (5, 3, 5)
+    assert cal["score_min"] <= policy.flag_at <= policy.halt_at == cal["score_max"]
+    assert cal["provenance"]["ensemble_is_random"] is True
+
+
+def test_calibrate_refuses_too_few_prompts_before_scoring(tmp_path: Path) -> None:
+    from gateway.cli import app
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\na green star\n")
+    args = [
+        "calibrate",
+        "--prompts",
+        str(prompts),
+        "--halt-quantile",
+        "0.95",
+        "--out",
+        str(tmp_path / "p.yaml"),
+    ]
+    result = CliRunner().invoke(app, [*args, "--ensemble", "no-such-ensemble"])
+    assert result.exit_code == 2
+    assert "--halt-quantile: 0.95 needs at least 19 reference prompts, --prompts has 3" in result.output
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n")
+    result = CliRunner().invoke(
+        app, ["calibrate", "--prompts", str(empty), "--out", str(tmp_path / "p.yaml")]
+    )
+    assert result.exit_code == 2 and "holds no prompts" in result.output
