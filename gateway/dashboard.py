@@ -202,6 +202,7 @@ def fairness_page(
         group_by=group_by,
         since=since,
         reference=reference,
+        bootstrap_max_n=fairness.DEFAULT_BOOTSTRAP_MAX_N,
     )
 
 

@@ -1,0 +1,120 @@
+"""The dashboard in a real headless Chromium (Debian's `chromium`, driven by Playwright).
+
+Signs in, checks that the pages load, that the job filter works and that no console errors occur, and saves
+screenshots under the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.gateway.helpers import free_port, make_settings, new_key
+from tests.gateway.test_dashboard import seed_tenant
+
+pytestmark = [pytest.mark.browser, pytest.mark.postgres]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def server(module_pg_url: str, tmp_path):
+    """The gateway (with the dashboard) served by uvicorn in a thread on a free port."""
+    import uvicorn
+
+    from gateway.app import EXTRA_ROUTER_MODULES, create_app
+    from gateway.dashboard import router
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "name: dash\nversion: '7'\nfingerprint: " + "f" * 64 + "\nmode: enforce\nflag_at: 0.5\nhalt_at: 0.8\n"
+    )
+    settings = make_settings(module_pg_url, tmp_path, policy_path=policy)
+    extra = [] if "gateway.dashboard" in EXTRA_ROUTER_MODULES else [router]
+    app = create_app(settings, start_workers=False, extra_routers=extra)
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not srv.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_dashboard_in_chromium(server: str, module_pg_url: str, tmp_path: Path) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    tenant, headers = new_key(module_pg_url, role="read")
+    job_id = seed_tenant(module_pg_url, tenant, tmp_path)
+    secret = headers["Authorization"].removeprefix("Bearer ")
+    problems: list[str] = []
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on(
+                "console",
+                lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
+            )
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+
+            # 1. an unsigned visit lands on the sign-in form; signing in returns to the page asked for
+            page.goto(f"{server}/dashboard/jobs")
+            assert "/dashboard/login" in page.url
+            page.fill("#key", secret)
+            page.click("#sign-in")
+            page.wait_for_url("**/dashboard/jobs")
+            assert page.locator("tr.job").count() == 13
+
+            # 2. the filter: halted jobs only
+            page.select_option("#f-action", "halt")
+            page.click("#apply")
+            page.wait_for_url("**action=halt**")
+            actions = page.locator("tr.job").evaluate_all("rows => rows.map(r => r.dataset.action)")
+            assert actions == ["halt", "halt", "halt"]
+            page.screenshot(path=str(shots / "jobs-halted.png"), full_page=True)
+
+            # 3. a job with its image, which the browser loads through the cookie
+            page.goto(f"{server}/dashboard/jobs/{job_id}")
+            page.wait_for_function("() => document.querySelector('img.art')?.naturalWidth > 0")
+            assert page.inner_text("#rule") == "thresholds"
+
+            # 4. overview and fairness
+            page.goto(f"{server}/dashboard")
+            assert page.locator("#over-time tr").count() > 1
+            assert "dash@7#" in page.inner_text("#policy")
+            page.screenshot(path=str(shots / "overview.png"), full_page=True)
+            page.goto(f"{server}/dashboard/fairness")
+            assert page.locator("#fairness tr[data-group]").count() == 2
+            page.screenshot(path=str(shots / "fairness.png"), full_page=True)
+        finally:
+            browser.close()
+
+    assert problems == []
+    for name in ("jobs-halted.png", "overview.png", "fairness.png"):
+        assert (shots / name).stat().st_size > 5000
+    keep = Path("/tmp/emoe_dashboard_screenshots")
+    shutil.copytree(shots, keep, dirs_exist_ok=True)  # for a human to look at after the run
