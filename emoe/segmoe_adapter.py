@@ -232,6 +232,15 @@ def load_checkpoint(folder: str | Path, *, device: str, dtype: torch.dtype) -> t
     return segmoe.pipe, dict(segmoe.config)
 
 
+def empty_moe_unet(folder: str | Path) -> Any:
+    """segmoe's randomly initialised MoE UNet for `folder/unet/config.json` (holding a segmoe_config)."""
+    from segmoe import SegMoEPipeline
+
+    segmoe = SegMoEPipeline.__new__(SegMoEPipeline)  # skip __init__: it would load weights
+    with _muted():
+        return segmoe.create_empty(str(folder))
+
+
 def sparse_moe_block_type() -> type:
     """segmoe's SparseMoeBlock class (for finding the blocks to replace)."""
     from segmoe.main import SparseMoeBlock
