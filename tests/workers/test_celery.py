@@ -1,0 +1,243 @@
+"""Real mode: a real Celery worker process (the tiny ensemble), real PostgreSQL, and this module's own
+redis-server (so restarting it disturbs nobody else's tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from audit.db import session_scope
+from audit.models import TERMINAL_STATUSES, Artifact, Decision, Job
+from tests.conftest import create_pg_database, drop_pg_database
+from tests.gateway.helpers import free_port, make_settings, new_key
+from tests.workers.conftest import PROMPTS
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class RedisServer:
+    """A private redis-server without persistence: a restart loses every queued message."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        for _ in range(100):
+            try:
+                if redis.Redis(port=self.port).ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def real(tiny_policy_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """PostgreSQL + own Redis + `emoe-gate worker` subprocess + the gateway app (TestClient) against them."""
+    from audit.db import upgrade
+    from gateway.app import create_app
+
+    tmp = tmp_path_factory.mktemp("real")
+    redis_server = RedisServer(tmp)
+    redis_server.start()
+    db = create_pg_database("emoe_test_workers")
+    upgrade(db)
+    settings = make_settings(
+        db,
+        tmp,
+        broker_url=redis_server.url,
+        job_timeout_s=8,
+        recover_after_s=3,
+        gate_batch_wait_ms=50,
+        policy_path=tiny_policy_file,
+    )
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "EMOE_DATABASE_URL": db,
+        "EMOE_BROKER_URL": redis_server.url,
+        "EMOE_ENSEMBLE": "tiny",
+        "EMOE_POLICY_PATH": str(tiny_policy_file),
+        "EMOE_ARTIFACTS_DIR": str(settings.resolved_artifacts_dir),
+        "EMOE_JOB_TIMEOUT_S": "8",
+        "EMOE_RECOVER_AFTER_S": "3",
+        "EMOE_GATE_BATCH_WAIT_MS": "50",
+        "EMOE_WEBHOOK_SECRET": "test-webhook-secret",
+    }
+    log = open(tmp / "worker.log", "w")  # noqa: SIM115
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "worker",
+            "--queues",
+            "gate,render,hooks",
+            "--concurrency",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    client = TestClient(create_app(settings), raise_server_exceptions=False)
+    client.__enter__()
+    try:
+        deadline = time.monotonic() + 240
+        while client.get("/readyz").status_code != 200:
+            assert worker.poll() is None, (tmp / "worker.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "worker never became ready"
+            time.sleep(0.5)
+        _, auth = new_key(db)
+        yield {
+            "client": client,
+            "auth": auth,
+            "db": db,
+            "worker": worker,
+            "redis": redis_server,
+            "log": tmp / "worker.log",
+        }
+    finally:
+        client.__exit__(None, None, None)
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        log.close()
+        redis_server.kill()
+        drop_pg_database(db)
+
+
+def wait_terminal(real: dict[str, Any], ids: list[str], timeout: float = 180) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = [real["client"].get(f"/v1/jobs/{i}", headers=real["auth"]).json() for i in ids]
+        if all(j["status"] in TERMINAL_STATUSES for j in jobs):
+            return jobs
+        if time.monotonic() > deadline:
+            tail = real["log"].read_text()[-3000:]
+            raise AssertionError(f"not terminal: {[j['status'] for j in jobs]}\n{tail}")
+        time.sleep(0.25)
+
+
+def rows(db: str, job_id: str) -> tuple[int, int]:
+    with session_scope(db) as session:
+        jid = uuid.UUID(job_id)
+        return (
+            session.scalar(select(func.count()).select_from(Decision).where(Decision.job_id == jid)),
+            session.scalar(select(func.count()).select_from(Artifact).where(Artifact.job_id == jid)),
+        )
+
+
+def test_twenty_jobs_reach_terminal_states(real) -> None:
+    client, auth = real["client"], real["auth"]
+    ids = [
+        client.post("/v1/jobs", json={"prompt": p, "steps": 2}, headers=auth).json()["id"] for p in PROMPTS
+    ]
+    jobs = wait_terminal(real, ids)
+    statuses = {j["status"] for j in jobs}
+    assert statuses <= {"completed", "halted"} and statuses == {"completed", "halted"}, statuses
+    for job in jobs:
+        assert job["decision"] is not None
+        expected = (1, 0) if job["status"] == "halted" else (1, 1)
+        assert rows(real["db"], job["id"]) == expected, job
+    with session_scope(real["db"]) as session:
+        sizes = [d.timings["gate_batch_size"] for d in session.scalars(select(Decision))]
+    assert max(sizes) > 1  # waiting prompts from separate requests were scored as one batch
+
+
+def _pool_children(worker: subprocess.Popen) -> list[psutil.Process]:
+    return psutil.Process(worker.pid).children(recursive=False)
+
+
+def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes_once(real, tiny_runtime) -> None:
+    client, auth, db = real["client"], real["auth"], real["db"]
+    low = min(PROMPTS, key=tiny_runtime.expected.get)  # the policy lets it through to rendering
+    job_id = client.post("/v1/jobs", json={"prompt": low, "steps": 150}, headers=auth).json()["id"]
+    deadline = time.monotonic() + 60
+    while True:  # wait until a pool process holds the job mid-render
+        with session_scope(db) as session:
+            job = session.get(Job, uuid.UUID(job_id))
+            status, started = job.status, job.started_at
+        if status in ("halted", "completed"):
+            pytest.fail(f"the job finished before it could be killed ({status}); pick a slower job")
+        if status == "rendering" and started is not None:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    victims = _pool_children(real["worker"])
+    assert victims
+    for proc in victims:
+        proc.send_signal(signal.SIGKILL)
+    job = wait_terminal(real, [job_id], timeout=180)[0]
+    assert job["status"] == "completed" and rows(db, job_id) == (1, 1)
+    assert job["attempts"] == 2  # the render was claimed again after the lost worker's lease ran out
+    replacements = _pool_children(real["worker"])
+    assert replacements and {p.pid for p in replacements}.isdisjoint({p.pid for p in victims})
+
+
+def test_redis_down_gives_503_and_a_restart_loses_no_job(real) -> None:
+    client, auth, db, redis_server = real["client"], real["auth"], real["db"], real["redis"]
+    ids = [
+        client.post("/v1/jobs", json={"prompt": p, "steps": 2}, headers=auth).json()["id"]
+        for p in PROMPTS[:6]
+    ]
+    redis_server.kill()  # every queued message is gone with it
+    with session_scope(db) as session:
+        before = session.scalar(select(func.count()).select_from(Job))
+    refused = client.post("/v1/jobs", json={"prompt": "a red circle"}, headers=auth)
+    assert refused.status_code == 503 and "Retry-After" in refused.headers
+    with session_scope(db) as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == before  # no orphan row
+    redis_server.start()
+    jobs = wait_terminal(real, ids)
+    for job in jobs:
+        assert job["status"] in ("completed", "halted")
+        assert rows(db, job["id"]) == ((1, 1) if job["status"] == "completed" else (1, 0))
