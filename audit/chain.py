@@ -167,7 +167,7 @@ def decision_values(
         "eu": _finite(_field(score, "eu"), "eu"),
         "num_experts": int(_field(score, "num_experts")),
         "fingerprint": str(_field(score, "fingerprint")),
-        "scoring": _plain_json(_field(score, "scoring", {}) or {}, "scoring"),
+        "scoring": _without_text(_plain_json(_field(score, "scoring", {}) or {}, "scoring")),
         "expert_deviation": _plain_json(
             list(_field(score, "expert_deviation", []) or []), "expert_deviation"
         ),
@@ -183,6 +183,15 @@ def decision_values(
         "reason": str(_field(decision, "reason", "") or ""),
         "timings": _plain_json(dict(timings or {}), "timings"),
     }
+
+
+def _without_text(scoring: dict[str, Any]) -> dict[str, Any]:
+    """The scoring record minus user text: the negative prompt is kept as its sha256, so retention can redact
+    the text from `jobs` while the append-only log never held it."""
+    negative = scoring.pop("negative_prompt", None)
+    if negative is not None:
+        scoring["negative_prompt_sha256"] = hashlib.sha256(str(negative).encode("utf-8")).hexdigest()
+    return scoring
 
 
 def lock_chain(session: Session) -> None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from audit import db
-from audit.chain import verify_chain
-from audit.models import Job, utcnow
+from audit.chain import append_decision, verify_chain
+from audit.models import Decision, Job, utcnow
 from audit.retention import redact_prompts
-from tests.audit.factories import append_one
+from policies import DecisionContext, decide
+from tests.audit.factories import FakeScore, append_one, make_job, make_policy
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -51,6 +53,16 @@ def test_redaction_keeps_hash_length_language_and_the_chain(db_url: str) -> None
 
     with db.session_scope(db_url) as session:  # idempotent
         assert redact_prompts(session, timedelta(days=30), now=now) == 0
+
+
+def test_the_log_never_holds_negative_prompt_text(migrated_sqlite_url: str) -> None:
+    score = FakeScore(0.5, scoring={"seed": 0, "negative_prompt": "blurry, watermark"})
+    with db.session_scope(migrated_sqlite_url) as session:
+        job = make_job(session)
+        append_decision(session, job, score, decide(score, DecisionContext(), make_policy()))
+    with db.session_scope(migrated_sqlite_url) as session:
+        scoring = session.scalars(sa.select(Decision.scoring)).one()
+    assert scoring == {"seed": 0, "negative_prompt_sha256": hashlib.sha256(b"blurry, watermark").hexdigest()}
 
 
 def test_negative_age_is_refused(migrated_sqlite_url: str) -> None:
