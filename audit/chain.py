@@ -67,7 +67,9 @@ class ChainReport:
 
     def __str__(self) -> str:
         if self.ok:
-            return f"audit chain intact: {self.rows} decisions, head {self.head_hash[:16]}…"
+            return f"audit chain intact: {self.rows} decisions, head {self.head_hash}"
+        if self.first_bad_id is None:
+            return f"audit chain BROKEN: {self.problem} ({self.rows} rows verified, head {self.head_hash})"
         return (
             f"audit chain BROKEN at decision id {self.first_bad_id} (job {self.first_bad_job_id}): "
             f"{self.problem} ({self.rows} rows verified before it)"
@@ -273,10 +275,17 @@ def _copy_rows(session: Session, rows: list[dict[str, Any]]) -> None:
 # --- verifying ----------------------------------------------------------------------------------------------
 
 
-def verify_chain(session: Session, *, batch_size: int = 2000) -> ChainReport:
-    """Walk the decisions in id order and recompute every link; stop at the first bad row."""
+def verify_chain(session: Session, *, expect_head: str | None = None, batch_size: int = 2000) -> ChainReport:
+    """Walk the decisions in id order and recompute every link; stop at the first bad row.
+
+    A chain cut off at its end still links up; `expect_head` (a row_hash recorded earlier, or a prefix of one
+    of at least 8 hex digits) catches that: the report fails unless some row still has that hash.
+    """
+    if expect_head is not None and len(expect_head) < 8:
+        raise ValueError(f"expect_head: give at least 8 hex digits of a row_hash, got {expect_head!r}")
     prev = GENESIS_HASH
     rows = 0
+    seen_head = expect_head is None
     # Plain column values straight from the database (no ORM identity map that could hold in-memory copies),
     # streamed in batches so a long log does not sit in memory.
     query = select(*Decision.__table__.columns).order_by(Decision.id)
@@ -300,4 +309,8 @@ def verify_chain(session: Session, *, batch_size: int = 2000) -> ChainReport:
             return ChainReport(False, rows, prev, row["id"], str(row["job_id"]), bad)
         prev = row["row_hash"]
         rows += 1
+        seen_head = seen_head or prev.startswith(expect_head)
+    if not seen_head:
+        problem = f"no row has the expected head hash {expect_head} (rows at the end were deleted)"
+        return ChainReport(False, rows, prev, None, None, problem)
     return ChainReport(True, rows, prev)

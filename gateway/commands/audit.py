@@ -59,15 +59,21 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @groups["audit"].command("verify")
     def verify(
         db: DbOption = None,
+        expect_head: Annotated[
+            str | None,
+            typer.Option(help="A row_hash (or 8+ digit prefix) recorded earlier: fail if the chain lost it."),
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Walk the hash chain; exit 1 naming the first bad row (altered, deleted or inserted rows)."""
         from audit.chain import verify_chain
         from audit.db import session_scope
 
+        if expect_head is not None and len(expect_head) < 8:
+            raise _fail(f"--expect-head: give at least 8 hex digits of a row_hash, got {expect_head!r}")
         url = open_database(db)
         with session_scope(url) as session:
-            report = verify_chain(session)
+            report = verify_chain(session, expect_head=expect_head)
         if as_json:
             typer.echo(json.dumps(report.__dict__))
         else:

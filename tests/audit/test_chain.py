@@ -157,6 +157,18 @@ def test_verify_fails_after_a_row_is_deleted(db_url: str, victim: int) -> None:
     assert ("genesis" if victim == 0 else "prev_hash") in report.problem
 
 
+def test_expected_head_catches_a_cut_off_end(migrated_sqlite_url: str) -> None:
+    _fill(migrated_sqlite_url, 3)
+    head = _verify(migrated_sqlite_url).head_hash
+    with db.session_scope(migrated_sqlite_url) as session:
+        assert verify_chain(session, expect_head=head[:12]).ok
+    _raw(migrated_sqlite_url, "DROP TRIGGER decisions_no_delete", "DELETE FROM decisions WHERE id = 3")
+    assert _verify(migrated_sqlite_url).ok  # the two remaining rows still link up ...
+    with db.session_scope(migrated_sqlite_url) as session:
+        report = verify_chain(session, expect_head=head)
+    assert not report.ok and "expected head" in report.problem  # ... but the recorded head is gone
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize(
     "statement",

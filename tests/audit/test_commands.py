@@ -71,6 +71,16 @@ def test_sqlite_commands_migrate_by_themselves(sqlite_url: str) -> None:
     assert db.current_revision(sqlite_url) == db.head_revision()
 
 
+def test_verify_expect_head(migrated_sqlite_url: str) -> None:
+    with db.session_scope(migrated_sqlite_url) as session:
+        head = append_one(session, 0.5).row_hash
+    assert cli("audit", "verify", "--db", migrated_sqlite_url, "--expect-head", head[:10]).exit_code == 0
+    result = cli("audit", "verify", "--db", migrated_sqlite_url, "--expect-head", "deadbeef00")
+    assert result.exit_code == 1 and "expected head hash deadbeef00" in result.output
+    result = cli("audit", "verify", "--db", migrated_sqlite_url, "--expect-head", "abc")
+    assert result.exit_code == 2 and "--expect-head" in result.output
+
+
 def test_replay_command_prints_tables_and_stores_the_run(migrated_sqlite_url: str, tmp_path: Path) -> None:
     with db.session_scope(migrated_sqlite_url) as session:
         for score, language in [(0.5, "en"), (1.5, "en"), (2.5, "de"), (0.9, "de")]:
