@@ -7,7 +7,8 @@ Plain SegMoE = diffusers' StableDiffusionPipeline.__call__ on the ensemble's UNe
 (segmoe's own behaviour; same numbers as segmoe's SparseMoeBlock for one request: see test_routing.py).
 Fast EMoE = `emoe.generate(mode="fast")`: the M gate paths and the ordinary path share the first step's
 down+mid. Gate alone = `emoe.score`. Times are medians of `--repeats` runs after one warm-up. With --json the
-last line is one JSON object. The 25-step figures are extrapolated from the measured per-step time when --steps is below 25.
+last line is one JSON object. The 25-step figures are extrapolated from the measured per-step time
+when --steps is below 25.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ class Ensemble:
     dtype: torch.dtype
     source: str
     expert_prompts: list[str] = field(default_factory=list)
+    # the routing context is shared state: one scoring/generation at a time (score/generate take it)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     # ---------------------------------------------------------------- descriptive properties
     @property

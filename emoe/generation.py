@@ -100,6 +100,13 @@ def generate(
     decide: Decide | None = None,
 ) -> Generation:
     """Score `prompt` at the first step, ask `decide` (True: continue; None: always), then generate."""
+    with ensemble.lock:
+        return _generate(prompt, config, ensemble, mode=mode, decide=decide)
+
+
+def _generate(
+    prompt: str, config: ScoreConfig, ensemble: Ensemble, *, mode: str, decide: Decide | None
+) -> Generation:
     # 1. check inputs
     if mode not in ("fast", "full"):
         raise ValueError(f"mode: must be 'fast' or 'full', got {mode!r}")

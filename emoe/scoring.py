@@ -393,6 +393,11 @@ def _ms(start: float) -> float:
 
 def score(prompts: Sequence[str], config: ScoreConfig, ensemble: Ensemble) -> list[Score]:
     """Score prompts with EMoE at the first denoising step, `config.batch_size` requests per batch."""
+    with ensemble.lock:
+        return _score(prompts, config, ensemble)
+
+
+def _score(prompts: Sequence[str], config: ScoreConfig, ensemble: Ensemble) -> list[Score]:
     # 1. check inputs and resolve the configuration
     prompts = check_prompts(prompts)
     plan = make_plan(config, ensemble)
