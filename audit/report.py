@@ -59,14 +59,38 @@ def build_report(
 ) -> dict[str, Any]:
     """Everything the report shows, as a JSON-safe dict with `ci_low`/`ci_high` beside each estimate."""
     opt = options or ReportOptions()
-    # 1. read the decisions (SQL) and the aggregates SQL does best
     scope = {"since": opt.since, "tenant": opt.tenant}
     loaded = load_records(session, group_by=opt.group_by, with_prompts=bool(opt.keywords), **scope)
-    rec = loaded.records
-    over_time = decisions_over_time(session, **scope)
-    policies = policy_counts(session, **scope)
+    return report_from_records(
+        loaded.records,
+        opt,
+        database=database,
+        over_time=decisions_over_time(session, **scope),
+        policies=policy_counts(session, **scope),
+        n_shadow=loaded.n_shadow,
+        quality_metrics=loaded.quality_metrics,
+        notes=loaded.notes,
+    )
 
-    # 2. the per-group statistics and the paper's analyses
+
+def report_from_records(
+    rec: fairness.Records,
+    options: ReportOptions | None = None,
+    *,
+    database: str = "",
+    over_time: dict[str, Any] | None = None,
+    policies: list[dict[str, Any]] | None = None,
+    n_shadow: int = 0,
+    quality_metrics: Sequence[str] = (),
+    notes: Sequence[str] = (),
+    title: str = "emoe-gate fairness report",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report of records from anywhere (the audit DB, or `eval multilingual`'s stored results)."""
+    opt = options or ReportOptions()
+    over_time = over_time or {"bucket": "day", "rows": []}
+    policies = policies or []
+    # 1. the per-group statistics and the paper's analyses
     stat_kw = {
         "confidence": opt.confidence,
         "n_boot": opt.n_boot,
@@ -91,12 +115,12 @@ def build_report(
     ]
     correlation = fairness.score_quality_correlation(table, confidence=opt.confidence)
 
-    # 3. what the report must say in words
+    # 2. what the report must say in words
     n_quality = int(np.sum(~np.isnan(rec.quality)))
-    notes = [CAVEAT, *loaded.notes, *table.notes]
-    if loaded.n_shadow:
+    notes = [*notes, CAVEAT, *table.notes]
+    if n_shadow:
         notes.append(
-            f"{loaded.n_shadow} decisions were made in shadow mode: their halt and flag rates count what the "
+            f"{n_shadow} decisions were made in shadow mode: their halt and flag rates count what the "
             "policy would have done."
         )
     if len(rec) == 0:
@@ -108,7 +132,7 @@ def build_report(
             "anything; their rows are shown but should not be compared."
         )
     return {
-        "report": "emoe-gate fairness report",
+        "report": title,
         "version": REPORT_VERSION,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "database": database,
@@ -125,11 +149,11 @@ def build_report(
             "keywords": list(opt.keywords),
         },
         "n_decisions": len(rec),
-        "n_shadow": loaded.n_shadow,
+        "n_shadow": n_shadow,
         "quality": {
             "available": n_quality > 0,
             "n": n_quality,
-            "metrics": loaded.quality_metrics,
+            "metrics": list(quality_metrics),
             "note": None if n_quality else NO_QUALITY,
         },
         "notes": notes,
@@ -140,6 +164,7 @@ def build_report(
         "score_distribution": _histograms(rec),
         "over_time": over_time,
         "policies": policies,
+        **(extra or {}),
     }
 
 
