@@ -302,3 +302,40 @@ def filter_choices(session: Session, *, tenant: str | None = None) -> dict[str, 
 def latest_replay(session: Session) -> ReplayRun | None:
     """The newest stored policy replay (replays are not per tenant)."""
     return session.execute(select(ReplayRun).order_by(ReplayRun.id.desc()).limit(1)).scalar_one_or_none()
+
+
+# --- quality scores (written by `emoe-gate eval quality`) ---
+
+
+def artifacts_to_score(
+    session: Session,
+    *,
+    overwrite: bool = False,
+    since: datetime | None = None,
+    after_id: int = 0,
+    limit: int = 64,
+) -> list[dict[str, Any]]:
+    """Artifacts without a quality score (all with `overwrite`), oldest first, with their job's texts."""
+    stmt = (
+        select(Artifact.id, Artifact.storage_uri, Job.prompt, Job.labels)
+        .join(Job, Job.id == Artifact.job_id)
+        .where(Artifact.id > after_id)
+        .order_by(Artifact.id)
+        .limit(limit)
+    )
+    if not overwrite:
+        stmt = stmt.where(Artifact.quality.is_(None))
+    if since is not None:
+        stmt = stmt.where(Artifact.created_at >= since)
+    return [
+        {"id": i, "storage_uri": uri, "prompt": prompt, "labels": labels or {}}
+        for i, uri, prompt, labels in session.execute(stmt)
+    ]
+
+
+def set_quality(session: Session, scores: dict[int, float], metric: str) -> None:
+    """Store quality scores by artifact id (artifacts are not part of the hash chain)."""
+    for artifact_id, value in scores.items():
+        row = session.get(Artifact, artifact_id)
+        if row is not None:
+            row.quality, row.quality_metric = float(value), metric

@@ -244,7 +244,90 @@ def _would_do(sc: object, language: str, policy: object | None, mismatch: bool) 
     return d.shadow_action or d.action, False
 
 
+def eval_quality(
+    model: Annotated[Path, typer.Option("--model", help="Local folder of a CLIP checkpoint (CLIPModel).")],
+    db_url: Annotated[
+        str | None, typer.Option("--db", help="Database URL; default: EMOE_DATABASE_URL.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only images stored from this ISO date/datetime on.")
+    ] = None,
+    reference_label: Annotated[
+        str, typer.Option(help="Job label holding the English text of a translated prompt.")
+    ] = "reference_text",
+    overwrite: Annotated[
+        bool, typer.Option(help="Score images that already have a quality score too.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Images per CLIP batch.")] = 16,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Store the CLIP score of every stored image (the report's quality), from a CLIP in a local folder.
+
+    Each image is scored against its job's English text: the label REFERENCE_LABEL when the client sent one
+    (the paper scores translated prompts against their English version), else the prompt itself. Images whose
+    prompt was redacted, or whose file is gone, are skipped and counted.
+    """
+    from audit import db
+    from audit.report_queries import artifacts_to_score, parse_since, set_quality
+
+    try:
+        since_dt = parse_since(since)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    url = db.resolve_url(db_url)
+    try:
+        db.ensure_schema(url)
+    except db.SchemaNotReady as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+    # 1. the CLIP (torch loads here)
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from emoe.quality import ClipScore
+
+    try:
+        scorer = ClipScore.from_pretrained(model)
+    except (ValueError, OSError) as exc:
+        raise typer.BadParameter(f"--model: {exc}") from exc
+
+    # 2. score batch by batch, committing each, so an interrupted run keeps what it did
+    scored = skipped = 0
+    after = 0
+    bar = tqdm(desc="CLIP score", unit="image", disable=not progress)
+    while True:
+        with db.session_scope(url) as session:
+            todo = artifacts_to_score(
+                session, overwrite=overwrite, since=since_dt, after_id=after, limit=batch_size
+            )
+        if not todo:
+            break
+        after = todo[-1]["id"]
+        images, texts, ids = [], [], []
+        for row in todo:
+            text = row["labels"].get(reference_label) or row["prompt"]
+            path = Path(row["storage_uri"].removeprefix("file://"))
+            if not text or not path.is_file():
+                skipped += 1
+                continue
+            with Image.open(path) as im:
+                images.append(im.convert("RGB"))
+            texts.append(text)
+            ids.append(row["id"])
+        values = scorer.score(images, texts)
+        with db.session_scope(url) as session:
+            set_quality(session, dict(zip(ids, values, strict=True)), scorer.metric)
+        scored += len(ids)
+        bar.update(len(todo))
+    bar.close()
+    typer.echo(
+        f"stored {scorer.metric} for {scored} images; skipped {skipped} (prompt redacted or file missing)"
+    )
+
+
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     """Add this area's commands to the CLI."""
     app.command("report")(report)
     groups["eval"].command("multilingual")(eval_multilingual)
+    groups["eval"].command("quality")(eval_quality)
