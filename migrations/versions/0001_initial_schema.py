@@ -55,7 +55,7 @@ SQLITE_DOWNGRADE = ["DROP TRIGGER IF EXISTS decisions_no_update", "DROP TRIGGER 
 
 
 def _execute_for_dialect(postgresql: list[str], sqlite: list[str]) -> None:
-    dialect = op.get_bind().dialect.name
+    dialect = op.get_context().dialect.name  # works offline (--sql) too
     for statement in {"postgresql": postgresql, "sqlite": sqlite}.get(dialect, []):
         op.execute(statement)
 
