@@ -4,7 +4,8 @@ The canonical record is sorted-key, compact JSON of every decision column except
 `row_hash`: floats as Python's shortest round-trip repr, the job id as a hyphenated UUID, `created_at` as
 ISO-8601 UTC with microseconds, JSON columns as stored. Both SQLite and PostgreSQL give these values back bit
 for bit, so a chain written on one verifies the same way on the other. It covers the prompt's sha256, not its
-text, so redacting prompts (`audit.retention`) leaves the chain valid.
+text, so redacting prompts (`audit.retention`) leaves the chain valid; the negative prompt in the scoring
+record is likewise stored as its sha256 only.
 
 Appends are serialised so that concurrent writers never fork the chain: on PostgreSQL with a
 transaction-scoped advisory lock (held until the caller commits, so commit soon after appending); on
