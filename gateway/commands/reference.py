@@ -1,9 +1,168 @@
-"""CLI commands of this area; filled in by the issue that owns it."""
+"""Reference-ensemble commands: `reference train|verify`, `eval ood|languages|quartiles|ablation`.
+
+torch and emoe are imported inside the commands (the gateway must not import torch at import time).
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+EnsembleOption = Annotated[
+    str, typer.Option("--ensemble", help="default (the shipped reference ensemble) or a checkpoint folder.")
+]
+OutOption = Annotated[Path, typer.Option("--out", help="Folder for the JSON results and PNG plots.")]
+QuickOption = Annotated[bool, typer.Option("--quick", help="A smaller run (fewer prompts and resamples).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object, last line.")]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _load(spec: str):
+    import torch
+
+    from emoe import load_ensemble
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+    ensemble = load_ensemble(spec, device="cpu", dtype="float32")
+    if ensemble.is_random:
+        typer.echo(f"warning: {ensemble.description}", err=True)
+    return ensemble
+
+
+def _report(result: dict, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        typer.echo(json.dumps(result, ensure_ascii=False, default=str))
+    else:
+        for line in lines:
+            typer.echo(line)
+
+
+def train(
+    out: Annotated[Path, typer.Option("--out", help="Folder to build every part into.")],
+    smoke: Annotated[
+        bool, typer.Option("--smoke", help="A seconds-long plan (tests the code, not the model).")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Load the stages already finished in --out.")
+    ] = False,
+    ship: Annotated[
+        Path | None, typer.Option("--ship", help="Also merge and save the fp16 checkpoint + manifest here.")
+    ] = None,
+) -> None:
+    """Rebuild the reference ensemble from seeds: VAE, CLIP, base, 4 experts, segmoe YAML (progress bars)."""
+    import torch
+
+    from emoe.reference.training import TrainPlan, build_all
+
+    torch.set_num_threads(1)
+    summary = build_all(out, TrainPlan.smoke() if smoke else TrainPlan(), show=True, resume=resume)
+    typer.echo(
+        f"built {out} in {summary.get('total_s', 0.0):.0f} s: {json.dumps(summary.get('timings_s', {}))}"
+    )
+    if ship is not None:
+        from emoe.reference.ship import ship as ship_to
+
+        manifest = ship_to(out, ship)
+        typer.echo(f"shipped {ship} ({manifest['total_bytes']} bytes, {len(manifest['files'])} files)")
+
+
+def verify(
+    folder: Annotated[Path | None, typer.Argument(help="Shipped folder (default: the package's).")] = None,
+) -> None:
+    """Check the shipped reference ensemble's files against its manifest of sha256 hashes."""
+    from emoe.reference.ship import ENSEMBLE_DIR, verify_manifest
+
+    problems = verify_manifest(folder or ENSEMBLE_DIR)
+    for problem in problems:
+        typer.echo(problem, err=True)
+    if problems:
+        raise typer.Exit(code=1)
+    typer.echo("ok: every file matches the manifest")
+
+
+def ood(
+    quick: QuickOption = False,
+    as_json: JsonOption = False,
+    ensemble: EnsembleOption = "default",
+    out: OutOption = Path("results/reference"),
+) -> None:
+    """AUROC (bootstrap 95 % CI): prompts in languages 1-2 experts saw against dominant-language prompts."""
+    from emoe.reference.experiments import eval_ood
+
+    result = eval_ood(_load(ensemble), quick=quick, out_dir=out)
+    lines = [
+        f"{name}: AUROC {r['auroc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        f"  split={r['scoring']['config']['split']}"
+        f" latent={r['scoring']['config']['latent']}"
+        for name, r in (("default", result["default"]), ("paper", result["paper"]))
+    ]
+    _report(result, as_json, [*lines, f"written to {out}/ood.json and ood.png"])
+
+
+def languages(
+    quick: QuickOption = False,
+    as_json: JsonOption = False,
+    ensemble: EnsembleOption = "default",
+    out: OutOption = Path("results/reference"),
+) -> None:
+    """Per-language mean score against quality (CLIP score, rule accuracy) and their correlation."""
+    from emoe.reference.experiments import eval_languages
+
+    result = eval_languages(_load(ensemble), quick=quick, out_dir=out)
+    lines = [
+        f"{k}: r = {v['r']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+        for k, v in result["correlation"].items()
+    ]
+    _report(result, as_json, [*lines, f"written to {out}/languages.json and languages.png"])
+
+
+def quartiles(
+    quick: QuickOption = False,
+    as_json: JsonOption = False,
+    ensemble: EnsembleOption = "default",
+    out: OutOption = Path("results/reference"),
+) -> None:
+    """Quality, prompt length and keyword share per score quartile (figure 4, tables 1, 3 and 4)."""
+    from emoe.reference.experiments import eval_quartiles
+
+    result = eval_quartiles(_load(ensemble), quick=quick, out_dir=out)
+    lines = [
+        f"Q{q['quartile']}: clip {q['clip_score']:.2f} rule {q['rule_accuracy']:.3f} chars {q['chars']:.1f}"
+        for q in result["quartiles"]
+    ]
+    _report(result, as_json, [*lines, f"written to {out}/quartiles.json and quartiles.png"])
+
+
+def ablation(
+    quick: QuickOption = False,
+    as_json: JsonOption = False,
+    ensemble: EnsembleOption = "default",
+    out: OutOption = Path("results/reference"),
+) -> None:
+    """Ensemble size, latent, step, split depth and output-space variance: AUROC and gate cost of each."""
+    from emoe.reference.experiments import eval_ablation
+
+    result = eval_ablation(_load(ensemble), quick=quick, out_dir=out)
+    lines = [
+        f"{r['name']}: AUROC {r['auroc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        f" gate {r['gate_ms']:.1f} ms"
+        for r in result["rows"]
+    ]
+    _report(result, as_json, [*lines, f"written to {out}/ablation.json and ablation.png"])
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     """Add this area's commands to the CLI."""
+    groups["reference"].command("train")(train)
+    groups["reference"].command("verify")(verify)
+    groups["eval"].command("ood")(ood)
+    groups["eval"].command("languages")(languages)
+    groups["eval"].command("quartiles")(quartiles)
+    groups["eval"].command("ablation")(ablation)

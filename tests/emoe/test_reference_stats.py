@@ -1,0 +1,39 @@
+"""AUROC and correlation with bootstrap intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from emoe.reference.stats import auroc, auroc_ci, pearson_ci
+
+
+def test_auroc_extremes_ties_and_known_value() -> None:
+    assert auroc([3, 4, 5], [0, 1, 2]) == 1.0
+    assert auroc([0, 1, 2], [3, 4, 5]) == 0.0
+    assert auroc([1, 1], [1, 1]) == 0.5
+    # pairs: (2>1) (2<3) (4>1) (4>3) -> 3 of 4
+    assert auroc([2, 4], [1, 3]) == 0.75
+
+
+def test_auroc_interval_brackets_the_estimate() -> None:
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(1.0, 1.0, 80), rng.normal(0.0, 1.0, 80)
+    a, lo, hi = auroc_ci(pos, neg, n_boot=400)
+    assert lo < a < hi
+    assert 0.6 < a < 0.9
+    assert auroc_ci(pos, neg, n_boot=400) == (a, lo, hi)  # seeded
+
+
+def test_pearson_interval_and_degenerate_input() -> None:
+    x = np.arange(10.0)
+    r, lo, hi = pearson_ci(x, -2 * x + np.sin(x), n_boot=300)
+    assert r < -0.95 and lo <= r <= hi
+    r, lo, hi = pearson_ci(x, np.ones(10))
+    assert math.isnan(r)
+    with pytest.raises(ValueError, match="x/y"):
+        pearson_ci([1, 2], [1, 2])
+    with pytest.raises(ValueError, match="positive/negative"):
+        auroc([], [1.0])

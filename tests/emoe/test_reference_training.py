@@ -1,0 +1,46 @@
+"""The training code runs end to end (a seconds-long smoke plan: CI never trains a real model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from emoe.reference import parts
+from emoe.reference.training import EXPERTS, TrainPlan, build_all, train_unet
+from emoe.segmoe_adapter import read_segmoe_yaml
+
+
+@pytest.fixture(scope="module")
+def smoke_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("reference-smoke")
+    build_all(out, TrainPlan.smoke(), show=False)
+    return out
+
+
+def test_smoke_build_writes_every_part(smoke_build: Path) -> None:
+    for folder in ["base", *(f"experts/{s.name}" for s in EXPERTS)]:
+        assert (smoke_build / folder / "model_index.json").is_file()
+        assert (smoke_build / folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (smoke_build / "clip" / "config.json").is_file()
+    config = read_segmoe_yaml(smoke_build / "segmoe.yaml")
+    assert config["type"] == "sd" and config["moe_layers"] == "all"
+    assert [e["source_model"] for e in config["experts"]] == [f"experts/{s.name}" for s in EXPERTS]
+
+
+def test_experts_differ_from_the_base_only_where_segmoe_takes_expert_weights(smoke_build: Path) -> None:
+    base = UNet2DConditionModel.from_pretrained(smoke_build / "base" / "unet").state_dict()
+    expert = UNet2DConditionModel.from_pretrained(smoke_build / "experts" / EXPERTS[0].name / "unet").state_dict()
+    moe = set(parts.moe_parameter_names(parts.make_unet(0)))
+    changed = {name for name in base if not torch.equal(base[name], expert[name])}
+    assert changed, "fine-tuning moved nothing"
+    assert changed <= moe
+
+
+def test_held_out_language_cannot_be_trained_on() -> None:
+    with pytest.raises(ValueError, match="held out"):
+        train_unet(parts.make_unet(0), None, {"nl": 1.0}, 1, TrainPlan.smoke(), seed=0)  # type: ignore[arg-type]
+    assert all("nl" not in spec.languages for spec in EXPERTS)
