@@ -33,7 +33,8 @@ def test_smoke_build_writes_every_part(smoke_build: Path) -> None:
 
 def test_experts_differ_from_the_base_only_where_segmoe_takes_expert_weights(smoke_build: Path) -> None:
     base = UNet2DConditionModel.from_pretrained(smoke_build / "base" / "unet").state_dict()
-    expert = UNet2DConditionModel.from_pretrained(smoke_build / "experts" / EXPERTS[0].name / "unet").state_dict()
+    folder = smoke_build / "experts" / EXPERTS[0].name
+    expert = UNet2DConditionModel.from_pretrained(folder / "unet").state_dict()
     moe = set(parts.moe_parameter_names(parts.make_unet(0)))
     changed = {name for name in base if not torch.equal(base[name], expert[name])}
     assert changed, "fine-tuning moved nothing"
