@@ -181,14 +181,23 @@ class Records:
 
     def groups(self) -> list[str]:
         """Distinct groups, sorted."""
-        return sorted(set(self.group.tolist()))
+        return list(self.group_indices())
 
     def group_indices(self) -> dict[str, np.ndarray]:
-        """Row indices of each group, groups sorted by name (one sort instead of a scan per group)."""
-        order = np.argsort(self.group.astype(str), kind="stable")
-        names, starts = np.unique(self.group[order].astype(str), return_index=True)
-        bounds = [*starts.tolist(), len(order)]
-        return {name: order[a:b] for name, a, b in zip(names.tolist(), bounds[:-1], bounds[1:], strict=True)}
+        """Row indices of each group, groups sorted by name (computed once per Records, then cached)."""
+        cached = self.__dict__.get("_group_indices")
+        if cached is not None:
+            return cached
+        codes: dict[str, int] = {}
+        inverse = np.fromiter(
+            (codes.setdefault(g, len(codes)) for g in self.group.tolist()), np.int64, len(self)
+        )
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(len(codes) + 1))
+        by_code = {code: order[bounds[code] : bounds[code + 1]] for code in range(len(codes))}
+        result = {name: by_code[codes[name]] for name in sorted(codes)}
+        object.__setattr__(self, "_group_indices", result)  # frozen dataclass: a cache, not a field
+        return result
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -98,13 +98,19 @@ def eval_multilingual(
     seed: Annotated[int, typer.Option(help="Which (template, class) pairs are drawn.")] = 0,
     batch_size: Annotated[int | None, typer.Option(help="Prompts per scoring batch.")] = None,
     keyword: Annotated[list[str] | None, typer.Option(help="Keyword share in the lowest quartile.")] = None,
+    quality_model: Annotated[
+        Path | None,
+        typer.Option(help="CLIP checkpoint folder: also generate each image and store its CLIP score."),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """The paper's sections 4.2-4.3 for any ensemble: parallel prompts in 25 languages, scored and reported.
 
     Prompts come offline from the clip-benchmark wheel (translated templates filled with multilingual ImageNet
     class names). Results are appended to OUT/scores.jsonl as they are scored: run the same command again to
-    resume. The report (OUT/report.json and OUT/report.html) compares every language with English.
+    resume. The report (OUT/report.json and OUT/report.html) compares every language with English. With
+    --quality-model, each prompt's image is generated (Fast EMoE) and scored by CLIP against the English
+    prompt of its item, as in the paper, which gives the quality-per-quartile and score-quality plots.
     """
     from audit.multilingual import (
         DEFAULT_LANGUAGES,
@@ -135,7 +141,7 @@ def eval_multilingual(
         )
 
     # 2. the ensemble and its scoring configuration (torch loads here, not at CLI start)
-    from emoe import default_score_config, load_ensemble, score
+    from emoe import default_score_config, generate, load_ensemble, score
     from emoe.ensemble import read_manifest
 
     settings = get_settings()
@@ -154,7 +160,16 @@ def eval_multilingual(
         "per_language": per_language,
         "languages": sorted({it.language for it in items}),
         "seed": seed,
+        "quality_model": str(quality_model) if quality_model else None,
     }
+    scorer = None
+    if quality_model is not None:
+        from emoe.quality import ClipScore
+
+        try:
+            scorer = ClipScore.from_pretrained(quality_model)
+        except (ValueError, OSError) as exc:
+            raise typer.BadParameter(f"--quality-model: {exc}") from exc
     store = ResultStore(out)
     try:
         done = store.open(run)
@@ -180,11 +195,17 @@ def eval_multilingual(
     for start in range(0, len(todo), config.batch_size):
         batch = todo[start : start + config.batch_size]
         rows = []
-        for it, sc in zip(batch, score([it.prompt for it in batch], config, ensemble), strict=True):
+        if scorer is None:
+            scores, quality = score([it.prompt for it in batch], config, ensemble), [None] * len(batch)
+        else:  # one generation per prompt gives its score and its image
+            gens = [generate(it.prompt, config, ensemble, mode="fast") for it in batch]
+            scores = [g.score for g in gens]
+            quality = scorer.score([g.images[0] for g in gens], [it.english for it in batch])
+        for it, sc, q in zip(batch, scores, quality, strict=True):
             action, mismatch = _would_do(sc, it.language, policy, mismatch)
             rows.append({**it.__dict__, "score": sc.score, "eu": sc.eu, "fingerprint": sc.fingerprint,
                          "n_tokens": sc.n_tokens, "truncated": sc.truncated, "action": action,
-                         "policy": None if mismatch else policy_id})  # fmt: skip
+                         "policy": None if mismatch else policy_id, "quality": q})  # fmt: skip
         store.append(rows)
         bar.update(len(batch))
     bar.close()
@@ -209,6 +230,7 @@ def eval_multilingual(
     report = report_from_records(
         records_from_results(rows),
         ReportOptions(keywords=tuple(keyword or ())),
+        quality_metrics=[scorer.metric] if scorer else [],
         notes=notes,
         title="emoe-gate multilingual evaluation",
         extra={"ensemble": summary, "run": run},

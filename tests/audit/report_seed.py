@@ -6,6 +6,7 @@ import hashlib
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, insert
@@ -112,3 +113,20 @@ def seed(engine: Engine, rows: Iterable[Mapping[str, Any]], *, chunk: int = 5000
             flush()
     flush()
     return total
+
+
+def save_tiny_clip(folder: Path) -> Path:
+    """A tiny random CLIPModel (CLIP's 49,408-token vocabulary, 32x32 images) saved like a real checkpoint."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": 77},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37,
+                       "num_hidden_layers": 2, "num_attention_heads": 4},
+        projection_dim=16,
+    )  # fmt: skip
+    CLIPModel(config).eval().save_pretrained(folder)
+    return folder

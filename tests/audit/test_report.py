@@ -269,6 +269,8 @@ def test_report_on_postgresql(pg_url: str) -> None:
     seed(db.get_engine(pg_url), ROWS)
     rep = build(pg_url, keywords=("pizza",))
     assert rep["n_decisions"] == 8
+    assert build(pg_url, since=parse_since("2026-01-01T04:00"), tenant="t")["n_decisions"] == 4
+    assert build(pg_url, tenant="nobody")["n_decisions"] == 0
     assert rep["over_time"]["rows"][0] == {"t": "2026-01-01T00:00", "continue": 1, "flag": 0, "halt": 0}
     lite = {g["group"]: g["mean_score"]["value"] for g in rep["fairness"]["groups"]}
     assert lite == pytest.approx({"en": 0.25, "fi": 0.9, "zz": 0.0})

@@ -11,24 +11,12 @@ from typer.testing import CliRunner
 
 from audit import db
 from audit.report import ReportOptions, build_report
-from tests.audit.report_seed import seed
+from tests.audit.report_seed import save_tiny_clip, seed
 
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPModel
-
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "max_position_embeddings": 77},
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37,
-                       "num_hidden_layers": 2, "num_attention_heads": 4},
-        projection_dim=16,
-    )  # fmt: skip
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    CLIPModel(config).eval().save_pretrained(folder)
-    return folder
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 def picture(seed: int, size: tuple[int, int] = (32, 32)) -> Image.Image:
