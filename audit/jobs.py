@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from audit.models import TERMINAL_STATUSES, Decision, Job
 
@@ -96,6 +97,9 @@ def create_job(
         status="queued",
         attempts=0,
     )
+    # a new job has no decision or images yet: say so, so that reading them costs no query
+    set_committed_value(job, "decision", None)
+    set_committed_value(job, "artifacts", [])
     if idempotency_key is None:
         session.add(job)
         session.flush()

@@ -39,8 +39,11 @@ def serve(
     db: Annotated[
         str | None, typer.Option(help="Database URL (default: EMOE_DATABASE_URL or embedded SQLite).")
     ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Gateway processes (real mode only).")] = 1,
 ) -> None:
     """Run the HTTP gateway. Without EMOE_BROKER_URL it also runs the worker in process (embedded mode)."""
+    import os
+
     import uvicorn
 
     from gateway.app import create_app
@@ -49,7 +52,17 @@ def serve(
     _prepare_database(settings.resolved_database_url)
     mode = "embedded (in-process worker)" if settings.embedded else f"broker {settings.broker_url}"
     typer.echo(f"emoe-gate serving on http://{host}:{port} — {mode}")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        return
+    if settings.embedded:
+        typer.echo("error: --workers > 1 needs EMOE_BROKER_URL (embedded mode is one process)", err=True)
+        raise typer.Exit(2)
+    if db:  # each gateway process builds its settings from the environment
+        os.environ["EMOE_DATABASE_URL"] = db
+    uvicorn.run(
+        "gateway.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning"
+    )
 
 
 def worker(
