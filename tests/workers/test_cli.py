@@ -1,0 +1,61 @@
+"""The service commands: `keys create` (key on the last line), `worker` refusing embedded mode, and `demo`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from gateway.cli import app
+
+runner = CliRunner()
+
+
+def test_keys_create_prints_a_working_key_on_its_last_line(tmp_path, monkeypatch) -> None:
+    from audit.db import session_scope
+    from audit.keys import find_key
+
+    url = f"sqlite:///{tmp_path / 'keys.db'}"  # a fresh embedded database: the command migrates it itself
+    result = runner.invoke(app, ["keys", "create", "--tenant", "acme", "--role", "read", "--db", url])
+    assert result.exit_code == 0, result.output
+    key = result.output.strip().splitlines()[-1]
+    with session_scope(url) as session:
+        row = find_key(session, key)
+        assert (row.tenant, row.role) == ("acme", "read")
+    bad = runner.invoke(app, ["keys", "create", "--tenant", "acme", "--role", "admin", "--db", url])
+    assert bad.exit_code == 2 and "role must be one of" in bad.output
+    bad = runner.invoke(app, ["keys", "create", "--tenant", "no spaces", "--db", url])
+    assert bad.exit_code == 2 and "tenant" in bad.output
+
+
+def test_worker_needs_a_broker(monkeypatch) -> None:
+    from settings import get_settings
+
+    monkeypatch.delenv("EMOE_BROKER_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(app, ["worker"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2 and "EMOE_BROKER_URL" in result.output
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_path_and_writes_the_report(tmp_path, monkeypatch, tiny_runtime) -> None:
+    import workers.runtime
+
+    # the session's tiny ensemble and test policy, instead of loading them again
+    monkeypatch.setattr(workers.runtime, "load_runtime", lambda settings: tiny_runtime)
+    out = tmp_path / "demo-out"
+    result = runner.invoke(app, ["demo", "--limit", "8", "--steps", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["jobs"] == 8 and summary["audit_chain_ok"] is True
+    assert sum(summary["by_action"].values()) == 8
+    assert set(summary["by_language"]) == {"en", "es", "fi", "de", "fr", "it", "pt", "nl"}
+    rendered = [r for r in summary["results"] if r["status"] == "completed"]
+    assert summary["images"] == len(rendered) > 0
+    assert all(len(r["images"]) == 1 for r in rendered)
+    assert all(r["images"] == [] for r in summary["results"] if r["status"] == "halted")
+    assert "decisions by language" in result.output
