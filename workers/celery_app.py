@@ -39,7 +39,16 @@ def make_celery(settings: Settings) -> Celery:
         # loading the model in each pool process takes longer than Celery's 4 s default
         worker_proc_alive_timeout=600,
         worker_hijack_root_logger=False,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # a redelivery after a lost connection is harmless (SQL state machine): let running tasks finish
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        # the gateway must fail fast (503) rather than hang when Redis is down
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        broker_connection_timeout=2,
     )
     app.conf.emoe_settings = settings
     return app

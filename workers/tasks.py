@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 from celery import Task, shared_task
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from settings import Settings, get_settings
 from workers import stages, webhooks
@@ -78,6 +78,17 @@ def _sweep(settings: Settings, app: Any) -> None:
         if idle[queue]:
             app.send_task(GATE_TASK if queue == "gate" else RENDER_TASK, args=[str(job_id)], queue=queue)
             log.warning("re-enqueued stalled job %s on %s", job_id, queue)
+
+
+@worker_init.connect
+def _preload_before_fork(**_: Any) -> None:
+    # On CPU the main process loads the model once and the pool processes inherit it (a replaced process is
+    # ready at once). CUDA cannot cross a fork: there each pool process loads its own.
+    from celery import current_app as app
+
+    settings = getattr(app.conf, "emoe_settings", None) or get_settings()
+    if getattr(app.conf, "emoe_preload", True) and settings.device == "cpu":
+        get_runtime(settings)
 
 
 @worker_process_init.connect
