@@ -105,3 +105,32 @@ def test_eval_quality_stores_clip_scores_for_the_report(clip_folder, sqlite_url,
     bad = CliRunner().invoke(app, ["eval", "quality", "--model", str(tmp_path), "--db", sqlite_url])
     assert bad.exit_code == 2
     db.dispose_engine(sqlite_url)
+
+
+@pytest.mark.slow
+def test_eval_multilingual_with_quality_model(clip_folder, tmp_path, monkeypatch) -> None:
+    """Each prompt's image is generated and CLIP-scored against its item's English text (figures 4 and 7)."""
+    import json
+
+    from gateway.cli import app
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "ml"
+    args = ["eval", "multilingual", "--ensemble", "tiny", "--per-language", "1", "--languages", "en,fi,de,ja",
+            "--quality-model", str(clip_folder), "--out", str(out), "--no-progress"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(0.0 <= r["quality"] <= 100.0 for r in rows)
+    assert len({r["english"] for r in rows}) == 1  # all four judged against the same English text
+    report = json.loads((out / "report.json").read_text())
+    assert report["quality"] == {"available": True, "n": 4, "metrics": ["clip_score"], "note": None}
+    r = report["correlation"]["r"]
+    assert report["correlation"]["n_groups"] == 4
+    qualities = {r_["quality"] for r_ in rows}
+    if len(qualities) == 1:  # a random CLIP can put every pair below cos 0 (score 0): no r, and it says why
+        assert r["value"] is None and "constant" in r["method"]
+    else:
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    # distribution, rates, quality per quartile, score against quality (no time series in an evaluation)
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 4
