@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -62,6 +62,11 @@ def _threshold(action: str, shadow_action: str | None, flag_at: float, halt_at: 
     return {"halt": halt_at, "flag": flag_at}.get(fired)
 
 
+def _utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; they were stored in UTC."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
 def job_out(job: Job) -> JobOut:
     """The public view of a job row."""
     base = f"/v1/jobs/{job.id}"
@@ -88,7 +93,7 @@ def job_out(job: Job) -> JobOut:
             policy_version=d.policy_version,
             policy_hash=d.policy_hash,
             policy_mode=d.policy_mode,
-            decided_at=d.created_at,
+            decided_at=_utc(d.created_at),
             row_hash=d.row_hash,
         )
     artifacts = [
@@ -114,8 +119,8 @@ def job_out(job: Job) -> JobOut:
         params=params,
         attempts=job.attempts,
         error=job.error,
-        created_at=job.created_at,
-        finished_at=job.finished_at,
+        created_at=_utc(job.created_at),
+        finished_at=_utc(job.finished_at),
         score=score,
         decision=decision,
         flagged=d is not None and d.action == "flag",
@@ -352,6 +357,11 @@ def list_jobs(
     for name, value in (("since", since), ("until", until)):
         if value is not None and value.tzinfo is None:
             raise field_error(["query", name], "must include a timezone (e.g. 2026-01-01T00:00:00Z)")
+    try:
+        since = since.astimezone(UTC) if since is not None else None
+        until = until.astimezone(UTC) if until is not None else None
+    except OverflowError as exc:
+        raise field_error(["query", "since" if until is None else "until"], "is out of range") from exc
     try:
         page = repo.list_jobs(
             session,

@@ -298,3 +298,13 @@ def test_health_ready_metrics_and_openapi(make_client, module_pg_url) -> None:
         "/readyz",
         "/metrics",
     } <= set(paths)
+
+
+def test_times_are_utc_and_extreme_filters_are_refused(make_client, module_pg_url) -> None:
+    client = make_client()
+    _, auth = new_key(module_pg_url)
+    job = client.post("/v1/jobs", json=OK, headers=auth).json()
+    assert job["created_at"].endswith("Z") or job["created_at"].endswith("+00:00")
+    assert client.get("/v1/jobs?until=0001-01-01T00:00:00%2B01:00", headers=auth).status_code == 422
+    shifted = client.get("/v1/jobs?since=2000-01-01T05:00:00%2B05:00", headers=auth).json()["jobs"]
+    assert [j["id"] for j in shifted] == [job["id"]]
