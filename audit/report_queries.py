@@ -156,21 +156,22 @@ def load_records(
 def _bucket_expr(session: Session, bucket: str) -> Any:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        fmt = "YYYY-MM-DD" if bucket == "day" else 'YYYY-MM-DD"T"HH24:00'
+        fmt = {"month": "YYYY-MM", "day": "YYYY-MM-DD", "hour": 'YYYY-MM-DD"T"HH24:00'}[bucket]
         return func.to_char(func.timezone("UTC", Decision.created_at), fmt)
-    fmt = "%Y-%m-%d" if bucket == "day" else "%Y-%m-%dT%H:00"
+    fmt = {"month": "%Y-%m", "day": "%Y-%m-%d", "hour": "%Y-%m-%dT%H:00"}[bucket]
     return func.strftime(fmt, Decision.created_at)
 
 
 def decisions_over_time(
     session: Session, *, since: datetime | None = None, tenant: str | None = None
 ) -> dict[str, Any]:
-    """Counts per time bucket and action (aggregated in SQL): hourly for spans under 3 days, else daily."""
+    """Counts per time bucket and action, in SQL: by hour under 3 days, by day under 180, else by month."""
     span = _scoped(select(func.min(Decision.created_at), func.max(Decision.created_at)), tenant, since)
     first, last = session.execute(span).one()
     if first is None:
         return {"bucket": "day", "rows": []}
-    bucket = "hour" if (_as_utc(last) - _as_utc(first)).total_seconds() < 3 * 86400 else "day"
+    days = (_as_utc(last) - _as_utc(first)).total_seconds() / 86400
+    bucket = "hour" if days < 3 else "day" if days < 180 else "month"
     key = _bucket_expr(session, bucket).label("t")
     action = _effective_action().label("action")
     stmt = _scoped(select(key, action, func.count()).group_by(key, action).order_by(key), tenant, since)

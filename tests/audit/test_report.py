@@ -130,8 +130,14 @@ def test_since_and_label_grouping_and_shadow(sqlite_url: str) -> None:
     assert groups["south"]["halts"] == 1  # shadow decision counts what it would have done
     assert rep["n_shadow"] == 1 and any("shadow mode" in n for n in rep["notes"])
     assert rep["over_time"]["bucket"] == "day"
-    later = build(sqlite_url, since=parse_since("2026-01-05"))
-    assert later["n_decisions"] == 2
+    seed(
+        db.get_engine(sqlite_url),
+        [{"language": "en", "score": 1.0, "action": "flag", "minutes": 60 * 24 * 400}],
+    )
+    months = build(sqlite_url)["over_time"]
+    assert months["bucket"] == "month" and [r["t"] for r in months["rows"]] == ["2026-01", "2027-02"]
+    later = build(sqlite_url, since=parse_since("2026-01-05"), group_by="region")
+    assert later["n_decisions"] == 3
     assert sum(r["halt"] for r in later["over_time"]["rows"]) == 2
     db.dispose_engine(sqlite_url)
 
@@ -271,6 +277,12 @@ def test_report_on_postgresql(pg_url: str) -> None:
     assert rep["n_decisions"] == 8
     assert build(pg_url, since=parse_since("2026-01-01T04:00"), tenant="t")["n_decisions"] == 4
     assert build(pg_url, tenant="nobody")["n_decisions"] == 0
+    seed(
+        db.get_engine(pg_url),
+        [{"language": "de", "score": 2.0, "action": "halt", "labels": {"region": "eu"}}],
+    )
+    by_region = {g["group"]: g["n"] for g in build(pg_url, group_by="region")["fairness"]["groups"]}
+    assert by_region == {"eu": 1, "unknown": 8}
     assert rep["over_time"]["rows"][0] == {"t": "2026-01-01T00:00", "continue": 1, "flag": 0, "halt": 0}
     lite = {g["group"]: g["mean_score"]["value"] for g in rep["fairness"]["groups"]}
     assert lite == pytest.approx({"en": 0.25, "fi": 0.9, "zz": 0.0})
