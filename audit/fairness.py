@@ -14,8 +14,9 @@ Every estimate comes with an interval (`Estimate.ci_low`/`ci_high`) and the name
   draws;
 - the correlation of group means: Pearson's r with a Fisher z interval (needs at least 4 groups).
 
-Groups of one get no interval for a mean or median (one value says nothing about spread); groups smaller than
-`min_group_size` carry a warning.
+A percentile interval that misses its own estimate (possible with heavy skew and few records) is widened to
+include it, so every interval contains its estimate. Groups of one get no interval for a mean or median (one
+value says nothing about spread); groups smaller than `min_group_size` carry a warning.
 """
 
 from __future__ import annotations

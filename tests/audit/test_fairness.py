@@ -328,3 +328,31 @@ def test_correlation_says_so_without_quality() -> None:
     rows = [(g, x, "continue", None, y) for g, x, y in zip("abc", [1, 2, 3], [3, 1, 2], strict=True)]
     three = score_quality_correlation(group_stats(recs(rows)))
     assert three.r.value == pytest.approx(-0.5) and three.r.ci_low is None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_interval_contains_its_estimate_on_random_records(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 600))
+    groups = rng.choice(["en", "fi", "de", "ja"], size=n, p=[0.5, 0.3, 0.15, 0.05])
+    scores = rng.gamma(2.0, 0.2, size=n) * np.where(groups == "fi", 1.4, 1.0)
+    actions = np.where(scores > 0.9, "halt", np.where(scores > 0.6, "flag", "continue"))
+    quality = np.where(rng.random(n) < 0.5, 30 - 10 * scores + rng.normal(0, 1, n), np.nan)
+    rec = Records.from_columns(score=scores, action=actions, group=groups, quality=quality,
+                               chars=rng.integers(5, 80, n), words=rng.integers(1, 15, n))  # fmt: skip
+    table = group_stats(rec, bootstrap_max_n=100)
+    checked = 0
+    for g in table.groups:
+        ests = [g.mean_score, g.median_score, g.halt_rate, g.flag_rate, g.mean_quality]
+        if g.disparity:
+            ests += [getattr(g.disparity, k) for k in g.disparity.__dataclass_fields__]
+        for est in ests:
+            if est.ci_low is not None:
+                assert est.ci_low <= est.value <= est.ci_high, (g.group, est)
+                checked += 1
+    for row in quartile_table(rec, bootstrap_max_n=100):
+        for est in (row.mean_chars, row.mean_words, row.mean_quality):
+            if est.ci_low is not None:
+                assert est.ci_low <= est.value <= est.ci_high
+                checked += 1
+    assert checked > 20
