@@ -107,6 +107,7 @@ def real(tiny_policy_file: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         "EMOE_RECOVER_AFTER_S": "3",
         "EMOE_GATE_BATCH_WAIT_MS": "50",
         "EMOE_WEBHOOK_SECRET": "test-webhook-secret",
+        "EMOE_WEBHOOK_BACKOFF_S": "0.2",
     }
     log = open(tmp / "worker.log", "w")  # noqa: SIM115
     worker = subprocess.Popen(
@@ -191,6 +192,36 @@ def test_twenty_jobs_reach_terminal_states(real) -> None:
     with session_scope(real["db"]) as session:
         sizes = [d.timings["gate_batch_size"] for d in session.scalars(select(Decision))]
     assert max(sizes) > 1  # waiting prompts from separate requests were scored as one batch
+    metrics = client.get("/metrics").text  # the workers' shared gate-latency histogram, read by the gateway
+    assert "emoe_gate_latency_seconds_count" in metrics and 'emoe_decisions{action="halt"' in metrics
+
+
+def test_webhooks_go_through_the_hooks_queue_signed_and_retried(real, tiny_runtime) -> None:
+    import json
+
+    from audit.models import WebhookDelivery
+    from tests.workers.receiver import Receiver
+    from workers.webhooks import SIGNATURE_HEADER, verify_signature
+
+    high = max(PROMPTS, key=tiny_runtime.expected.get)  # halted by the test policy
+    with Receiver(statuses=[500]) as receiver:
+        body = {"prompt": high, "callback_url": receiver.url}
+        job = real["client"].post("/v1/jobs", json=body, headers=real["auth"]).json()
+        deadline = time.monotonic() + 60
+        while len(receiver.requests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert [json.loads(b)["event"] for _, b in receiver.requests] == ["halted", "halted"]
+    assert all(verify_signature("test-webhook-secret", b, h[SIGNATURE_HEADER]) for h, b in receiver.requests)
+    with session_scope(real["db"]) as session:
+        deliveries = session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.job_id == uuid.UUID(job["id"]))
+            .order_by(WebhookDelivery.attempt)
+        ).all()
+        assert [(d.attempt, d.status_code, d.delivered) for d in deliveries] == [
+            (1, 500, False),
+            (2, 200, True),
+        ]
 
 
 def _pool_children(worker: subprocess.Popen) -> list[psutil.Process]:
