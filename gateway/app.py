@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -41,7 +42,7 @@ def create_app(
 
         if is_sqlite(url):
             ensure_schema(url)  # the embedded database creates and migrates itself
-        warm_up()
+        await asyncio.to_thread(warm_up)  # keeps the event loop free (uvicorn pings its workers)
         if start_workers:
             app.state.dispatcher.start()
         try:

@@ -61,7 +61,13 @@ def serve(
     if db:  # each gateway process builds its settings from the environment
         os.environ["EMOE_DATABASE_URL"] = db
     uvicorn.run(
-        "gateway.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning"
+        "gateway.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        timeout_worker_healthcheck=120,  # a gateway process imports for longer than uvicorn's 5 s default
     )
 
 
