@@ -42,8 +42,9 @@ PROMPTS = [
 ]
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: bool = True) -> float:
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -153,6 +154,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None, help="image height = width (px)")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps of the generations")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed first run (large models)")
+    parser.add_argument("--alone", type=int, default=8, help="how many prompts to time one by one (batch 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or float16 (GPU default)")
     args = parser.parse_args()
@@ -200,16 +203,27 @@ def main() -> None:
         with torch.no_grad(), routing(ensemble.routing, rows_per_group=None):
             return ensemble.unet(x, 961, enc).sample
 
-    t_plain = median_seconds(plain, repeats)
-    t_step = median_seconds(unet_step, repeats)
+    warm = not args.no_warmup
+
+    def progress(label: str, seconds: float) -> None:
+        print(f"  .. {label}: {seconds * 1e3:.1f} ms", file=sys.stderr, flush=True)
+
+    t_plain = median_seconds(plain, repeats, warm)
+    progress("plain", t_plain)
+    t_step = median_seconds(unet_step, repeats, warm)
+    progress("unet step", t_step)
     # 2. Fast EMoE generation (gate + one ordinary image)
-    t_fast = median_seconds(lambda: generate(prompt, config, ensemble), repeats)
+    t_fast = median_seconds(lambda: generate(prompt, config, ensemble), repeats, warm)
+    progress("fast", t_fast)
     # 3. the gate alone: batch 1 (per prompt) and batch 8
-    t_b1 = (
-        median_seconds(lambda: [score([p], config.replace(batch_size=1), ensemble) for p in PROMPTS], repeats)
-        / 8
+    alone = PROMPTS[: max(1, min(args.alone, 8))]
+    b1_config = config.replace(batch_size=1)
+    t_b1 = median_seconds(lambda: [score([p], b1_config, ensemble) for p in alone], repeats, warm) / len(
+        alone
     )
-    t_b8 = median_seconds(lambda: score(PROMPTS, config.replace(batch_size=8), ensemble), repeats) / 8
+    progress("gate b1 per prompt", t_b1)
+    t_b8 = median_seconds(lambda: score(PROMPTS, config.replace(batch_size=8), ensemble), repeats, warm) / 8
+    progress("gate b8 per prompt", t_b8)
 
     plain_25 = t_plain if steps >= 25 else t_plain + (25 - steps) * t_step
     if args.device.startswith("cuda"):
@@ -242,6 +256,7 @@ def main() -> None:
         "fast_over_plain": round(t_fast / t_plain, 4),
         "gate_over_plain": round(t_b1 / t_plain, 4),
         "gate_over_plain_25_steps": round(t_b1 / plain_25, 4),
+        "fast_over_plain_25_steps": round((plain_25 + t_fast - t_plain) / plain_25, 4),
         "batched_speedup": round(t_b1 / t_b8, 3),
         "gate_b8_prompts_per_s": round(1.0 / t_b8, 2),
         peak_label: round(peak, 1),
@@ -261,6 +276,7 @@ def main() -> None:
         "fast_over_plain",
         "gate_over_plain",
         "gate_over_plain_25_steps",
+        "fast_over_plain_25_steps",
         "batched_speedup",
         "gate_b8_prompts_per_s",
         peak_label,

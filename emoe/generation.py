@@ -75,8 +75,7 @@ def denoise(
     """Steps first..N-1 for a batch of trajectories (one per scheduler), each its own routing group."""
     g = plan.rows_per_group
     for t in plan.timesteps[first:]:
-        x = torch.cat([latents.repeat_interleave(g, dim=0)])
-        x = schedulers[0].scale_model_input(x, t)
+        x = schedulers[0].scale_model_input(latents.repeat_interleave(g, dim=0), t)
         with routing(
             ensemble.routing, rows_per_group=g, forced_expert=forced, split_layers=plan.split_layers
         ):
@@ -104,6 +103,7 @@ def generate(
         return _generate(prompt, config, ensemble, mode=mode, decide=decide)
 
 
+@torch.no_grad()
 def _generate(
     prompt: str, config: ScoreConfig, ensemble: Ensemble, *, mode: str, decide: Decide | None
 ) -> Generation:
