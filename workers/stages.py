@@ -191,10 +191,17 @@ def run_render(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outco
             return outcome
         job = repo.get_job(session, job_id)
         prompt, mode = job.prompt or "", job.mode
-        config = runtime.render_config(dict(job.params or {}), job.negative_prompt or "")
+        params, negative = dict(job.params or {}), job.negative_prompt or ""
     # 2. generate; the decision was taken by the gate, so nothing here halts
     try:
+        config = runtime.render_config(params, negative)
         generation = generate(prompt, config, runtime.ensemble, mode=mode, decide=None)
+    except ValueError as exc:  # the request itself cannot be rendered (a bad size or setting): no retry helps
+        with session_scope(url) as session:
+            if repo.move(session, c, "failed", error=f"cannot render: {exc}"):
+                _dead(session, job_id, outcome)
+        outcome.note = "failed"
+        return outcome
     except Exception as exc:
         log.exception("render failed for job %s", job_id)
         with session_scope(url) as session:

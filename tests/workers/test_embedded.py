@@ -237,3 +237,20 @@ def test_embedded_serve_resumes_jobs_left_by_a_dead_process(tmp_path, tiny_runti
     finally:
         worker.stop()
     assert counts(url, job_id) == (1, 1)
+
+
+def test_a_job_that_cannot_be_rendered_fails_at_once_with_the_reason(
+    migrated_sqlite_url, tmp_path, tiny_runtime
+) -> None:
+    settings = make_settings(migrated_sqlite_url, tmp_path)
+    job_id = _queued_job(migrated_sqlite_url, min(PROMPTS, key=tiny_runtime.expected.get))
+    stages.run_gate(job_id, settings, tiny_runtime)
+    with session_scope(migrated_sqlite_url) as session:  # a size this ensemble cannot make
+        job = session.get(Job, job_id)
+        job.params = {**job.params, "height": 36}
+    outcome = stages.run_render(job_id, settings, tiny_runtime)
+    assert outcome.note == "failed" and outcome.retry_in_s is None
+    with session_scope(migrated_sqlite_url) as session:
+        job = session.get(Job, job_id)
+        assert job.status == "failed" and "cannot render" in job.error and "36" in job.error
+    assert counts(migrated_sqlite_url, job_id) == (1, 0)
