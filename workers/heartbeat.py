@@ -41,19 +41,23 @@ def count_ready(client: Any) -> int:
 class Heartbeat(threading.Thread):
     """Keeps this process's ready key alive and, every few beats, sweeps for lost jobs."""
 
-    def __init__(self, settings: Settings, sweep: Callable[[], None] | None) -> None:
+    def __init__(
+        self, settings: Settings, sweep: Callable[[], None] | None, *, model_loaded: bool = True
+    ) -> None:
         super().__init__(name="emoe-heartbeat", daemon=True)
         self.settings = settings
         self.sweep = sweep
         self.key = f"{READY_PREFIX}{socket.gethostname()}:{os.getpid()}"
         self.stopped = threading.Event()
+        self.model_loaded = model_loaded  # only a process with the model counts as ready (/readyz)
 
     def run(self) -> None:
         beats = 0
         while not self.stopped.is_set():
             try:
                 client = redis_client(self.settings)
-                client.set(self.key, "1", ex=TTL_S)
+                if self.model_loaded:
+                    client.set(self.key, "1", ex=TTL_S)
                 if (
                     self.sweep is not None
                     and beats % 2 == 0

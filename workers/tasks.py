@@ -97,9 +97,10 @@ def _load_model(**_: Any) -> None:
     from celery import current_app as app
 
     settings = getattr(app.conf, "emoe_settings", None) or get_settings()
-    if getattr(app.conf, "emoe_preload", True):
+    preload = getattr(app.conf, "emoe_preload", True)
+    if preload:
         get_runtime(settings)
-    _heartbeat = Heartbeat(settings, sweep=lambda: _sweep(settings, app))
+    _heartbeat = Heartbeat(settings, sweep=lambda: _sweep(settings, app), model_loaded=preload)
     _heartbeat.start()
 
 
