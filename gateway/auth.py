@@ -17,6 +17,10 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from audit.keys import find_key, hash_key
 
+AUTH_RESPONSES: dict[int | str, dict] = {
+    401: {"description": "Missing or invalid API key."},
+    403: {"description": "The API key's role does not allow this."},
+}
 ROLE_GRANTS = {"read": {"read", "submit"}, "submit": {"submit"}}
 CACHE_TTL_S = 10.0
 

@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from audit import jobs as repo
 from audit.language import detect_language
 from audit.models import TERMINAL_STATUSES, Job
-from gateway.auth import ReadTenant, SubmitTenant
+from gateway.auth import AUTH_RESPONSES, ReadTenant, SubmitTenant
 from gateway.deps import SessionDep
 from gateway.errors import BrokerUnavailable, field_error
 from gateway.schemas import (
@@ -29,7 +29,7 @@ from gateway.schemas import (
     Status,
 )
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"], responses=AUTH_RESPONSES)
 
 IdempotencyKey = Annotated[
     str | None,

@@ -9,13 +9,13 @@ from fastapi import APIRouter, Request, Response
 from audit import jobs as repo
 from audit.language import detect_language
 from audit.models import TERMINAL_STATUSES
-from gateway.auth import SubmitTenant
+from gateway.auth import AUTH_RESPONSES, SubmitTenant
 from gateway.deps import SessionDep
 from gateway.errors import field_error
 from gateway.routers.jobs import check_backpressure, check_request_limits, dispatch_or_undo, job_out, wait_for
 from gateway.schemas import ScoreRequest, ScoreResponse, ScoreResult
 
-router = APIRouter(prefix="/v1", tags=["score"])
+router = APIRouter(prefix="/v1", tags=["score"], responses=AUTH_RESPONSES)
 
 
 @router.post(
