@@ -165,3 +165,41 @@ def test_bad_specs(tmp_path: Path) -> None:
 def test_score_config_rejects_m_below_two_on_a_real_ensemble(tiny) -> None:
     with pytest.raises(ValueError, match=r"ScoreConfig\.experts"):
         ScoreConfig(experts=[2])
+
+
+class _Captured(Exception):
+    pass
+
+
+@pytest.mark.parametrize("allow_network", [False, True])
+def test_segmoe_gets_explicit_device_dtype_and_no_network_unless_allowed(
+    sources: Path, tmp_path: Path, monkeypatch, allow_network: bool
+) -> None:
+    """segmoe is replaced by a recorder (the hub cannot be reached here): what would it have been asked?"""
+    import segmoe
+
+    from emoe import segmoe_adapter
+
+    seen: dict = {}
+
+    def recorder(config_path, **kwargs):
+        seen["config"] = yaml.safe_load(Path(config_path).read_text())
+        seen["kwargs"] = kwargs
+        raise _Captured
+
+    monkeypatch.setattr(segmoe, "SegMoEPipeline", recorder)
+    hub = "someone/sd-finetune"
+    path = edited_yaml(sources, tmp_path, lambda c: c["experts"][1].update(source_model=hub))
+    if not allow_network:
+        with pytest.raises(EnsembleConfigError, match=r"experts\[1\]\.source_model: 'someone/sd-finetune'"):
+            segmoe_adapter.build_from_yaml(path, device="cpu", dtype=torch.float32, allow_network=False)
+        path = edited_yaml(sources, tmp_path, lambda c: None)
+    with pytest.raises(_Captured):
+        segmoe_adapter.build_from_yaml(path, device="cpu", dtype=torch.float32, allow_network=allow_network)
+    kwargs = seen["kwargs"]
+    assert kwargs["device"] == "cpu" and kwargs["torch_dtype"] is torch.float32 and kwargs["variant"] is None
+    assert kwargs.get("local_files_only", False) is (not allow_network)
+    assert Path(seen["config"]["base_model"]).is_absolute()
+    assert seen["config"]["experts"][1]["source_model"] == (
+        hub if allow_network else str(sources.parent / "expert_1")
+    )
