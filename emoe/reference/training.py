@@ -63,6 +63,9 @@ class TrainPlan:
     clip_batch: int = 60
     base_steps: int = 3000
     expert_steps: int = 1000
+    # a second fine-tuning phase of every expert, at its own learning rate and seed (reproducible from seeds)
+    expert_more_steps: int = 1500
+    expert_more_lr: float = 2e-3
     unet_batch: int = 32
     lr: float = 1e-3
     cfg_dropout: float = 0.1
@@ -71,7 +74,14 @@ class TrainPlan:
     @classmethod
     def smoke(cls) -> TrainPlan:
         return cls(
-            vae_steps=2, vae_batch=4, clip_steps=2, clip_batch=6, base_steps=2, expert_steps=2, unet_batch=4
+            vae_steps=2,
+            vae_batch=4,
+            clip_steps=2,
+            clip_batch=6,
+            base_steps=2,
+            expert_steps=2,
+            expert_more_steps=1,
+            unet_batch=4,
         )
 
 
@@ -221,6 +231,7 @@ def train_unet(
     trainable: list[str] | None = None,
     desc: str = "unet",
     show: bool = True,
+    lr: float | None = None,
 ) -> UNet2DConditionModel:
     """Noise-prediction training on captions drawn from `languages` (weights); `trainable` limits updates."""
     for code in languages:
@@ -233,7 +244,8 @@ def train_unet(
     names = list(params) if trainable is None else trainable
     for name, p in params.items():
         p.requires_grad_(name in set(names))
-    opt = torch.optim.AdamW([params[n] for n in names], lr=plan.lr, weight_decay=0.0)
+    peak_lr = lr or plan.lr
+    opt = torch.optim.AdamW([params[n] for n in names], lr=peak_lr, weight_decay=0.0)
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     codes, weights = list(languages), list(languages.values())
@@ -255,13 +267,14 @@ def train_unet(
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = unet(noisy, t, corpus.states(captions)).sample
         loss = F.mse_loss(pred, noise)
-        lr = (
-            plan.lr
+        # 100 warm-up steps, then cosine decay to a tenth
+        lr_now = (
+            peak_lr
             * min(1.0, (step + 1) / 100)
             * (0.5 * (1 + math.cos(math.pi * step / max(steps, 1))) * 0.9 + 0.1)
         )
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr_now
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -299,6 +312,21 @@ def save_pipeline(
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+PHASE_FILE = "training_phase.json"
+
+
+def _phases_done(folder: Path) -> int:
+    """Fine-tuning phases an expert folder holds (0: none; 1 when saved without a phase record)."""
+    if not (folder / "model_index.json").is_file():
+        return 0
+    record = folder / PHASE_FILE
+    return int(json.loads(record.read_text())["phases"]) if record.is_file() else 1
+
+
+def _mark_phase(folder: Path, phases: int) -> None:
+    (folder / PHASE_FILE).write_text(json.dumps({"phases": phases}))
 
 
 def descriptor_prompts(spec: ExpertSpec) -> tuple[str, str]:
@@ -391,21 +419,43 @@ def build_all(
     trainable = parts.moe_parameter_names(base)
     for k, spec in enumerate(plan.experts):
         t0 = time.perf_counter()
-        if resume and (out / "experts" / spec.name / "model_index.json").is_file():
+        folder = out / "experts" / spec.name
+        done = _phases_done(folder) if resume else 0
+        wanted = 2 if plan.expert_more_steps > 0 else 1
+        if done >= wanted:
             continue
-        expert = UNet2DConditionModel.from_pretrained(out / "base" / "unet")
-        train_unet(
-            expert,
-            corpus,
-            spec.languages,
-            plan.expert_steps,
-            plan,
-            seed=spec.seed,
-            trainable=trainable,
-            desc=f"4/4 expert {k + 1}/{len(plan.experts)} {spec.name}",
-            show=show,
-        )
-        save_pipeline(out / "experts" / spec.name, expert, vae, text_encoder, tokenizer)
+        desc = f"4/4 expert {k + 1}/{len(plan.experts)} {spec.name}"
+        if done == 0:
+            expert = UNet2DConditionModel.from_pretrained(out / "base" / "unet")
+            train_unet(
+                expert,
+                corpus,
+                spec.languages,
+                plan.expert_steps,
+                plan,
+                seed=spec.seed,
+                trainable=trainable,
+                desc=desc,
+                show=show,
+            )
+            save_pipeline(folder, expert, vae, text_encoder, tokenizer)
+            _mark_phase(folder, 1)
+        if wanted == 2:
+            expert = UNet2DConditionModel.from_pretrained(folder / "unet")
+            train_unet(
+                expert,
+                corpus,
+                spec.languages,
+                plan.expert_more_steps,
+                plan,
+                seed=spec.seed + 1000,
+                trainable=trainable,
+                desc=f"{desc} (phase 2)",
+                show=show,
+                lr=plan.expert_more_lr,
+            )
+            save_pipeline(folder, expert, vae, text_encoder, tokenizer)
+            _mark_phase(folder, 2)
         timings[f"expert_{spec.name}_s"] = time.perf_counter() - t0
 
     (out / "segmoe.yaml").write_text(
