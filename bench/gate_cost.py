@@ -6,7 +6,7 @@
 Plain SegMoE = diffusers' StableDiffusionPipeline.__call__ on the ensemble's UNet with whole-batch routing
 (segmoe's own behaviour; same numbers as segmoe's SparseMoeBlock for one request: see test_routing.py).
 Fast EMoE = `emoe.generate(mode="fast")`: the M gate paths and the ordinary path share the first step's
-down+mid. Gate alone = `emoe.score`. Times are medians of `--repeats` runs after one warm-up. With --json the
+down+mid. Gate alone = `emoe.score`. Times are the best of `--repeats` runs after one warm-up. With --json the
 last line is one JSON object. The 25-step figures are extrapolated from the measured per-step time
 when --steps is below 25.
 """
@@ -17,7 +17,6 @@ import argparse
 import json
 import platform
 import resource
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -42,17 +41,21 @@ PROMPTS = [
 ]
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: bool = True) -> float:
+def best_seconds(fns: dict[str, Callable[[], object]], repeats: int, warmup: bool = True) -> dict[str, float]:
+    """Best time of each function over `repeats` rounds; the functions take turns within a round, so a
+    change in the box's load hits all of them alike (on a shared box noise only ever adds time)."""
     if warmup:
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
 
 
 def sd15_like(size: int, device: str, dtype: torch.dtype, num_experts: int = 4, top_k: int = 2) -> Ensemble:
@@ -203,27 +206,24 @@ def main() -> None:
         with torch.no_grad(), routing(ensemble.routing, rows_per_group=None):
             return ensemble.unet(x, 961, enc).sample
 
-    warm = not args.no_warmup
-
-    def progress(label: str, seconds: float) -> None:
-        print(f"  .. {label}: {seconds * 1e3:.1f} ms", file=sys.stderr, flush=True)
-
-    t_plain = median_seconds(plain, repeats, warm)
-    progress("plain", t_plain)
-    t_step = median_seconds(unet_step, repeats, warm)
-    progress("unet step", t_step)
-    # 2. Fast EMoE generation (gate + one ordinary image)
-    t_fast = median_seconds(lambda: generate(prompt, config, ensemble), repeats, warm)
-    progress("fast", t_fast)
-    # 3. the gate alone: batch 1 (per prompt) and batch 8
     alone = PROMPTS[: max(1, min(args.alone, 8))]
-    b1_config = config.replace(batch_size=1)
-    t_b1 = median_seconds(lambda: [score([p], b1_config, ensemble) for p in alone], repeats, warm) / len(
-        alone
+    b1_config, b8_config = config.replace(batch_size=1), config.replace(batch_size=8)
+    best = best_seconds(
+        {
+            # 1. plain SegMoE generation; one UNet CFG step (to extrapolate to 25 steps)
+            "plain": plain,
+            "unet step": unet_step,
+            # 2. Fast EMoE generation (gate + one ordinary image)
+            "fast": lambda: generate(prompt, config, ensemble),
+            # 3. the gate alone: batch 1 (per prompt) and batch 8
+            "gate b1": lambda: [score([p], b1_config, ensemble) for p in alone],
+            "gate b8": lambda: score(PROMPTS, b8_config, ensemble),
+        },
+        repeats,
+        not args.no_warmup,
     )
-    progress("gate b1 per prompt", t_b1)
-    t_b8 = median_seconds(lambda: score(PROMPTS, config.replace(batch_size=8), ensemble), repeats, warm) / 8
-    progress("gate b8 per prompt", t_b8)
+    t_plain, t_step, t_fast = best["plain"], best["unet step"], best["fast"]
+    t_b1, t_b8 = best["gate b1"] / len(alone), best["gate b8"] / len(PROMPTS)
 
     plain_25 = t_plain if steps >= 25 else t_plain + (25 - steps) * t_step
     if args.device.startswith("cuda"):
@@ -264,7 +264,7 @@ def main() -> None:
     print(
         f"ensemble {result['ensemble']} (M={result['num_experts']}, top-{result['top_k']}, "
         f"random={ensemble.is_random})"
-        f" on {args.device} {dtype_name}, {size}x{size}px, {steps} steps, median of {repeats}"
+        f" on {args.device} {dtype_name}, {size}x{size}px, {steps} steps, best of {repeats}"
     )
     for key in (
         "plain_ms",
