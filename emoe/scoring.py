@@ -128,7 +128,12 @@ def make_plan(config: ScoreConfig, ensemble: Ensemble) -> Plan:
         )
     split_layers = ensemble.resolve_split(config.split)
     scheduler = ensemble.make_scheduler(config.scheduler)
-    scheduler.set_timesteps(config.steps, device=ensemble.device)
+    try:
+        scheduler.set_timesteps(config.steps, device=ensemble.device)
+    except ValueError as exc:
+        raise ValueError(
+            f"ScoreConfig.steps: {type(scheduler).__name__} refuses {config.steps} steps: {exc}"
+        ) from exc
     timesteps = scheduler.timesteps
     cfg = config.guidance > 1.0  # diffusers' rule: guidance <= 1 runs without classifier-free guidance
     scheduler_config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}

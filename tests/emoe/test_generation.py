@@ -19,12 +19,15 @@ def pixels(image) -> np.ndarray:
     return np.asarray(image).astype(np.int16)
 
 
-def test_fast_emoe_image_equals_plain_segmoe_image(tiny, tiny_folder) -> None:
+@pytest.mark.parametrize("scheduler", [None, "euler_a"])
+def test_fast_emoe_image_equals_plain_segmoe_image(tiny, tiny_folder, scheduler) -> None:
     raw, _ = segmoe_adapter.load_checkpoint(tiny_folder, device="cpu", dtype=torch.float32)
+    if scheduler:
+        raw.scheduler = tiny.make_scheduler(scheduler)
     plain = raw(
         PROMPT, num_inference_steps=4, guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(3)
     )
-    result = generate(PROMPT, cfg(tiny, seed=3), tiny)
+    result = generate(PROMPT, cfg(tiny, seed=3, scheduler=scheduler), tiny)
     assert not result.halted and len(result.images) == 1
     assert result.images[0].size == (tiny.default_width, tiny.default_height)
     assert np.abs(pixels(result.images[0]) - pixels(plain.images[0])).max() <= 1
@@ -67,3 +70,17 @@ def test_bad_generation_input_names_the_field(tiny) -> None:
         generate(PROMPT, cfg(tiny), tiny, mode="slow")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^prompts\[0\]:"):
         generate("  ", cfg(tiny), tiny)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler_a", "dpm", "pndm", "lms"])
+def test_every_scheduler_scores_and_generates(tiny, scheduler: str) -> None:
+    config = cfg(tiny, scheduler=scheduler, steps=10 if scheduler == "pndm" else 3)
+    result = generate(PROMPT, config, tiny)
+    assert result.score.score > 0 and len(result.images) == 1
+    assert result.score.scoring["scheduler"].lower().startswith(scheduler.split("_")[0][:3])
+    assert score([PROMPT], config, tiny)[0].score == pytest.approx(result.score.score, rel=1e-5)
+
+
+def test_steps_a_scheduler_refuses_name_the_field(tiny) -> None:
+    with pytest.raises(ValueError, match=r"^ScoreConfig\.steps: PNDMScheduler"):
+        score([PROMPT], cfg(tiny, scheduler="pndm", steps=3), tiny)
