@@ -11,6 +11,7 @@ import io
 import json
 import re
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
@@ -264,7 +265,8 @@ def _muted() -> Iterator[None]:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     try:
-        with redirect_stderr(io.StringIO()):
+        with redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # segmoe passes diffusers' deprecated torch_dtype
             yield
     finally:
         diffusers.utils.logging.set_verbosity(levels[0])
