@@ -25,6 +25,9 @@ class RoutingContext:
     rows_per_group: int | None = None  # None: the whole batch is one group (segmoe's behaviour)
     forced_expert: torch.Tensor | None = None  # (batch,) expert index per row, -1 = gated; None = all gated
     split_layers: frozenset[str] = field(default_factory=frozenset)  # layers where forced rows apply
+    # derived from forced_expert once per context (host side, so the blocks need no GPU sync for it)
+    forced_rows: dict[int, torch.Tensor] = field(default_factory=dict)  # expert -> its forced row indices
+    all_forced: bool = False
 
 
 class RoutedMoE(nn.Module):
@@ -48,9 +51,9 @@ class RoutedMoE(nn.Module):
     def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         ctx = self.context
         batch, seq, dim = hidden_states.shape
-        forced = ctx.forced_expert if self.name in ctx.split_layers else None
-        if forced is not None and bool((forced >= 0).all()):
-            return self._forced(hidden_states, forced)
+        forced = ctx.forced_rows if self.name in ctx.split_layers else {}
+        if forced and ctx.all_forced:
+            return self._forced(hidden_states, forced, hidden_states.new_empty(batch, seq, self.out_dim))
 
         # 1. route: one top-k set per group, from the gate logits summed over the group's rows and tokens
         rows_per_group = ctx.rows_per_group or batch
@@ -64,6 +67,7 @@ class RoutedMoE(nn.Module):
         _, selected = torch.topk(grouped.sum(dim=1), self.top_k, dim=1)  # (groups, k)
         chosen_logits = torch.gather(grouped, 2, selected[:, None, :].expand(-1, rows_per_group * seq, -1))
         weights = F.softmax(chosen_logits, dim=-1, dtype=torch.float).to(hidden_states.dtype)
+        choices = selected.tolist()  # the one host sync of this block (segmoe's has one too)
 
         # 2. mix: slot by slot (segmoe's summation order), each expert on the groups that chose it
         flat = hidden_states.view(groups, rows_per_group * seq, dim)
@@ -71,32 +75,28 @@ class RoutedMoE(nn.Module):
             groups, rows_per_group * seq, self.out_dim, dtype=hidden_states.dtype, device=hidden_states.device
         )
         for slot in range(self.top_k):
-            slot_experts = selected[:, slot]
-            for expert_idx in torch.unique(slot_experts).tolist():
-                idx = (slot_experts == expert_idx).nonzero(as_tuple=True)[0]
-                whole = idx.numel() == groups
-                part = flat if whole else flat[idx]
-                contribution = weights[:, :, slot : slot + 1] if whole else weights[idx, :, slot : slot + 1]
-                contribution = contribution * self.experts[expert_idx](part)
-                if whole:
-                    out = out + contribution
+            users: dict[int, list[int]] = {}
+            for group, chosen in enumerate(choices):
+                users.setdefault(chosen[slot], []).append(group)
+            for expert_idx, group_ids in users.items():
+                if len(group_ids) == groups:
+                    out = out + weights[:, :, slot : slot + 1] * self.experts[expert_idx](flat)
                 else:
-                    out[idx] = out[idx] + contribution
+                    idx = torch.tensor(group_ids, device=hidden_states.device)
+                    out[idx] = out[idx] + weights[idx, :, slot : slot + 1] * self.experts[expert_idx](
+                        flat[idx]
+                    )
         out = out.view(batch, seq, self.out_dim)
 
         # 3. disentangle: rows forced to one expert take that expert's output alone
-        if forced is not None:
-            rows = (forced >= 0).nonzero(as_tuple=True)[0]
-            if rows.numel():
-                out = out.clone()
-                out[rows] = self._forced(hidden_states[rows], forced[rows])
+        if forced:
+            out = self._forced(hidden_states, forced, out.clone())
         return out
 
-    def _forced(self, hidden_states: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
-        batch, seq, _ = hidden_states.shape
-        out = hidden_states.new_empty(batch, seq, self.out_dim)
-        for expert_idx in torch.unique(forced).tolist():
-            rows = (forced == expert_idx).nonzero(as_tuple=True)[0]
+    def _forced(
+        self, hidden_states: torch.Tensor, forced: dict[int, torch.Tensor], out: torch.Tensor
+    ) -> torch.Tensor:
+        for expert_idx, rows in forced.items():
             out[rows] = self.experts[expert_idx](hidden_states[rows])
         return out
 
@@ -122,13 +122,21 @@ def routing(
     split_layers: frozenset[str] = frozenset(),
 ) -> Iterator[None]:
     """Set the routing of the next forward passes; restores the previous one after."""
-    saved = (context.rows_per_group, context.forced_expert, context.split_layers)
-    context.rows_per_group, context.forced_expert, context.split_layers = (
-        rows_per_group,
-        forced_expert,
-        split_layers,
-    )
+    fields = ("rows_per_group", "forced_expert", "split_layers", "forced_rows", "all_forced")
+    saved = tuple(getattr(context, name) for name in fields)
+    forced_rows: dict[int, torch.Tensor] = {}
+    all_forced = False
+    if forced_expert is not None:
+        per_row = forced_expert.tolist()
+        for expert in sorted(set(per_row) - {-1}):
+            rows = [i for i, e in enumerate(per_row) if e == expert]
+            forced_rows[expert] = torch.tensor(rows, device=forced_expert.device)
+        all_forced = -1 not in per_row
+    new = (rows_per_group, forced_expert, split_layers, forced_rows, all_forced)
+    for name, value in zip(fields, new, strict=True):
+        setattr(context, name, value)
     try:
         yield
     finally:
-        context.rows_per_group, context.forced_expert, context.split_layers = saved
+        for name, value in zip(fields, saved, strict=True):
+            setattr(context, name, value)
