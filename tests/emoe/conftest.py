@@ -12,11 +12,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
-def tiny_folder(pytestconfig: pytest.Config) -> Path:
+def tiny_folder(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny merged checkpoint; built through segmoe from a YAML the first time (~30 s), then reused."""
     from emoe.tiny import tiny_checkpoint
 
-    return tiny_checkpoint(Path(pytestconfig.cache.mkdir("emoe-tiny")))
+    # Without the cache plugin (`-p no:cacheprovider`) build it once per session instead.
+    cache = getattr(pytestconfig, "cache", None)
+    root = Path(cache.mkdir("emoe-tiny")) if cache is not None else tmp_path_factory.mktemp("emoe-tiny")
+    return tiny_checkpoint(root)
 
 
 @pytest.fixture(scope="session")
