@@ -52,6 +52,56 @@ def request_fingerprint(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class NewJob:
+    """What a submission asks for: the fields `create_job` / `create_jobs` turn into a queued job."""
+
+    tenant: str
+    prompt: str
+    negative_prompt: str
+    mode: str
+    params: dict[str, Any]
+    labels: dict[str, str]
+    language: str | None
+    callback_url: str | None
+    idempotency_key: str | None = None
+
+    def request_hash(self) -> str:
+        return request_fingerprint(
+            {
+                "prompt": self.prompt,
+                "negative_prompt": self.negative_prompt,
+                "mode": self.mode,
+                "params": self.params,
+                "labels": self.labels,
+                "callback_url": self.callback_url,
+            }
+        )
+
+    def to_job(self, request_hash: str) -> Job:
+        job = Job(
+            id=uuid.uuid4(),
+            tenant=self.tenant,
+            idempotency_key=self.idempotency_key,
+            prompt=self.prompt,
+            prompt_sha256=prompt_sha256(self.prompt),
+            prompt_chars=len(self.prompt),
+            prompt_words=len(self.prompt.split()),
+            negative_prompt=self.negative_prompt,
+            language=self.language,
+            labels=self.labels,
+            params={**self.params, "request_sha256": request_hash},
+            mode=self.mode,
+            callback_url=self.callback_url,
+            status="queued",
+            attempts=0,
+        )
+        # a new job has no decision or images yet: say so, so that reading them costs no query
+        set_committed_value(job, "decision", None)
+        set_committed_value(job, "artifacts", [])
+        return job
+
+
 def create_job(
     session: Session,
     *,
@@ -66,51 +116,54 @@ def create_job(
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
     """Insert a queued job; with an Idempotency-Key already used by this tenant, return (that job, False)."""
-    request_hash = request_fingerprint(
-        {
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
-            "mode": mode,
-            "params": params,
-            "labels": labels,
-            "callback_url": callback_url,
-        }
+    new = NewJob(
+        tenant, prompt, negative_prompt, mode, params, labels, language, callback_url, idempotency_key
     )
-    if idempotency_key is not None:
-        existing = _by_idempotency_key(session, tenant, idempotency_key)
-        if existing is not None:
-            return _same_request(existing, request_hash), False
-    job = Job(
-        id=uuid.uuid4(),
-        tenant=tenant,
-        idempotency_key=idempotency_key,
-        prompt=prompt,
-        prompt_sha256=prompt_sha256(prompt),
-        prompt_chars=len(prompt),
-        prompt_words=len(prompt.split()),
-        negative_prompt=negative_prompt,
-        language=language,
-        labels=labels,
-        params={**params, "request_sha256": request_hash},
-        mode=mode,
-        callback_url=callback_url,
-        status="queued",
-        attempts=0,
-    )
-    # a new job has no decision or images yet: say so, so that reading them costs no query
-    set_committed_value(job, "decision", None)
-    set_committed_value(job, "artifacts", [])
     if idempotency_key is None:
+        job = new.to_job(new.request_hash())
         session.add(job)
         session.flush()
         return job, True
+    return _create_keyed(session, new)
+
+
+def create_jobs(session: Session, requests: list[NewJob]) -> list[tuple[Job, bool] | IdempotencyConflict]:
+    """`create_job` for many submissions in one transaction: the ones without an Idempotency-Key go in one
+    multi-row INSERT; each keyed one gets a savepoint (so a duplicate, even within `requests`, returns the
+    first job). A reused key with a different request yields its IdempotencyConflict in place of a result."""
+    results: list[tuple[Job, bool] | IdempotencyConflict | None] = [None] * len(requests)
+    plain = []
+    for i, new in enumerate(requests):
+        if new.idempotency_key is None:
+            job = new.to_job(new.request_hash())
+            plain.append(job)
+            results[i] = (job, True)
+    if plain:
+        session.add_all(plain)
+        session.flush()
+    for i, new in enumerate(requests):
+        if new.idempotency_key is not None:
+            try:
+                results[i] = _create_keyed(session, new)
+            except IdempotencyConflict as exc:
+                results[i] = exc
+    return results  # type: ignore[return-value]
+
+
+def _create_keyed(session: Session, new: NewJob) -> tuple[Job, bool]:
+    request_hash = new.request_hash()
+    key = new.idempotency_key or ""
+    existing = _by_idempotency_key(session, new.tenant, key)
+    if existing is not None:
+        return _same_request(existing, request_hash), False
+    job = new.to_job(request_hash)
     try:
         with session.begin_nested():
             session.add(job)
             session.flush()
     except IntegrityError:
         # a concurrent request with the same key won the race
-        existing = _by_idempotency_key(session, tenant, idempotency_key)
+        existing = _by_idempotency_key(session, new.tenant, key)
         if existing is None:
             raise
         return _same_request(existing, request_hash), False

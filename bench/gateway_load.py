@@ -2,9 +2,14 @@
 PostgreSQL and Redis, from a separate load process; then end-to-end jobs per minute with the tiny ensemble.
 
     OMP_NUM_THREADS=1 python bench/gateway_load.py --requests 3000 --concurrency 32 --e2e-jobs 20
+    # before/after side by side in one run: a second gateway served from another source tree, rounds alternate
+    git archive <old commit> | tar -x -C /tmp/before
+    OMP_NUM_THREADS=1 python bench/gateway_load.py --baseline-root /tmp/before --rounds 3 --e2e-jobs 0
 
 It starts its own redis-server (free port), a fresh PostgreSQL database (127.0.0.1:5432), `emoe-gate serve`
 (uvicorn, one process) and, for the end-to-end part, one `emoe-gate worker`; it stops them all at the end.
+The load process uses a minimal keep-alive HTTP/1.1 client on raw asyncio streams (`--client httpx` for the
+old one) and reports its own CPU time, so that one can see it is not the bottleneck.
 """
 
 from __future__ import annotations
@@ -51,7 +56,22 @@ def wait_http(url: str, timeout: float = 120) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
-def load_process(base: str, key: str, requests: int, concurrency: int, out: mp.Queue) -> None:
+async def _raw_post(reader, writer, head: bytes, body: bytes) -> int:
+    """One POST on a kept-alive connection; returns the status code (the body is read and dropped)."""
+    writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
+    status_line = await reader.readuntil(b"\r\n")
+    headers = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in headers.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return int(status_line.split(b" ", 2)[1])
+
+
+def load_process(
+    base: str, key: str, requests: int, concurrency: int, client_kind: str, out: mp.Queue
+) -> None:
     """Runs in its own process: `concurrency` asyncio clients share `requests` submissions."""
     import httpx
 
@@ -59,25 +79,88 @@ def load_process(base: str, key: str, requests: int, concurrency: int, out: mp.Q
         latencies: list[float] = []
         codes: dict[int, int] = {}
         counter = iter(range(requests))
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(
-            base_url=base, limits=limits, timeout=30, headers={"Authorization": f"Bearer {key}"}
-        ) as client:
+        host, port = base.removeprefix("http://").split(":")
 
-            async def worker() -> None:
+        async def raw_worker() -> None:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            head = (
+                f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+                "Content-Type: application/json\r\nContent-Length: "
+            ).encode()
+            try:
                 for i in counter:
-                    body = {"prompt": PROMPTS[i % len(PROMPTS)], "seed": i}
+                    body = json.dumps({"prompt": PROMPTS[i % len(PROMPTS)], "seed": i}).encode()
                     started = time.perf_counter()
-                    response = await client.post("/v1/jobs", json=body)
+                    code = await _raw_post(reader, writer, head, body)
                     latencies.append(time.perf_counter() - started)
-                    codes[response.status_code] = codes.get(response.status_code, 0) + 1
+                    codes[code] = codes.get(code, 0) + 1
+            finally:
+                writer.close()
 
-            started = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            elapsed = time.perf_counter() - started
-        return {"latencies": latencies, "codes": codes, "elapsed": elapsed}
+        async def httpx_worker(client: httpx.AsyncClient) -> None:
+            for i in counter:
+                body = {"prompt": PROMPTS[i % len(PROMPTS)], "seed": i}
+                started = time.perf_counter()
+                response = await client.post("/v1/jobs", json=body)
+                latencies.append(time.perf_counter() - started)
+                codes[response.status_code] = codes.get(response.status_code, 0) + 1
+
+        cpu = time.process_time()
+        started = time.perf_counter()
+        if client_kind == "raw":
+            await asyncio.gather(*(raw_worker() for _ in range(concurrency)))
+        else:
+            limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+            async with httpx.AsyncClient(
+                base_url=base, limits=limits, timeout=30, headers={"Authorization": f"Bearer {key}"}
+            ) as client:
+                await asyncio.gather(*(httpx_worker(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        return {
+            "latencies": latencies,
+            "codes": codes,
+            "elapsed": elapsed,
+            "client_cpu": time.process_time() - cpu,
+        }
 
     out.put(asyncio.run(main()))
+
+
+def load_avg() -> float:
+    return os.getloadavg()[0]
+
+
+def measure(base: str, key: str, args: argparse.Namespace, label: str) -> dict:
+    """Warm up, then drive `args.requests` submissions from a separate process; prints the figures."""
+    results = {}
+    for phase, n in (("warmup", args.warmup), ("measured", args.requests)):
+        queue: mp.Queue = mp.Queue()
+        loader = mp.Process(target=load_process, args=(base, key, n, args.concurrency, args.client, queue))
+        loader.start()
+        results[phase] = queue.get()
+        loader.join()
+    r = results["measured"]
+    accepted = r["codes"].get(202, 0)
+    lat_ms = [x * 1000 for x in r["latencies"]]
+    figures = {
+        "accepted_per_s": accepted / r["elapsed"],
+        "p50": percentile(lat_ms, 0.5),
+        "p99": percentile(lat_ms, 0.99),
+        "load": load_avg(),
+    }
+    print(
+        f"[{label}] {args.requests} requests, concurrency {args.concurrency}, "
+        f"{args.gateway_workers} gateway process(es), codes {r['codes']}, load average {figures['load']:.1f}"
+    )
+    print(
+        f"  accepted/s: {figures['accepted_per_s']:.0f}   "
+        f"latency ms: p50 {figures['p50']:.1f}  p99 {figures['p99']:.1f}  "
+        f"mean {statistics.fmean(lat_ms):.1f}  max {max(lat_ms):.1f}   "
+        f"client CPU {r['client_cpu'] / args.requests * 1000:.2f} ms/request "
+        f"({r['client_cpu'] / r['elapsed']:.0%} of a core)",
+        flush=True,
+    )
+    return figures
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -93,6 +176,15 @@ def main() -> None:
     parser.add_argument("--e2e-jobs", type=int, default=20, help="0 skips the end-to-end part")
     parser.add_argument("--e2e-steps", type=int, default=10, help="denoising steps of each end-to-end job")
     parser.add_argument("--gateway-workers", type=int, default=1, help="uvicorn processes of the gateway")
+    parser.add_argument(
+        "--client", choices=("raw", "httpx"), default="raw", help="the load process's HTTP client"
+    )
+    parser.add_argument(
+        "--baseline-root",
+        type=Path,
+        help="also serve a gateway from this source tree (an older commit) and measure both, alternating",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="measurements per gateway (alternating)")
     args = parser.parse_args()
 
     import httpx
@@ -144,48 +236,36 @@ def main() -> None:
         policy = os.environ.get("EMOE_POLICY_PATH")
         if policy:
             env["EMOE_POLICY_PATH"] = policy
-        gateway_log = open(tmp / "gateway.log", "w")  # noqa: SIM115
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gateway.cli",
-                    "serve",
-                    "--port",
-                    str(http_port),
-                    "--workers",
-                    str(args.gateway_workers),
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=gateway_log,
-                stderr=subprocess.STDOUT,
+
+        def serve(root: Path, port: int, log_name: str) -> str:
+            log = open(tmp / log_name, "w")  # noqa: SIM115
+            command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
+            command += ["--workers", str(args.gateway_workers)]
+            procs.append(subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT))
+            return f"http://127.0.0.1:{port}"
+
+        base = serve(ROOT, http_port, "gateway.log")
+        gateways = [("this tree", base)]
+        if args.baseline_root:
+            gateways.insert(
+                0, (f"baseline {args.baseline_root}", serve(args.baseline_root, free_port(), "base.log"))
             )
-        )
-        base = f"http://127.0.0.1:{http_port}"
-        wait_http(base + "/healthz")
+        for _, url in gateways:
+            wait_http(url + "/healthz")
 
         # 1. submissions: a separate process drives the gateway (no worker runs, so the queue only grows)
-        results = {}
-        for phase, n in (("warmup", args.warmup), ("measured", args.requests)):
-            queue: mp.Queue = mp.Queue()
-            loader = mp.Process(target=load_process, args=(base, key, n, args.concurrency, queue))
-            loader.start()
-            results[phase] = queue.get()
-            loader.join()
-        r = results["measured"]
-        accepted = r["codes"].get(202, 0)
-        lat_ms = [x * 1000 for x in r["latencies"]]
-        print(
-            f"submissions: {args.requests} requests, concurrency {args.concurrency}, "
-            f"{args.gateway_workers} gateway process(es), codes {r['codes']}"
-        )
-        print(
-            f"  accepted/s: {accepted / r['elapsed']:.0f}   "
-            f"latency ms: p50 {percentile(lat_ms, 0.5):.1f}  p99 {percentile(lat_ms, 0.99):.1f}  "
-            f"mean {statistics.fmean(lat_ms):.1f}  max {max(lat_ms):.1f}"
-        )
+        figures: dict[str, list[dict]] = {label: [] for label, _ in gateways}
+        for _ in range(args.rounds):
+            for label, url in gateways:
+                figures[label].append(measure(url, key, args, label))
+        if args.rounds > 1 or len(gateways) > 1:
+            print("summary (median over rounds):")
+            for label, rows in figures.items():
+                med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+                print(
+                    f"  {label}: accepted/s {med['accepted_per_s']:.0f}  p50 {med['p50']:.1f} ms  "
+                    f"p99 {med['p99']:.1f} ms  (load average {med['load']:.1f})"
+                )
 
         # 2. end to end: drop the queued load, start one worker, time N jobs from submit to terminal
         if args.e2e_jobs:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from audit.keys import find_key, hash_key
@@ -54,55 +55,83 @@ def _unauthorized(message: str) -> HTTPException:
     return HTTPException(status_code=401, detail=message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def _identify(
-    request: Request,
-    bearer: HTTPAuthorizationCredentials | None,
-    header_key: str | None,
-) -> tuple[str, str]:
+def _secret_digest(bearer: HTTPAuthorizationCredentials | None, header_key: str | None) -> tuple[str, str]:
     secret = bearer.credentials if bearer is not None else header_key
     if not secret:
         raise _unauthorized("missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")
     if len(secret) > 256 or "\x00" in secret:
         raise _unauthorized("API key is not valid")
-    digest = hash_key(secret)
-    cache: KeyCache = request.app.state.key_cache
-    hit = cache.get(digest)
-    if hit is None:
-        session = request.app.state.sessionmaker()
-        try:
-            row = find_key(session, secret)
-            session.commit()
-        finally:
-            session.close()
-        if row is None:
-            raise _unauthorized("API key is not valid")
-        hit = (row.tenant, row.role)
-        cache.put(digest, *hit)
+    return secret, hash_key(secret)
+
+
+def _lookup(request: Request, secret: str, digest: str) -> tuple[str, str]:
+    """The key's (tenant, role) from the database, then cached; 401 if there is no such live key."""
+    session = request.app.state.sessionmaker()
+    try:
+        row = find_key(session, secret)
+        session.commit()
+    finally:
+        session.close()
+    if row is None:
+        raise _unauthorized("API key is not valid")
+    hit = (row.tenant, row.role)
+    request.app.state.key_cache.put(digest, *hit)
     return hit
 
 
-def require_role(role: str) -> Callable[..., str]:
-    """A dependency that authenticates the request and returns its tenant (403: the role is too weak)."""
+def _check_role(request: Request, hit: tuple[str, str], role: str) -> str:
+    tenant, key_role = hit
+    if key_role not in ROLE_GRANTS[role]:
+        raise HTTPException(status_code=403, detail=f"this API key has role {key_role!r}; {role!r} is needed")
+    request.state.tenant = tenant
+    request.state.role = key_role
+    return tenant
+
+
+def _known_role(role: str) -> str:
     if role not in ROLE_GRANTS:
         raise ValueError(f"role must be one of {sorted(ROLE_GRANTS)}, not {role!r}")
+    return role
+
+
+def require_role(role: str) -> Callable[..., str]:
+    """A dependency that authenticates the request and returns its tenant (403: the role is too weak).
+
+    A plain function, so that other code (the dashboard) can call it directly."""
+    _known_role(role)
 
     def dependency(
         request: Request,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
         header_key: Annotated[str | None, Security(_header)] = None,
     ) -> str:
-        tenant, key_role = _identify(request, bearer, header_key)
-        if key_role not in ROLE_GRANTS[role]:
-            raise HTTPException(
-                status_code=403, detail=f"this API key has role {key_role!r}; {role!r} is needed"
-            )
-        request.state.tenant = tenant
-        request.state.role = key_role
-        return tenant
+        secret, digest = _secret_digest(bearer, header_key)
+        hit = request.app.state.key_cache.get(digest)
+        return _check_role(request, hit or _lookup(request, secret, digest), role)
 
     dependency.__name__ = f"require_{role}"
     return dependency
 
 
-ReadTenant = Annotated[str, Depends(require_role("read"))]
-SubmitTenant = Annotated[str, Depends(require_role("submit"))]
+def require_role_async(role: str) -> Callable[..., Awaitable[str]]:
+    """`require_role` as an async dependency: a cached key costs no thread hop; a cache miss reads the
+    database in a worker thread."""
+    _known_role(role)
+
+    async def dependency(
+        request: Request,
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
+        header_key: Annotated[str | None, Security(_header)] = None,
+    ) -> str:
+        secret, digest = _secret_digest(bearer, header_key)
+        hit = request.app.state.key_cache.get(digest)
+        if hit is None:
+            hit = await run_in_threadpool(_lookup, request, secret, digest)
+        return _check_role(request, hit, role)
+
+    dependency.__name__ = f"require_{role}"
+    return dependency
+
+
+ReadTenant = Annotated[str, Depends(require_role_async("read"))]
+SubmitTenant = Annotated[str, Depends(require_role_async("submit"))]

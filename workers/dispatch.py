@@ -6,7 +6,8 @@ Always called after the job's row is committed (Celery's rule: enqueue after the
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 from settings import Settings
@@ -38,8 +39,25 @@ class CeleryDispatcher:
         self.celery = make_celery(settings)
 
     def gate(self, job_ids: Iterable[uuid.UUID]) -> None:
-        for job_id in job_ids:
-            self.celery.send_task(GATE_TASK, args=[str(job_id)], queue="gate")
+        # one pooled producer (one broker connection) for the whole group
+        with self.celery.producer_or_acquire() as producer:
+            for job_id in job_ids:
+                self.celery.send_task(GATE_TASK, args=[str(job_id)], queue="gate", producer=producer)
+
+    @contextmanager
+    def gate_publisher(self) -> Iterator[Callable[[list[uuid.UUID]], None]]:
+        """A `gate` bound to one pooled producer whose broker connection is checked now (before the caller
+        commits its rows), so that a broker that is down is found before any row exists."""
+        with self.celery.producer_or_acquire() as producer:
+            client = getattr(producer.channel, "client", None)  # kombu's Redis transport: a redis.Redis
+            if client is not None:
+                client.ping()
+
+            def publish(job_ids: list[uuid.UUID]) -> None:
+                for job_id in job_ids:
+                    self.celery.send_task(GATE_TASK, args=[str(job_id)], queue="gate", producer=producer)
+
+            yield publish
 
     def render(self, job_id: uuid.UUID) -> None:
         self.celery.send_task(RENDER_TASK, args=[str(job_id)], queue="render")
