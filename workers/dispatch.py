@@ -39,10 +39,8 @@ class CeleryDispatcher:
         self.celery = make_celery(settings)
 
     def gate(self, job_ids: Iterable[uuid.UUID]) -> None:
-        # one pooled producer (one broker connection) for the whole group
-        with self.celery.producer_or_acquire() as producer:
-            for job_id in job_ids:
-                self.celery.send_task(GATE_TASK, args=[str(job_id)], queue="gate", producer=producer)
+        with self.gate_publisher() as publish:
+            publish(list(job_ids))
 
     @contextmanager
     def gate_publisher(self) -> Iterator[Callable[[list[uuid.UUID]], None]]:
@@ -54,8 +52,10 @@ class CeleryDispatcher:
                 client.ping()
 
             def publish(job_ids: list[uuid.UUID]) -> None:
-                for job_id in job_ids:
-                    self.celery.send_task(GATE_TASK, args=[str(job_id)], queue="gate", producer=producer)
+                # kombu's publish batch: the messages go out in one Redis pipeline when the block ends
+                with producer.batch():
+                    for job_id in job_ids:
+                        self.celery.send_task(GATE_TASK, args=[str(job_id)], queue="gate", producer=producer)
 
             yield publish
 
