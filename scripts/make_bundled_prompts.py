@@ -33,7 +33,7 @@ def main() -> None:
     calibration = ROOT / "policies" / "bundled" / "calibration_prompts.txt"
     lines = [
         "# Reference prompts for calibrating the bundled default policy (emoe-gate calibrate --prompts ...).",
-        f"# Every scene of the reference world captioned in its dominant language ({DOMINANT}); '#' lines are comments.",
+        f"# Every scene of the reference world captioned in its dominant language ({DOMINANT}).",
         "# Regenerate with: python scripts/make_bundled_prompts.py",
         *(scene.caption(DOMINANT) for scene in scenes),
     ]

@@ -13,8 +13,10 @@ from policies import DecisionContext, bundled_policy_path, decide, load_policy
 
 RECALIBRATE = (
     "emoe-gate calibrate --prompts policies/bundled/calibration_prompts.txt --flag-quantile 0.75 "
-    "--halt-quantile 0.95 --name default --version 1 --ensemble default --out policies/bundled/default.yaml"
+    "--halt-quantile 0.95 --name default --version {version} --ensemble default "
+    "--out policies/bundled/default.yaml"
 )
+CALIBRATION_PROMPTS = Path(__file__).resolve().parents[2] / "policies" / "bundled" / "calibration_prompts.txt"
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +31,11 @@ def test_bundled_policy_is_valid() -> None:
     policy = load_policy(bundled_policy_path())
     assert policy.name == "default" and policy.mode == "enforce"
     assert policy.flag_at <= policy.halt_at
-    assert policy.calibration["n"] == 40
-    assert RECALIBRATE in bundled_policy_path().read_text()  # the header says how to regenerate it
+    lines = CALIBRATION_PROMPTS.read_text().splitlines()
+    prompts = [line for line in lines if line.strip() and not line.startswith("#")]
+    assert policy.calibration["n"] == len(prompts)
+    # the header says how to regenerate it
+    assert RECALIBRATE.format(version=policy.version) in bundled_policy_path().read_text()
 
 
 @pytest.mark.slow
