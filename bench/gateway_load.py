@@ -305,6 +305,9 @@ def main() -> None:
                 time.sleep(0.5)
             elapsed = time.perf_counter() - started
             counts = {s: statuses.count(s) for s in sorted(set(statuses))}
+            if "failed" in counts:
+                job = httpx.get(f"{base}/v1/jobs/{ids[statuses.index('failed')]}", headers=headers).json()
+                print(f"a failed job's error: {job['error']}")
             print(
                 f"end to end: {args.e2e_jobs} jobs ({args.e2e_steps} steps, tiny ensemble, 1 worker process) "
                 f"in {elapsed:.1f} s = {args.e2e_jobs / elapsed * 60:.1f} jobs/min; {counts}"
