@@ -174,6 +174,11 @@ def check_backpressure(request: Request, session, extra: int = 1) -> None:
     if cached is None or now - cached[1] > QUEUE_DEPTH_CACHE_S:
         cached = (repo.queue_depth(session), now)
         state.queue_depth_cache = cached
+    _admit(state, cached, extra)
+
+
+def _admit(state, cached: tuple[int, float], extra: int) -> None:
+    """429 if `extra` more jobs would overfill the queue; otherwise count them in the cached depth."""
     depth = cached[0]
     if depth + extra > state.settings.queue_max_depth:
         state.metrics.rejected.labels("queue_full").inc()
@@ -289,18 +294,24 @@ def group_commit(request: Request) -> GroupCommit:
 
 
 async def check_backpressure_async(request: Request, extra: int = 1) -> None:
-    """`check_backpressure` without blocking the event loop: the count is read in a thread when stale."""
+    """`check_backpressure` without blocking the event loop: a stale count is re-read in a thread by one
+    request at a time (single flight); requests arriving meanwhile use the previous count."""
     state = request.app.state
     cached = getattr(state, "queue_depth_cache", None)
-    if cached is not None and time.monotonic() - cached[1] <= QUEUE_DEPTH_CACHE_S:
-        check_backpressure(request, None, extra)
-    else:
-        await run_in_threadpool(_check_backpressure_alone, request, extra)
+    stale = cached is None or time.monotonic() - cached[1] > QUEUE_DEPTH_CACHE_S
+    if stale and (cached is None or not getattr(state, "queue_depth_refreshing", False)):
+        state.queue_depth_refreshing = True
+        try:
+            cached = (await run_in_threadpool(_queue_depth, request), time.monotonic())
+        finally:
+            state.queue_depth_refreshing = False
+        state.queue_depth_cache = cached
+    _admit(state, cached, extra)
 
 
-def _check_backpressure_alone(request: Request, extra: int) -> None:
+def _queue_depth(request: Request) -> int:
     with _own_session(request) as session:
-        check_backpressure(request, session, extra)
+        return repo.queue_depth(session)
 
 
 def _wait_alone(request: Request, job_id: uuid.UUID, seconds: float) -> Job:

@@ -146,3 +146,30 @@ def test_a_broker_found_down_before_the_commit_writes_no_row(module_pg_url) -> N
     results = asyncio.run(_submit_all(batcher, [_new(tenant, "a"), _new(tenant, "b")]))
     assert all(isinstance(r, BrokerUnavailable) for r in results)
     assert _count(module_pg_url, tenant) == 0 and batcher.batches == []
+
+
+def test_a_stale_queue_depth_is_recounted_once_for_concurrent_requests(make_client, monkeypatch) -> None:
+    import time
+    from types import SimpleNamespace
+
+    from gateway.routers import jobs as router
+
+    client = make_client(queue_max_depth=1_000_000)
+    calls: list[int] = []
+
+    def slow_count(session) -> int:
+        calls.append(1)
+        time.sleep(0.05)
+        return 7
+
+    monkeypatch.setattr(router.repo, "queue_depth", slow_count)
+    request = SimpleNamespace(app=client.app)
+    client.app.state.queue_depth_cache = (0, time.monotonic() - 10)  # stale
+
+    async def burst() -> None:
+        await asyncio.gather(*(router.check_backpressure_async(request) for _ in range(10)))
+
+    asyncio.run(burst())
+    assert len(calls) == 1  # single flight: the others admitted on the previous count meanwhile
+    depth, _ = client.app.state.queue_depth_cache
+    assert depth == 7 + 1  # the recount, plus the request that made it (the others counted on the old one)
