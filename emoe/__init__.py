@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from emoe.generation import generate as generate
     from emoe.scoring import Score as Score
     from emoe.scoring import score as score
+    from emoe.scoring import scoring_fingerprint as scoring_fingerprint
     from emoe.segmoe_adapter import EnsembleConfigError as EnsembleConfigError
 
 _EXPORTS = {
@@ -30,6 +31,7 @@ _EXPORTS = {
     "generate": "emoe.generation",
     "Score": "emoe.scoring",
     "score": "emoe.scoring",
+    "scoring_fingerprint": "emoe.scoring",
     "EnsembleConfigError": "emoe.segmoe_adapter",
 }
 __all__ = sorted(_EXPORTS)

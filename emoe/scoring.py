@@ -438,3 +438,8 @@ def _score(prompts: Sequence[str], config: ScoreConfig, ensemble: Ensemble) -> l
                 make_score(ensemble, plan, prompt, step, i, n_tokens[i], truncated[i], dict(timings))
             )
     return scores
+
+
+def scoring_fingerprint(config: ScoreConfig, ensemble: Ensemble) -> str:
+    """The fingerprint every Score made with `config` on `ensemble` carries, without scoring anything."""
+    return make_plan(config, ensemble).fingerprint

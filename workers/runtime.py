@@ -36,12 +36,23 @@ class Runtime:
 
 def load_runtime(settings: Settings) -> Runtime:
     """Load the ensemble and policy named by the settings (torch is imported here, not at module import)."""
-    from emoe import default_score_config, load_ensemble
+    from emoe import default_score_config, load_ensemble, scoring_fingerprint
     from policies import bundled_policy_path, load_policy
 
     ensemble = load_ensemble(settings.ensemble, device=settings.device, dtype=settings.dtype)
-    policy = load_policy(settings.policy_path or bundled_policy_path())
+    policy_path = settings.policy_path or bundled_policy_path()
+    policy = load_policy(policy_path)
     config = default_score_config(ensemble)
+    # Refuse to start rather than fail every job: a policy decides only scores of the configuration it was
+    # calibrated for.
+    fingerprint = scoring_fingerprint(config, ensemble)
+    if fingerprint != policy.fingerprint:
+        raise RuntimeError(
+            f"policy {policy.name} v{policy.version} ({policy_path}) was calibrated for scoring fingerprint "
+            f"{policy.fingerprint[:12]}, but ensemble {settings.ensemble!r} scores with {fingerprint[:12]}: "
+            "calibrate a policy for this ensemble (`emoe-gate calibrate --ensemble ... --out policy.yaml`) "
+            "and set EMOE_POLICY_PATH, or use the ensemble the policy names"
+        )
     log.info(
         "worker runtime: ensemble %s (%d experts), policy %s v%s",
         ensemble.name,
