@@ -78,3 +78,16 @@ def test_eval_ood_quick_json_separates_languages(
     # the shipped ensemble's claim, on a small sample: few-expert languages score above English
     assert data["auroc"] > 0.8
     assert (tmp_path / "ood.json").is_file() and (tmp_path / "ood.png").is_file()
+
+
+def test_verify_command_exit_codes(tmp_path: Path) -> None:
+    from gateway.cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["reference", "verify"]).exit_code == 0
+    (tmp_path / "x.json").write_text("{}")
+    write_manifest(tmp_path)
+    (tmp_path / "x.json").write_text('{"changed": true}')
+    result = runner.invoke(app, ["reference", "verify", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "x.json: sha256 differs" in result.output
