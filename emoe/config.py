@@ -111,7 +111,13 @@ class ScoreConfig:
 
 
 def default_score_config(ensemble: Ensemble) -> ScoreConfig:
-    """The scoring configuration policies are calibrated for: the paper's settings, the ensemble's size."""
+    """The scoring configuration policies are calibrated for.
+
+    The one the ensemble's emoe.json records (the reference ensemble's was chosen by its ablation, see
+    docs/reference-results.md), else the paper's settings at the ensemble's size and scheduler.
+    """
+    if ensemble.score_config:
+        return ScoreConfig.from_dict(ensemble.score_config)
     return ScoreConfig(
         height=ensemble.default_height, width=ensemble.default_width, scheduler=ensemble.default_scheduler
     )

@@ -50,6 +50,8 @@ class Ensemble:
     dtype: torch.dtype
     source: str
     expert_prompts: list[str] = field(default_factory=list)
+    # the scoring configuration the checkpoint's emoe.json records (chosen by its ablation), if any
+    score_config: dict[str, Any] | None = None
     # the routing context is shared state: one scoring/generation at a time (score/generate take it)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -298,7 +300,7 @@ def _load_checkpoint(folder: Path, *, device: str, dtype: torch.dtype) -> Ensemb
     description = manifest.get("description", f"SegMoE checkpoint {folder}")
     if is_random and RANDOM_NOTICE not in description:
         description = f"{description} ({RANDOM_NOTICE})"
-    return wrap_pipeline(
+    ensemble = wrap_pipeline(
         pipe,
         seg_config,
         name=manifest.get("name", folder.name),
@@ -308,6 +310,8 @@ def _load_checkpoint(folder: Path, *, device: str, dtype: torch.dtype) -> Ensemb
         device=device,
         dtype=dtype,
     )
+    ensemble.score_config = manifest.get("score_config")
+    return ensemble
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:

@@ -203,3 +203,14 @@ def test_segmoe_gets_explicit_device_dtype_and_no_network_unless_allowed(
     assert seen["config"]["experts"][1]["source_model"] == (
         hub if allow_network else str(sources.parent / "expert_1")
     )
+
+
+def test_default_score_config_is_the_one_the_checkpoint_records(tiny, tmp_path: Path) -> None:
+    paper = default_score_config(tiny)
+    assert (paper.split, paper.latent) == ("attn2", "m_post")  # no recorded choice: the paper's settings
+    chosen = paper.replace(split="all", latent="eps").to_dict()
+    folder = save_ensemble(tiny, tmp_path / "ckpt", extra={"score_config": chosen})
+    loaded = load_ensemble(folder)
+    config = default_score_config(loaded)
+    assert config.to_dict() == chosen
+    assert score(["a red circle"], config, loaded)[0].scoring["latent"] == "eps"
