@@ -1,1 +1,1 @@
-"""The append-only, hash-chained SQL audit log: models, sessions, repository functions, fairness statistics."""
+"""The append-only, hash-chained SQL audit log: models, sessions, repositories, fairness statistics."""

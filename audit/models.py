@@ -1,10 +1,10 @@
-"""SQLAlchemy 2 models of the audit log: jobs, append-only hash-chained decisions, artifacts, keys, webhooks."""
+"""SQLAlchemy 2 models of the audit log: jobs, hash-chained decisions, artifacts, keys, webhooks."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -47,7 +47,7 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
 class Job(Base):
@@ -127,7 +127,7 @@ class Decision(Base):
 
 
 class Artifact(Base):
-    """One image of a job (path index 0 for Fast EMoE; 0..M-1 for full EMoE), stored by URI with its sha256."""
+    """One image of a job (path 0 for Fast EMoE; 0..M-1 for full EMoE), stored by URI with its sha256."""
 
     __tablename__ = "artifacts"
     __table_args__ = (UniqueConstraint("job_id", "path_index", name="uq_artifacts_job_id_path_index"),)

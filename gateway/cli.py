@@ -18,7 +18,9 @@ app = typer.Typer(
 )
 groups: dict[str, typer.Typer] = {
     "audit": typer.Typer(help="Verify and redact the hash-chained audit log.", no_args_is_help=True),
-    "eval": typer.Typer(help="The paper's experiments: OOD AUROC, quartiles, languages, ablations.", no_args_is_help=True),
+    "eval": typer.Typer(
+        help="The paper's experiments: OOD AUROC, quartiles, languages, ablations.", no_args_is_help=True
+    ),
     "keys": typer.Typer(help="Manage per-tenant API keys.", no_args_is_help=True),
     "reference": typer.Typer(help="Build and inspect the reference ensemble.", no_args_is_help=True),
 }

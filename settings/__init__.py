@@ -22,12 +22,17 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         default=None, description="Celery broker (Redis) URL; unset means embedded mode (in-process worker)."
     )
-    artifacts_dir: Path | None = Field(default=None, description="Where images are written; default `home/artifacts`.")
+    artifacts_dir: Path | None = Field(
+        default=None, description="Where images are written; default `home/artifacts`."
+    )
 
     # --- the model ----------------------------------------------------------
     ensemble: str = Field(
         default="default",
-        description="`default` (the shipped ensemble), `tiny` (seeded random, for tests), a segmoe YAML or a folder.",
+        description=(
+            "`default` (the shipped reference ensemble), `tiny` (seeded random, for tests), a segmoe YAML "
+            "or a merged checkpoint folder."
+        ),
     )
     device: str = "cpu"
     dtype: str = Field(default="float32", description="float32, float16 or bfloat16 (float32 on CPU).")
@@ -36,7 +41,9 @@ class Settings(BaseSettings):
     )
 
     # --- gate and policy ----------------------------------------------------
-    policy_path: Path | None = Field(default=None, description="Policy YAML in force; default: the bundled one.")
+    policy_path: Path | None = Field(
+        default=None, description="Policy YAML in force; default: the bundled one."
+    )
     gate_batch_size: int = Field(default=8, ge=1, le=256)
     gate_batch_wait_ms: int = Field(default=20, ge=0, le=10_000)
 
@@ -45,18 +52,27 @@ class Settings(BaseSettings):
     score_max_prompts: int = Field(default=32, ge=1)
     queue_max_depth: int = Field(default=1000, ge=1)
     max_attempts: int = Field(default=3, ge=1)
-    job_timeout_s: int = Field(default=600, ge=1, description="Longest a job may run; the broker's visibility timeout is above it.")
-    max_image_side: int = Field(default=1024, ge=64, description="Largest height or width a request may ask for.")
+    job_timeout_s: int = Field(
+        default=600, ge=1, description="Longest a job may run; the broker's visibility timeout is above it."
+    )
+    max_image_side: int = Field(
+        default=1024, ge=64, description="Largest height or width a request may ask for."
+    )
     max_wait_s: float = Field(default=60.0, ge=0, description="Longest `?wait=` a request may ask for.")
     recover_after_s: int = Field(
-        default=30, ge=1, description="A queued job with no broker message this long after submission is re-enqueued."
+        default=30,
+        ge=1,
+        description="A queued job with no broker message this long after submission is re-enqueued.",
     )
     webhook_secret: str | None = Field(
-        default=None, description="HMAC-SHA256 key of webhook signatures; default: a random one kept in `home`."
+        default=None,
+        description="HMAC-SHA256 key of webhook signatures; default: a random one kept in `home`.",
     )
     webhook_max_attempts: int = Field(default=5, ge=1)
     webhook_timeout_s: float = Field(default=5.0, gt=0)
-    webhook_backoff_s: float = Field(default=2.0, ge=0, description="First retry delay; doubles per attempt.")
+    webhook_backoff_s: float = Field(
+        default=2.0, ge=0, description="First retry delay; doubles per attempt."
+    )
 
     @field_validator("dtype")
     @classmethod

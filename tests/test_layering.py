@@ -1,4 +1,4 @@
-"""Each folder's one-line rule (design.md): import every module of a package with its forbidden modules blocked."""
+"""Each folder's one-line rule (design.md): import each package with its forbidden modules blocked."""
 
 from __future__ import annotations
 
