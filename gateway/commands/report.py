@@ -267,7 +267,12 @@ def _would_do(sc: object, language: str, policy: object | None, mismatch: bool) 
 
 
 def eval_quality(
-    model: Annotated[Path, typer.Option("--model", help="Local folder of a CLIP checkpoint (CLIPModel).")],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model", help="Local folder of a CLIP checkpoint (CLIPModel); default: the reference CLIP."
+        ),
+    ] = None,
     db_url: Annotated[
         str | None, typer.Option("--db", help="Database URL; default: EMOE_DATABASE_URL.")
     ] = None,
@@ -287,10 +292,11 @@ def eval_quality(
 
     Each image is scored against its job's English text: the label REFERENCE_LABEL when the client sent one
     (the paper scores translated prompts against their English version), else the prompt itself. Images whose
-    prompt was redacted, or whose file is gone, are skipped and counted.
+    prompt was redacted, or whose file is gone, are skipped and counted. Without --model, the CLIP trained on
+    the reference ensemble's world is used: it only knows that world.
     """
     from audit import db
-    from audit.report_queries import artifacts_to_score, parse_since, set_quality
+    from audit.report_queries import parse_since
 
     try:
         since_dt = parse_since(since)
@@ -302,17 +308,42 @@ def eval_quality(
     except db.SchemaNotReady as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    try:
+        scored, skipped, metric = store_clip_scores(
+            url,
+            model,
+            since=since_dt,
+            reference_label=reference_label,
+            overwrite=overwrite,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    except (ValueError, OSError) as exc:
+        raise typer.BadParameter(f"--model: {exc}") from exc
+    typer.echo(f"stored {metric} for {scored} images; skipped {skipped} (prompt redacted or file missing)")
 
-    # 1. the CLIP (torch loads here)
+
+def store_clip_scores(
+    url: str,
+    model: Path | None = None,
+    *,
+    since: object = None,
+    reference_label: str = "reference_text",
+    overwrite: bool = False,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[int, int, str]:
+    """Score stored images with a CLIP (default: the reference CLIP); returns (scored, skipped, metric)."""
     from PIL import Image
     from tqdm.auto import tqdm
 
+    from audit import db
+    from audit.report_queries import artifacts_to_score, set_quality
+    from emoe.ensemble import REFERENCE_DIR
     from emoe.quality import ClipScore
 
-    try:
-        scorer = ClipScore.from_pretrained(model)
-    except (ValueError, OSError) as exc:
-        raise typer.BadParameter(f"--model: {exc}") from exc
+    # 1. the CLIP (torch loads here)
+    scorer = ClipScore.from_pretrained(model if model is not None else REFERENCE_DIR / "clip")
 
     # 2. score batch by batch, committing each, so an interrupted run keeps what it did
     scored = skipped = 0
@@ -321,7 +352,7 @@ def eval_quality(
     while True:
         with db.session_scope(url) as session:
             todo = artifacts_to_score(
-                session, overwrite=overwrite, since=since_dt, after_id=after, limit=batch_size
+                session, overwrite=overwrite, since=since, after_id=after, limit=batch_size
             )
         if not todo:
             break
@@ -337,15 +368,14 @@ def eval_quality(
                 images.append(im.convert("RGB"))
             texts.append(text)
             ids.append(row["id"])
-        values = scorer.score(images, texts)
-        with db.session_scope(url) as session:
-            set_quality(session, dict(zip(ids, values, strict=True)), scorer.metric)
+        if ids:
+            values = scorer.score(images, texts)
+            with db.session_scope(url) as session:
+                set_quality(session, dict(zip(ids, values, strict=True)), scorer.metric)
         scored += len(ids)
         bar.update(len(todo))
     bar.close()
-    typer.echo(
-        f"stored {scorer.metric} for {scored} images; skipped {skipped} (prompt redacted or file missing)"
-    )
+    return scored, skipped, scorer.metric
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:

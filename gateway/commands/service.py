@@ -178,6 +178,8 @@ def demo(
     )
     # 3. submit the prompts as jobs, as the gateway would
     prompts = load_demo_prompts(limit)
+    # the paper scores a translated prompt's image against the English text (the CLIP score's reference)
+    english = {row["scene"]: row["prompt"] for row in load_demo_prompts() if row["language"] == "en"}
     ids = []
     with session_scope(settings.resolved_database_url) as session:
         for row in prompts:
@@ -188,7 +190,7 @@ def demo(
                 negative_prompt="",
                 mode="fast",
                 params={"seed": 0, "steps": steps, "guidance": 7.5, "height": None, "width": None},
-                labels={"set": "demo"},
+                labels={"set": "demo", "reference_text": english.get(row.get("scene"), row["prompt"])},
                 language=detect_language(row["prompt"]),
                 callback_url=None,
             )
@@ -210,7 +212,13 @@ def demo(
             time.sleep(0.3)
     worker_.wait_idle(timeout=60)
     worker_.stop()
-    # 5. the summary and the report
+    # 5. quality: the reference ensemble's own CLIP scores the images (a random ensemble's would mean nothing)
+    if not runtime.ensemble.is_random and runtime.ensemble.name == "reference":
+        from gateway.commands.report import store_clip_scores
+
+        scored, _, metric = store_clip_scores(settings.resolved_database_url, progress=False)
+        console.print(f"quality: {metric} of {scored} images from the reference world's CLIP")
+    # 6. the summary and the report
     summary = _summarise(settings, ids, out, time.perf_counter() - started)
     _print_summary(console, summary)
     console.print(f"images: {out / 'images'}; report: {summary['report_files']}")

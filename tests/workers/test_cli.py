@@ -60,3 +60,24 @@ def test_demo_runs_the_whole_path_and_writes_the_report(tmp_path, monkeypatch, t
     assert all(len(r["images"]) == 1 for r in rendered)
     assert all(r["images"] == [] for r in summary["results"] if r["status"] == "halted")
     assert "decisions by language" in result.output
+
+
+@pytest.mark.slow
+def test_demo_on_the_reference_ensemble_scores_quality_against_english(tmp_path, monkeypatch) -> None:
+    from sqlalchemy import select
+
+    from audit.db import session_scope
+    from audit.models import Artifact, Job
+
+    monkeypatch.setenv("EMOE_HOME", str(tmp_path / "home"))
+    out = tmp_path / "demo-out"
+    result = runner.invoke(app, ["demo", "--limit", "8", "--steps", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Reference ensemble" in result.output and "reference world's CLIP" in result.output
+    with session_scope(f"sqlite:///{out / 'emoe-demo.db'}") as session:
+        artifacts = session.scalars(select(Artifact)).all()
+        assert artifacts and all(a.quality_metric == "clip_score" and a.quality is not None for a in artifacts)
+        fi = session.scalars(select(Job).where(Job.language == "fi")).one()
+        assert fi.labels["reference_text"] == "a small red circle on the left"  # the English of its scene
+    report = json.loads((out / "summary.json").read_text())
+    assert report["images"] == len(artifacts)
