@@ -76,7 +76,8 @@ def test_demo_on_the_reference_ensemble_scores_quality_against_english(tmp_path,
     assert "Reference ensemble" in result.output and "reference world's CLIP" in result.output
     with session_scope(f"sqlite:///{out / 'emoe-demo.db'}") as session:
         artifacts = session.scalars(select(Artifact)).all()
-        assert artifacts and all(a.quality_metric == "clip_score" and a.quality is not None for a in artifacts)
+        assert artifacts
+        assert all(a.quality_metric == "clip_score" and a.quality is not None for a in artifacts)
         fi = session.scalars(select(Job).where(Job.language == "fi")).one()
         assert fi.labels["reference_text"] == "a small red circle on the left"  # the English of its scene
     report = json.loads((out / "summary.json").read_text())
