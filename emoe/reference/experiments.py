@@ -131,13 +131,14 @@ def render_prompts(ensemble: Any, config: Any, prompts: Sequence[str], batch: in
 
 
 def clip_scorer(ensemble: Any) -> Any:
-    from emoe.reference.quality_models import ClipScorer
+    """The CLIP shipped beside the ensemble, through the same code path as any CLIP checkpoint."""
+    from emoe.quality import ClipScore
     from emoe.reference.ship import CLIP_SUBDIR
 
     folder = Path(ensemble.source) / CLIP_SUBDIR
     if not folder.is_dir():
         raise FileNotFoundError(f"ensemble: no CLIP at {folder} (the reference ensemble ships one)")
-    return ClipScorer(folder, tokenizer=ensemble.tokenizer)
+    return ClipScore.from_pretrained(folder)
 
 
 def quality(
@@ -148,7 +149,7 @@ def quality(
     rule = np.array([read(p).accuracy(s)["all"] for p, s in zip(pictures, scenes, strict=True)])
     out = {"rule": rule}
     if scorer is not None:
-        out["clip"] = scorer.score(pictures, [s.caption(DOMINANT) for s in scenes])
+        out["clip"] = np.asarray(scorer.score(pictures, [s.caption(DOMINANT) for s in scenes]))
     return out
 
 
