@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -124,7 +124,14 @@ def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
     """A session that commits when the block ends and rolls back if it raises."""
-    session = get_sessionmaker(url)()
+    with transaction(get_sessionmaker(url)) as session:
+        yield session
+
+
+@contextmanager
+def transaction(maker: Callable[[], Session]) -> Iterator[Session]:
+    """A new session from `maker` that commits when the block ends and rolls back if it raises."""
+    session = maker()
     try:
         yield session
         session.commit()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +16,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy.orm import Session
 
 from audit import jobs as repo
+from audit.db import transaction
 from audit.language import detect_language
 from audit.models import TERMINAL_STATUSES, Job
 from gateway.auth import AUTH_RESPONSES, ReadTenant, SubmitTenant
@@ -319,17 +319,8 @@ def _wait_alone(request: Request, job_id: uuid.UUID, seconds: float) -> Job:
         return wait_for(request, session, [job_id], seconds)[0]
 
 
-@contextmanager
-def _own_session(request: Request) -> Iterator[Session]:
-    session = request.app.state.sessionmaker()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+def _own_session(request: Request) -> AbstractContextManager[Session]:
+    return transaction(request.app.state.sessionmaker)
 
 
 # --- reading ------------------------------------------------------------------------------------------------
