@@ -35,6 +35,19 @@ class Outcome:
     note: str = ""
 
 
+def _claim(session: Any, job_id: uuid.UUID, stage: str, settings: Settings, outcome: Outcome) -> Any:
+    """Claim the job for `stage`, or record in `outcome` why not (busy: retry later; dead: dead-lettered)."""
+    claim = repo.claim(session, job_id, stage, lease_s=_lease_s(settings), max_attempts=settings.max_attempts)
+    if not isinstance(claim, repo.ClaimRefused):
+        return claim
+    if claim.reason == "busy":
+        outcome.retry_in_s = claim.retry_in_s
+    elif claim.reason == "dead":
+        _dead(session, job_id, outcome)
+    outcome.note = claim.reason
+    return None
+
+
 def _lease_s(settings: Settings) -> float:
     return float(settings.job_timeout_s)
 
@@ -65,15 +78,8 @@ def run_gate(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outcome
         time.sleep(settings.gate_batch_wait_ms / 1000)
     # 2. claim this job, then fill the batch with other queued jobs
     with session_scope(url) as session:
-        first = repo.claim(
-            session, job_id, "scoring", lease_s=_lease_s(settings), max_attempts=settings.max_attempts
-        )
-        if isinstance(first, repo.ClaimRefused):
-            if first.reason == "busy":
-                outcome.retry_in_s = first.retry_in_s
-            elif first.reason == "dead":
-                _dead(session, job_id, outcome)
-            outcome.note = first.reason
+        first = _claim(session, job_id, "scoring", settings, outcome)
+        if first is None:
             return outcome
         claims = [
             first,
@@ -179,15 +185,8 @@ def run_render(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outco
     outcome = Outcome()
     # 1. claim
     with session_scope(url) as session:
-        c = repo.claim(
-            session, job_id, "rendering", lease_s=_lease_s(settings), max_attempts=settings.max_attempts
-        )
-        if isinstance(c, repo.ClaimRefused):
-            if c.reason == "busy":
-                outcome.retry_in_s = c.retry_in_s
-            elif c.reason == "dead":
-                _dead(session, job_id, outcome)
-            outcome.note = c.reason
+        c = _claim(session, job_id, "rendering", settings, outcome)
+        if c is None:
             return outcome
         job = repo.get_job(session, job_id)
         prompt, mode = job.prompt or "", job.mode
