@@ -60,3 +60,11 @@ def revoke_key(session: Session, key_prefix: str) -> int:
     for row in rows:
         row.revoked_at = datetime.now(UTC)
     return len(rows)
+
+
+def list_keys(session: Session, tenant: str | None = None) -> list[ApiKey]:
+    """Every key (live and revoked), oldest first, optionally of one tenant."""
+    query = select(ApiKey).order_by(ApiKey.id)
+    if tenant is not None:
+        query = query.where(ApiKey.tenant == tenant)
+    return list(session.scalars(query))

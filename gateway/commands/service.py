@@ -136,6 +136,47 @@ def keys_create(
     typer.echo(secret)
 
 
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    db: Annotated[
+        str | None, typer.Option(help="Database URL (default: EMOE_DATABASE_URL or embedded SQLite).")
+    ] = None,
+) -> None:
+    """List API keys by their shown prefix (never the secret): tenant, role, created, revoked."""
+    from audit.db import session_scope
+    from audit.keys import list_keys
+
+    settings = _settings(database_url=db)
+    _prepare_database(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as session:
+        rows = list_keys(session, tenant)
+        typer.echo(f"{'prefix':<14}{'tenant':<24}{'role':<8}{'created (UTC)':<21}revoked (UTC)")
+        for row in rows:
+            revoked = row.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if row.revoked_at else "-"
+            created = row.created_at.strftime("%Y-%m-%d %H:%M:%S")
+            typer.echo(f"{row.key_prefix:<14}{row.tenant:<24}{row.role:<8}{created:<21}{revoked}")
+
+
+def keys_revoke(
+    prefix: Annotated[str, typer.Argument(help="The key's prefix, as `keys create` and `keys list` show.")],
+    db: Annotated[
+        str | None, typer.Option(help="Database URL (default: EMOE_DATABASE_URL or embedded SQLite).")
+    ] = None,
+) -> None:
+    """Revoke a key. Gateways stop accepting it within their key cache's lifetime (10 s)."""
+    from audit.db import session_scope
+    from audit.keys import revoke_key
+
+    settings = _settings(database_url=db)
+    _prepare_database(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as session:
+        revoked = revoke_key(session, prefix)
+    if not revoked:
+        typer.echo(f"error: no live key with prefix {prefix!r} (see `emoe-gate keys list`)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {revoked} key(s) with prefix {prefix!r}")
+
+
 def load_demo_prompts(limit: int | None = None) -> list[dict[str, str]]:
     prompts = json.loads(DEMO_PROMPTS.read_text(encoding="utf-8"))["prompts"]
     return prompts[:limit] if limit else prompts
@@ -318,3 +359,5 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     app.command("worker")(worker)
     app.command("demo")(demo)
     groups["keys"].command("create")(keys_create)
+    groups["keys"].command("list")(keys_list)
+    groups["keys"].command("revoke")(keys_revoke)

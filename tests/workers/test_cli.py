@@ -41,6 +41,28 @@ def test_worker_needs_a_broker(monkeypatch) -> None:
     assert result.exit_code == 2 and "EMOE_BROKER_URL" in result.output
 
 
+def test_keys_list_and_revoke(tmp_path) -> None:
+    from audit.db import session_scope
+    from audit.keys import find_key
+
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    made = runner.invoke(app, ["keys", "create", "--tenant", "acme", "--db", url])
+    key = made.output.strip().splitlines()[-1]
+    other = runner.invoke(app, ["keys", "create", "--tenant", "globex", "--role", "read", "--db", url])
+    listed = runner.invoke(app, ["keys", "list", "--tenant", "acme", "--db", url])
+    assert listed.exit_code == 0, listed.output
+    assert key[:12] in listed.output and "globex" not in listed.output and key not in listed.output
+    revoked = runner.invoke(app, ["keys", "revoke", key[:12], "--db", url])
+    assert revoked.exit_code == 0 and "revoked 1 key" in revoked.output
+    with session_scope(url) as session:
+        assert find_key(session, key) is None  # the revoked key no longer authenticates
+        assert find_key(session, other.output.strip().splitlines()[-1]) is not None
+    again = runner.invoke(app, ["keys", "revoke", key[:12], "--db", url])
+    assert again.exit_code == 1 and "no live key" in again.output
+    everything = runner.invoke(app, ["keys", "list", "--db", url])
+    assert "globex" in everything.output and everything.output.count("emg_") == 2
+
+
 @pytest.mark.slow
 def test_demo_runs_the_whole_path_and_writes_the_report(tmp_path, monkeypatch, tiny_runtime) -> None:
     import workers.runtime
