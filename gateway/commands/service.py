@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -112,21 +114,32 @@ def worker(
     )
 
 
-def keys_create(
-    tenant: Annotated[str, typer.Option(help="Tenant the key belongs to.")],
-    role: Annotated[str, typer.Option(help="submit (submit and read) or read (read only).")] = "submit",
-    db: Annotated[
-        str | None, typer.Option(help="Database URL (default: EMOE_DATABASE_URL or embedded SQLite).")
-    ] = None,
-) -> None:
-    """Make an API key; it is printed once, on the last line, and stored only as its sha256."""
+KeysDb = Annotated[
+    str | None, typer.Option("--db", help="Database URL (default: EMOE_DATABASE_URL or embedded SQLite).")
+]
+
+
+@contextmanager
+def _keys_session(db: str | None) -> Iterator[Any]:
+    """A session on the keys' database (an embedded SQLite one is created and migrated first)."""
     from audit.db import session_scope
-    from audit.keys import create_key
 
     settings = _settings(database_url=db)
     _prepare_database(settings.resolved_database_url)
+    with session_scope(settings.resolved_database_url) as session:
+        yield session
+
+
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant the key belongs to.")],
+    role: Annotated[str, typer.Option(help="submit (submit and read) or read (read only).")] = "submit",
+    db: KeysDb = None,
+) -> None:
+    """Make an API key; it is printed once, on the last line, and stored only as its sha256."""
+    from audit.keys import create_key
+
     try:
-        with session_scope(settings.resolved_database_url) as session:
+        with _keys_session(db) as session:
             secret, row = create_key(session, tenant, role)
             prefix = row.key_prefix
     except ValueError as exc:
@@ -138,38 +151,29 @@ def keys_create(
 
 def keys_list(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
-    db: Annotated[
-        str | None, typer.Option(help="Database URL (default: EMOE_DATABASE_URL or embedded SQLite).")
-    ] = None,
+    db: KeysDb = None,
 ) -> None:
     """List API keys by their shown prefix (never the secret): tenant, role, created, revoked."""
-    from audit.db import session_scope
     from audit.keys import list_keys
 
-    settings = _settings(database_url=db)
-    _prepare_database(settings.resolved_database_url)
-    with session_scope(settings.resolved_database_url) as session:
-        rows = list_keys(session, tenant)
-        typer.echo(f"{'prefix':<14}{'tenant':<24}{'role':<8}{'created (UTC)':<21}revoked (UTC)")
-        for row in rows:
-            revoked = row.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if row.revoked_at else "-"
-            created = row.created_at.strftime("%Y-%m-%d %H:%M:%S")
-            typer.echo(f"{row.key_prefix:<14}{row.tenant:<24}{row.role:<8}{created:<21}{revoked}")
+    when = "%Y-%m-%d %H:%M:%S"
+    typer.echo(f"{'prefix':<14}{'tenant':<24}{'role':<8}{'created (UTC)':<21}revoked (UTC)")
+    with _keys_session(db) as session:
+        for row in list_keys(session, tenant):
+            revoked = row.revoked_at.strftime(when) if row.revoked_at else "-"
+            typer.echo(
+                f"{row.key_prefix:<14}{row.tenant:<24}{row.role:<8}{row.created_at.strftime(when):<21}{revoked}"
+            )
 
 
 def keys_revoke(
     prefix: Annotated[str, typer.Argument(help="The key's prefix, as `keys create` and `keys list` show.")],
-    db: Annotated[
-        str | None, typer.Option(help="Database URL (default: EMOE_DATABASE_URL or embedded SQLite).")
-    ] = None,
+    db: KeysDb = None,
 ) -> None:
     """Revoke a key. Gateways stop accepting it within their key cache's lifetime (10 s)."""
-    from audit.db import session_scope
     from audit.keys import revoke_key
 
-    settings = _settings(database_url=db)
-    _prepare_database(settings.resolved_database_url)
-    with session_scope(settings.resolved_database_url) as session:
+    with _keys_session(db) as session:
         revoked = revoke_key(session, prefix)
     if not revoked:
         typer.echo(f"error: no live key with prefix {prefix!r} (see `emoe-gate keys list`)", err=True)
