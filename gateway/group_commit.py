@@ -20,6 +20,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from audit import jobs as repo
+from audit.db import transaction
 from audit.models import Job
 from gateway.errors import BrokerUnavailable
 
@@ -124,15 +125,8 @@ class GroupCommit:
         return results[0]
 
     def _insert(self, requests: list[repo.NewJob]) -> list[tuple[Job, bool] | repo.IdempotencyConflict]:
-        session = self.sessionmaker()
-        try:
+        with transaction(self.sessionmaker) as session:
             results = repo.create_jobs(session, requests)
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
         created = sum(1 for r in results if isinstance(r, tuple) and r[1])
         self.batches = [*self.batches[-99:], Batch(len(requests), created)]
         return results

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from gateway.commands.audit import open_database
+
 FORMAT_HELP = (
     "html (one self-contained file with plots), json (every number, with intervals) or csv (per group)."
 )
@@ -63,12 +65,7 @@ def report(
         )  # fmt: skip
     except ValueError as exc:
         raise bad(str(exc)) from exc
-    url = db.resolve_url(db_url)
-    try:
-        db.ensure_schema(url)
-    except db.SchemaNotReady as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    url = open_database(db_url)
     try:
         with db.session_scope(url) as session:
             data = build_report(session, options, database=make_url(url).render_as_string(hide_password=True))
@@ -295,19 +292,13 @@ def eval_quality(
     prompt was redacted, or whose file is gone, are skipped and counted. Without --model, the CLIP trained on
     the reference ensemble's world is used: it only knows that world.
     """
-    from audit import db
     from audit.report_queries import parse_since
 
     try:
         since_dt = parse_since(since)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    url = db.resolve_url(db_url)
-    try:
-        db.ensure_schema(url)
-    except db.SchemaNotReady as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    url = open_database(db_url)
     try:
         scored, skipped, metric = store_clip_scores(
             url,

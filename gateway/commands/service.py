@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from gateway.commands.audit import open_database
+
 DEMO_PROMPTS = Path(__file__).resolve().parents[2] / "workers" / "demo_prompts.json"
 DEMO_TENANT = "demo"
 
@@ -26,13 +28,7 @@ def _settings(**changes: Any) -> Any:
 
 def _prepare_database(url: str) -> None:
     """SQLite creates and migrates itself; PostgreSQL must already be migrated (`emoe-gate migrate`)."""
-    from audit.db import SchemaNotReady, ensure_schema
-
-    try:
-        ensure_schema(url)
-    except SchemaNotReady as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    open_database(url)
 
 
 def serve(
