@@ -33,6 +33,9 @@ class ScoreConfig:
     layer: whole expert paths), or a list of MoE layer names (an attention like
     "down_blocks.1.attentions.0.transformer_blocks.0.attn2", or a single projection "...attn2.to_q").
     `experts`: indices of the experts whose paths are compared (None: all); at least 2.
+    `at_step`: index of the denoising step whose disagreement is measured. 0 (the first step) is the paper's
+    gate and the only one generation accepts; later steps (the ordinary MoE denoises up to them first) exist
+    for the ablation "first step against later steps".
     """
 
     seed: int = 0
@@ -46,6 +49,7 @@ class ScoreConfig:
     split: str | tuple[str, ...] = "attn2"
     experts: tuple[int, ...] | None = None
     batch_size: int = 8
+    at_step: int = 0
 
     def __post_init__(self) -> None:
         if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
@@ -88,6 +92,8 @@ class ScoreConfig:
             object.__setattr__(self, "experts", experts)
         if not _is_int(self.batch_size) or not 1 <= self.batch_size <= MAX_BATCH:
             raise _fail("batch_size", f"must be an integer in 1..{MAX_BATCH}", self.batch_size)
+        if not _is_int(self.at_step) or not 0 <= self.at_step < self.steps:
+            raise _fail("at_step", f"must be an integer in 0..steps-1 ({self.steps - 1})", self.at_step)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScoreConfig:

@@ -71,10 +71,12 @@ def denoise(
     schedulers: list[Any],
     generators: list[torch.Generator],
     first: int,
+    last: int | None = None,
 ) -> torch.Tensor:
-    """Steps first..N-1 for a batch of trajectories (one per scheduler), each its own routing group."""
+    """Steps first..last-1 (default: to the end) for a batch of trajectories (one per scheduler), each its
+    own routing group."""
     g = plan.rows_per_group
-    for t in plan.timesteps[first:]:
+    for t in plan.timesteps[first:last]:
         x = schedulers[0].scale_model_input(latents.repeat_interleave(g, dim=0), t)
         with routing(
             ensemble.routing, rows_per_group=g, forced_expert=forced, split_layers=plan.split_layers
@@ -111,6 +113,11 @@ def _generate(
     if mode not in ("fast", "full"):
         raise ValueError(f"mode: must be 'fast' or 'full', got {mode!r}")
     (prompt,) = check_prompts([prompt])
+    if config.at_step:
+        raise ValueError(
+            f"ScoreConfig.at_step: generation gates at the first step (0), got {config.at_step}; "
+            "later steps are for scoring studies (emoe.score)"
+        )
     plan = make_plan(config, ensemble)
     t_start = time.perf_counter()
 

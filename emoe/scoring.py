@@ -155,6 +155,9 @@ def make_plan(config: ScoreConfig, ensemble: Ensemble) -> Plan:
         "split": list(split_layers),
         "experts": experts,
     }
+    if config.at_step:  # only when set, so that every first-step fingerprint stays what it was
+        scoring["at_step"] = config.at_step
+        scoring["at_timestep"] = int(timesteps[config.at_step])
     fingerprint = hashlib.sha256(
         json.dumps(scoring, sort_keys=True, separators=(",", ":")).encode()
     ).hexdigest()
@@ -306,9 +309,12 @@ def first_step(
     *,
     ordinary: bool,
 ) -> FirstStep:
-    """Run the M gate paths (+ the ordinary path) through down+mid at the first timestep; measure EU."""
+    """Run the M gate paths (+ the ordinary path) through down+mid at the first timestep; measure EU.
+
+    With `config.at_step` > 0, `latents` are already denoised to that step and it is measured there.
+    """
     unet = ensemble.unet
-    t0 = plan.timesteps[0]
+    t0 = plan.timesteps[plan.config.at_step]
     rows = layout(ensemble, plan, embeds, negative, latents, ordinary=ordinary)
     g, m, requests = plan.rows_per_group, len(plan.experts), embeds.shape[0]
     x = plan.scheduler.scale_model_input(rows.latents, t0)
@@ -417,16 +423,14 @@ def _score(prompts: Sequence[str], config: ScoreConfig, ensemble: Ensemble) -> l
         # 2. encode the prompts
         embeds, n_tokens, truncated = encode_prompts(ensemble, batch)
         t_encoded = time.perf_counter()
-        # 3. the gate: every request starts from its seed's latents (same seed, same noise)
-        step = first_step(
-            ensemble,
-            plan,
-            embeds,
-            negative,
-            latents.expand(len(batch), -1, -1, -1),
-            [generator_state] * len(batch),
-            ordinary=False,
-        )
+        # 3. every request starts from its seed's latents (same seed, same noise); for a later-step score the
+        #    ordinary MoE denoises each request up to that step first
+        start_latents = latents.expand(len(batch), -1, -1, -1)
+        states = [generator_state] * len(batch)
+        if plan.config.at_step:
+            start_latents, states = advance(ensemble, plan, embeds, negative, start_latents, generator_state)
+        # 4. the gate
+        step = first_step(ensemble, plan, embeds, negative, start_latents, states, ordinary=False)
         timings = {
             "encode_ms": round((t_encoded - t_batch) * 1000.0, 3),
             "gate_ms": _ms(t_encoded),
@@ -438,6 +442,32 @@ def _score(prompts: Sequence[str], config: ScoreConfig, ensemble: Ensemble) -> l
                 make_score(ensemble, plan, prompt, step, i, n_tokens[i], truncated[i], dict(timings))
             )
     return scores
+
+
+@torch.no_grad()
+def advance(
+    ensemble: Ensemble,
+    plan: Plan,
+    embeds: torch.Tensor,
+    negative: torch.Tensor,
+    latents: torch.Tensor,
+    generator_state: torch.Tensor,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Denoise each request with the ordinary MoE for `at_step` steps; its latents and generator states."""
+    from emoe.generation import denoise  # generation builds on this module
+
+    steps = plan.config.at_step
+    rows = [r for e in embeds for r in ((negative[0], e) if plan.cfg else (e,))]
+    schedulers = [plan.fresh_scheduler() for _ in range(embeds.shape[0])]
+    generators = []
+    for _ in schedulers:
+        gen = torch.Generator("cpu")
+        gen.set_state(generator_state)
+        generators.append(gen)
+    out = denoise(
+        ensemble, plan, latents.clone(), torch.stack(rows), None, schedulers, generators, first=0, last=steps
+    )
+    return out, [gen.get_state() for gen in generators]
 
 
 def scoring_fingerprint(config: ScoreConfig, ensemble: Ensemble) -> str:

@@ -516,8 +516,15 @@ def gate_ms(ensemble: Any, config: Any, prompts: Sequence[str]) -> float:
     return float(np.median([score([p], one, ensemble)[0].timings_ms["gate_ms"] for p in prompts]))
 
 
+def later_steps(steps: int, quick: bool) -> list[int]:
+    """Step indices compared with the first: a fifth, half and the last step of the schedule."""
+    picks = [steps // 2] if quick else [steps // 5, steps // 2, steps - 1]
+    return sorted({k for k in picks if 0 < k < steps})
+
+
 def eval_ablation(ensemble: Any, *, quick: bool = False, out_dir: Path | None = None) -> dict[str, Any]:
-    """AUROC (few-expert languages vs dominant) and gate cost for split depths, latents and ensemble sizes."""
+    """AUROC (few-expert languages vs dominant) and gate cost for split depths, latents, ensemble sizes, and
+    the first step against later steps."""
     import itertools
 
     # 30 configurations: a fixed spread of scenes keeps the whole ablation within minutes on one core
@@ -582,6 +589,16 @@ def eval_ablation(ensemble: Any, *, quick: bool = False, out_dir: Path | None = 
             }
         )
     rows.append({**measure(f"ensemble size {n} (default configuration)", default, f"size {n}")})
+    # first step against later steps: the ordinary MoE denoises up to step k, disagreement is measured there
+    # (the cost includes those k ordinary steps: a later gate has to wait for them)
+    for k in later_steps(default.steps, quick):
+        rows.append(
+            measure(
+                f"default configuration at step {k + 1} of {default.steps}",
+                default.replace(at_step=k),
+                "step",
+            )
+        )
     result = {
         "experiment": "ablation",
         "quick": quick,
@@ -604,7 +621,9 @@ def _plot_ablation(path: Path, rows: list[dict[str, Any]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [r for r in rows if r["group"] == "split x latent" or r["name"].startswith("ensemble size")]
+    shown = [
+        r for r in rows if r["group"] in ("split x latent", "step") or r["name"].startswith("ensemble size")
+    ]
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(shown) + 1))
     y = np.arange(len(shown))
     ax.barh(

@@ -21,6 +21,25 @@ MANIFEST_FILE = "manifest.json"
 CLIP_SUBDIR = "clip"
 MAX_SHIPPED_BYTES = 25 * 1024 * 1024
 
+#: the reference ensemble's default scoring configuration, chosen by `eval ablation` and written into the
+#: shipped emoe.json (so it is part of the scoring fingerprint); docs/reference-results.md says why
+REFERENCE_SCORE_CONFIG: dict[str, Any] = {
+    "batch_size": 8,
+    "experts": None,
+    "guidance": 7.5,
+    "height": 32,
+    "latent": "eps",
+    "negative_prompt": "",
+    "scheduler": "ddpm",
+    "seed": 0,
+    "split": "all",
+    "steps": 25,
+    "width": 32,
+}
+REFERENCE_SCORE_REASON = (
+    "chosen by eval ablation: whole expert paths, noise-prediction variance (docs/reference-results.md)"
+)
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -88,6 +107,8 @@ def ship(
             "Reference ensemble: 4 experts fine-tuned from one base on language slices of a captioned "
             "shapes world (32x32), trained on CPU from seeds; see docs/reference-results.md"
         ),
+        "score_config": REFERENCE_SCORE_CONFIG,
+        "score_config_reason": REFERENCE_SCORE_REASON,
         **(extra or {}),
     }
     save_ensemble(ensemble, dest, fp16=True, extra=info)

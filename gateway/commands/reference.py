@@ -146,7 +146,7 @@ def ablation(
     ensemble: EnsembleOption = "default",
     out: OutOption = Path("results/reference"),
 ) -> None:
-    """Ensemble size, latent (m_pre, m_post, z_prev), split depth, output-space variance: AUROC, cost."""
+    """Ensemble size, latent, split depth, output-space variance, first vs later steps: AUROC and cost."""
     from emoe.reference.experiments import eval_ablation
 
     result = eval_ablation(_load(ensemble), quick=quick, out_dir=out)

@@ -197,3 +197,37 @@ def test_config_checked_against_the_ensemble(tiny) -> None:
         score(["a cat"], cfg(tiny, height=36), tiny)
     with pytest.raises(ValueError, match=r"ScoreConfig\.split.*not_a_layer"):
         score(["a cat"], cfg(tiny, split=["down_blocks.0.not_a_layer"]), tiny)
+
+
+def test_later_step_score_is_measured_on_the_ordinary_trajectory(tiny) -> None:
+    from emoe.generation import denoise
+
+    first = score(PROMPTS[:2], cfg(tiny, latent="eps", split="all"), tiny)
+    later = score(PROMPTS[:2], cfg(tiny, latent="eps", split="all", at_step=3), tiny)
+    assert [s.score for s in later] != [s.score for s in first]
+    assert "at_step" not in first[0].scoring  # first-step fingerprints are what they always were
+    assert later[0].scoring["at_step"] == 3 and later[0].fingerprint != first[0].fingerprint
+    # the same number by hand: 3 ordinary SegMoE steps, then the gate's measurement at the fourth timestep
+    config = cfg(tiny, latent="eps", split="all", at_step=3)
+    plan = make_plan(config, tiny)
+    embeds, _, _ = encode_prompts(tiny, PROMPTS[:1])
+    negative, _, _ = encode_prompts(tiny, [""])
+    latents, generator = initial_noise(tiny, plan)
+    state = generator.get_state()
+    gen = torch.Generator("cpu")
+    gen.set_state(state)
+    rows = torch.stack([negative[0], embeds[0]])
+    stepped = denoise(
+        tiny, plan, latents.clone(), rows, None, [plan.fresh_scheduler()], [gen], first=0, last=3
+    )
+    step = first_step(tiny, plan, embeds, negative, stepped, [gen.get_state()], ordinary=False)
+    assert math.sqrt(step.dims) * float(step.eu[0]) == pytest.approx(later[0].score, rel=1e-5)
+
+
+def test_generation_refuses_a_later_step_gate(tiny) -> None:
+    from emoe import generate
+
+    with pytest.raises(ValueError, match="at_step"):
+        generate(PROMPTS[0], cfg(tiny, at_step=1), tiny)
+    with pytest.raises(ValueError, match=r"ScoreConfig\.at_step"):
+        cfg(tiny, at_step=5)  # steps=5: the last index is 4
