@@ -53,6 +53,9 @@ def load_runtime(settings: Settings) -> Runtime:
             "calibrate a policy for this ensemble (`emoe-gate calibrate --ensemble ... --out policy.yaml`) "
             "and set EMOE_POLICY_PATH, or use the ensemble the policy names"
         )
+    from audit.language import warm_up
+
+    warm_up()  # the gate stage detects each job's language (the gateway does not)
     log.info(
         "worker runtime: ensemble %s (%d experts), policy %s v%s",
         ensemble.name,

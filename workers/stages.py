@@ -17,6 +17,7 @@ from typing import Any
 
 from audit import jobs as repo
 from audit.db import session_scope
+from audit.language import detect_language
 from audit.models import Artifact, Job, utcnow
 from settings import Settings
 from workers import latency
@@ -94,6 +95,12 @@ def run_gate(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outcome
             j.id: (j.prompt or "", j.language, dict(j.labels or {}))
             for j in repo.get_jobs(session, [c.job_id for c in claims])
         }
+    # the gateway stores a job without its language (detection is kept off the submission path): detect it
+    # here, once per job; it is written with the decision, so a scored job always has it
+    detected = {
+        job_id: detect_language(prompt) for job_id, (prompt, language, _) in jobs.items() if language is None
+    }
+    jobs = {job_id: (p, detected.get(job_id, lang), labels) for job_id, (p, lang, labels) in jobs.items()}
     # 3. score the batch (per-request routing makes a batch score exactly like each prompt alone)
     started = time.perf_counter()
     try:
@@ -122,6 +129,8 @@ def run_gate(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outcome
             job = repo.holds(session, c)
             if job is None:
                 continue  # cancelled or taken over meanwhile: write nothing
+            if job.language is None:
+                job.language = language  # before append_decision, which copies it into the decision row
             if decision.action == "halt":
                 job.status = "halted"
             elif job.mode == "score_only":

@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 
 from audit import jobs as repo
 from audit.db import transaction
-from audit.language import detect_language
 from audit.models import TERMINAL_STATUSES, Job
 from gateway.auth import AUTH_RESPONSES, ReadTenant, SubmitTenant
 from gateway.deps import SessionDep
@@ -257,7 +256,7 @@ async def submit_job(
         mode=body.mode,
         params=body.params(),
         labels=dict(body.labels),
-        language=detect_language(body.prompt),
+        language=None,  # detected by the gate stage, off the request path (known once the job is scored)
         callback_url=body.callback_url,
         idempotency_key=idempotency_key,
     )

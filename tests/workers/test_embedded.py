@@ -91,6 +91,24 @@ def test_embedded_path_gates_renders_and_audits(embedded, tiny_runtime) -> None:
         assert verify_chain(session).ok
 
 
+def test_the_gate_detects_the_language_and_records_it_with_the_decision(embedded) -> None:
+    client, settings, auth = embedded()
+    prompts = {"un círculo rojo sobre un fondo blanco": "es", "a small red circle on the left": "en"}
+    ids = {}
+    for prompt, language in prompts.items():
+        job = client.post("/v1/jobs", json={"prompt": prompt, "steps": 2}, headers=auth).json()
+        assert job["language"] is None  # detected by the gate stage, not on the request path
+        ids[client.get(f"/v1/jobs/{job['id']}?wait=60", headers=auth).json()["id"]] = language
+    for job_id, language in ids.items():
+        job = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
+        assert job["decision"] is not None and job["language"] == language
+    spanish = client.get("/v1/jobs?language=es", headers=auth).json()["jobs"]
+    assert [j["id"] for j in spanish] == [k for k, v in ids.items() if v == "es"]
+    with session_scope(settings.resolved_database_url) as session:
+        rows = session.execute(select(Decision.job_id, Decision.language)).all()
+        assert {str(job_id): language for job_id, language in rows} == ids  # the audit row has it too
+
+
 def test_full_mode_renders_one_image_per_expert_and_score_endpoint(embedded, tiny_runtime) -> None:
     client, settings, auth = embedded()
     low = min(PROMPTS, key=tiny_runtime.expected.get)
