@@ -21,7 +21,7 @@ import torch
 
 from emoe.reference.lexicon import DOMINANT, HELD_OUT, LANGUAGES, SHARED_WORD
 from emoe.reference.quality import read
-from emoe.reference.stats import auroc_ci, pearson_ci
+from emoe.reference.stats import auroc_ci, pearson_ci, pearson_of_means_ci
 from emoe.reference.training import EXPERTS
 from emoe.reference.world import Scene, all_scenes
 
@@ -331,13 +331,33 @@ def _languages_from_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any
 
 def eval_languages(ensemble: Any, *, quick: bool = False, out_dir: Path | None = None) -> dict[str, Any]:
     """Per-language mean score and quality (rule accuracy, CLIP score), and their correlation."""
-    rows = _languages_from_table(prompt_table(ensemble, quick=quick, out_dir=out_dir))
+    table = prompt_table(ensemble, quick=quick, out_dir=out_dir)
+    rows = _languages_from_table(table)
+    trained = [c for c in LANGUAGES if c not in HELD_OUT]
     corr = {}
-    for key, label in (("mean_score", "default"), ("mean_score_paper", "paper")):
-        x = [rows[c][key] for c in LANGUAGES]
-        for q_key in ("clip_score", "rule_accuracy"):
-            r, lo, hi = pearson_ci(x, [rows[c][q_key] for c in LANGUAGES])
-            corr[f"{label}_vs_{q_key}"] = {"r": r, "ci_low": lo, "ci_high": hi, "n_languages": len(x)}
+    for key, label in (("score", "default"), ("score_paper", "paper")):
+        for q_key, q_row in (("clip_score", "clip"), ("rule_accuracy", "rule")):
+            for langs, suffix in ((LANGUAGES, ""), (trained, "_trained")):
+                x = [rows[c][f"mean_{key}"] for c in langs]
+                r, lo, hi = pearson_ci(x, [rows[c][q_key] for c in langs])
+                # the languages are the world's: resampling prompts within each gives the interval of r for
+                # these languages; resampling the languages asks whether other languages would agree
+                groups = [
+                    (
+                        [t[key] for t in table if t["language"] == c],
+                        [t[q_row] for t in table if t["language"] == c],
+                    )
+                    for c in langs
+                ]
+                _, p_lo, p_hi = pearson_of_means_ci(groups)
+                corr[f"{label}_vs_{q_key}{suffix}"] = {
+                    "r": r,
+                    "ci_low": p_lo,
+                    "ci_high": p_hi,
+                    "ci_languages_resampled": [lo, hi],
+                    "n_languages": len(x),
+                    "languages": list(langs),
+                }
     summary = {
         "experiment": "languages",
         "quick": quick,
@@ -364,8 +384,12 @@ def _plot_languages(path: Path, rows: dict[str, dict[str, Any]], corr: dict[str,
         for code, row in rows.items():
             ax.scatter(row["mean_score"], row[key], color="C3" if row["held_out"] else "C0")
             ax.annotate(f"{code} ({row['experts_saw']})", (row["mean_score"], row[key]))
-        c = corr[f"default_vs_{key}"]
-        ax.set_title(f"r = {c['r']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]")
+        c, t = corr[f"default_vs_{key}"], corr[f"default_vs_{key}_trained"]
+        ax.set_title(
+            f"all {c['n_languages']}: r = {c['r']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]; "
+            f"trained {t['n_languages']}: r = {t['r']:.2f} [{t['ci_low']:.2f}, {t['ci_high']:.2f}]",
+            fontsize=9,
+        )
         ax.set_xlabel("mean score (default configuration)")
         ax.set_ylabel(key.replace("_", " "))
     fig.tight_layout()

@@ -53,3 +53,37 @@ def pearson_ci(
         return r, float("nan"), float("nan")
     lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
     return r, float(lo), float(hi)
+
+
+def pearson_of_means_ci(
+    groups: Sequence[tuple[Sequence[float], Sequence[float]]],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """Pearson r between the groups' mean x and mean y, with an interval from resampling the items of every
+    group (paired x, y); the groups themselves are fixed (e.g. the languages of the world)."""
+    pairs = [(np.asarray(x, dtype=float), np.asarray(y, dtype=float)) for x, y in groups]
+    if len(pairs) < 3 or any(x.size != y.size or x.size == 0 for x, y in pairs):
+        raise ValueError("groups: need at least 3 groups of paired, non-empty x and y")
+
+    def r_of(means: list[tuple[float, float]]) -> float:
+        a, b = np.array(means).T
+        return float(np.corrcoef(a, b)[0, 1]) if np.std(a) > 0 and np.std(b) > 0 else float("nan")
+
+    r = r_of([(x.mean(), y.mean()) for x, y in pairs])
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        means = []
+        for x, y in pairs:
+            idx = rng.integers(0, x.size, x.size)
+            means.append((x[idx].mean(), y[idx].mean()))
+        value = r_of(means)
+        if not np.isnan(value):
+            boots.append(value)
+    if not boots:
+        return r, float("nan"), float("nan")
+    lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return r, float(lo), float(hi)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from emoe.reference.stats import auroc, auroc_ci, pearson_ci
+from emoe.reference.stats import auroc, auroc_ci, pearson_ci, pearson_of_means_ci
 
 
 def test_auroc_extremes_ties_and_known_value() -> None:
@@ -37,3 +37,17 @@ def test_pearson_interval_and_degenerate_input() -> None:
         pearson_ci([1, 2], [1, 2])
     with pytest.raises(ValueError, match="positive/negative"):
         auroc([], [1.0])
+
+
+def test_pearson_of_means_resamples_within_groups() -> None:
+    rng = np.random.default_rng(1)
+    # five groups whose mean y falls as mean x rises, with noisy items
+    groups = [(rng.normal(m, 0.1, 40), rng.normal(-2 * m, 0.1, 40)) for m in range(5)]
+    r, lo, hi = pearson_of_means_ci(groups, n_boot=300)
+    assert r < -0.99 and lo <= r <= hi and hi < -0.95
+    # items of pure noise around equal means: the interval spans both signs
+    noise = [(rng.normal(0, 1, 30), rng.normal(0, 1, 30)) for _ in range(5)]
+    _, lo, hi = pearson_of_means_ci(noise, n_boot=300)
+    assert lo < 0 < hi
+    with pytest.raises(ValueError, match="groups"):
+        pearson_of_means_ci(groups[:2])
