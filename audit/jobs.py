@@ -78,28 +78,39 @@ class NewJob:
             }
         )
 
+    def values(self, request_hash: str) -> dict[str, Any]:
+        """The new row's column values (every column a new job sets, defaults included)."""
+        now = _now()
+        return {
+            "id": uuid.uuid4(),
+            "tenant": self.tenant,
+            "idempotency_key": self.idempotency_key,
+            "prompt": self.prompt,
+            "prompt_sha256": prompt_sha256(self.prompt),
+            "prompt_chars": len(self.prompt),
+            "prompt_words": len(self.prompt.split()),
+            "negative_prompt": self.negative_prompt,
+            "language": self.language,
+            "labels": self.labels,
+            "params": {**self.params, "request_sha256": request_hash},
+            "mode": self.mode,
+            "callback_url": self.callback_url,
+            "status": "queued",
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+
     def to_job(self, request_hash: str) -> Job:
-        job = Job(
-            id=uuid.uuid4(),
-            tenant=self.tenant,
-            idempotency_key=self.idempotency_key,
-            prompt=self.prompt,
-            prompt_sha256=prompt_sha256(self.prompt),
-            prompt_chars=len(self.prompt),
-            prompt_words=len(self.prompt.split()),
-            negative_prompt=self.negative_prompt,
-            language=self.language,
-            labels=self.labels,
-            params={**self.params, "request_sha256": request_hash},
-            mode=self.mode,
-            callback_url=self.callback_url,
-            status="queued",
-            attempts=0,
-        )
-        # a new job has no decision or images yet: say so, so that reading them costs no query
-        set_committed_value(job, "decision", None)
-        set_committed_value(job, "artifacts", [])
-        return job
+        return _new_job(self.values(request_hash))
+
+
+def _new_job(values: dict[str, Any]) -> Job:
+    job = Job(**values)
+    # a new job has no decision or images yet: say so, so that reading them costs no query
+    set_committed_value(job, "decision", None)
+    set_committed_value(job, "artifacts", [])
+    return job
 
 
 def create_job(
@@ -132,15 +143,15 @@ def create_jobs(session: Session, requests: list[NewJob]) -> list[tuple[Job, boo
     multi-row INSERT; each keyed one gets a savepoint (so a duplicate, even within `requests`, returns the
     first job). A reused key with a different request yields its IdempotencyConflict in place of a result."""
     results: list[tuple[Job, bool] | IdempotencyConflict | None] = [None] * len(requests)
-    plain = []
+    rows = []
     for i, new in enumerate(requests):
         if new.idempotency_key is None:
-            job = new.to_job(new.request_hash())
-            plain.append(job)
-            results[i] = (job, True)
-    if plain:
-        session.add_all(plain)
-        session.flush()
+            values = new.values(new.request_hash())
+            rows.append(values)
+            results[i] = (_new_job(values), True)
+    if rows:
+        # one Core executemany (no unit of work: the rows are complete); the returned jobs stay detached
+        session.execute(Job.__table__.insert(), rows)
     for i, new in enumerate(requests):
         if new.idempotency_key is not None:
             try:
