@@ -213,6 +213,10 @@ def test_webhooks_are_signed_retried_and_recorded(embedded, tiny_runtime) -> Non
         halted = client.post(
             "/v1/jobs?wait=60", json={"prompt": high, "callback_url": receiver.url}, headers=auth
         ).json()
+        # the scripted 500 and 503 are for the halted job's hook: let its retries land before the next job's
+        deadline = time.monotonic() + 30
+        while len(receiver.requests) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
         completed = client.post(
             "/v1/jobs?wait=60", json={"prompt": low, "steps": 2, "callback_url": receiver.url}, headers=auth
         ).json()
