@@ -138,7 +138,9 @@ class JobOut(BaseModel):
     id: uuid.UUID
     status: Status
     mode: Mode
-    language: str | None = Field(description="ISO 639-1 code detected from the prompt (null when unsure).")
+    language: str | None = Field(
+        description="ISO 639-1 code of the prompt, detected at scoring (null until then, or if unsure)."
+    )
     labels: dict[str, str]
     params: dict[str, Any]
     attempts: int
