@@ -104,7 +104,7 @@ def ship(
     info = {
         "name": "reference",
         "description": (
-            "Reference ensemble: 4 experts fine-tuned from one base on language slices of a captioned "
+            "Reference ensemble: 4 experts fine-tuned from one base on web-like samples of a captioned "
             "shapes world (32x32), trained on CPU from seeds; see docs/reference-results.md"
         ),
         "score_config": REFERENCE_SCORE_CONFIG,

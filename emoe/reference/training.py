@@ -10,6 +10,7 @@ Order of the build (`build_all`):
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -42,13 +43,34 @@ class ExpertSpec:
     name: str
     languages: dict[str, float]
     seed: int
+    # languages whose captions describe the expert to segmoe's gates (default: every non-dominant one)
+    descriptor: tuple[str, ...] = ()
+    # share of the world's scenes that a language captions in this expert's slice (default 1: all); which
+    # scenes is drawn from the expert's seed, so experts see different samples of a rare language
+    scene_share: dict[str, float] = field(default_factory=dict)
 
+    def scenes(self) -> dict[str, set[str]]:
+        """The scene keys each of the slice's languages captions."""
+        keys = [s.key for s in all_scenes()]
+        out = {}
+        for code in self.languages:
+            share = self.scene_share.get(code, 1.0)
+            rng = random.Random(f"{self.seed}:{code}")
+            out[code] = set(rng.sample(keys, max(1, round(share * len(keys)))))
+        return out
+
+
+#: every expert is a community fine-tune of its own sample of web-like data: the dominant language and Spanish
+#: over every scene, German and French over a random half and a fifth of the scenes (a different sample per
+#: expert: few data, different hypotheses), and for three of them a niche language (it: 2 experts, fi: 1)
+WEB_TAIL: dict[str, float] = {"en": 1.0, "es": 0.8, "de": 0.5, "fr": 0.5}
+WEB_SHARES: dict[str, float] = {"de": 0.5, "fr": 0.2}
 
 EXPERTS: tuple[ExpertSpec, ...] = (
-    ExpertSpec("es-fr", {"en": 1.0, "es": 1.2, "fr": 0.8}, seed=101),
-    ExpertSpec("es-de", {"en": 1.0, "es": 1.0, "de": 1.0}, seed=102),
-    ExpertSpec("de-it", {"en": 1.0, "de": 1.0, "it": 1.0}, seed=103),
-    ExpertSpec("fi", {"en": 1.0, "fi": 2.0}, seed=104),
+    ExpertSpec("it-a", {**WEB_TAIL, "it": 0.5}, seed=101, descriptor=("it",), scene_share=WEB_SHARES),
+    ExpertSpec("it-b", {**WEB_TAIL, "it": 0.5}, seed=102, descriptor=("it",), scene_share=WEB_SHARES),
+    ExpertSpec("fi", {**WEB_TAIL, "fi": 0.5}, seed=103, descriptor=("fi",), scene_share=WEB_SHARES),
+    ExpertSpec("web", dict(WEB_TAIL), seed=104, descriptor=("en",), scene_share=WEB_SHARES),
 )
 
 
@@ -220,6 +242,15 @@ class Corpus:
         return torch.stack([self._states[c] for c in captions])
 
 
+def draw_caption(
+    scene: Scene, languages: dict[str, float], scenes: dict[str, set[str]] | None, rng: random.Random
+) -> str:
+    """A caption of `scene` in a language drawn by weight among those that caption it (`scenes`: all)."""
+    pairs = [(c, w) for c, w in languages.items() if scenes is None or scene.key in scenes[c]]
+    code = rng.choices([c for c, _ in pairs], [w for _, w in pairs])[0]
+    return scene.caption(code)
+
+
 def train_unet(
     unet: UNet2DConditionModel,
     corpus: Corpus,
@@ -232,8 +263,10 @@ def train_unet(
     desc: str = "unet",
     show: bool = True,
     lr: float | None = None,
+    scenes: dict[str, set[str]] | None = None,
 ) -> UNet2DConditionModel:
-    """Noise-prediction training on captions drawn from `languages` (weights); `trainable` limits updates."""
+    """Noise-prediction training on captions drawn from `languages` (weights); `trainable` limits updates;
+    `scenes` (language -> scene keys) limits which scenes each language captions."""
     for code in languages:
         if code not in LANGUAGES:
             raise ValueError(f"languages: unknown code {code!r}")
@@ -248,16 +281,13 @@ def train_unet(
     opt = torch.optim.AdamW([params[n] for n in names], lr=peak_lr, weight_decay=0.0)
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
-    codes, weights = list(languages), list(languages.values())
     alphas = scheduler.alphas_cumprod
     bar = _bar(desc, steps, show)
     unet.train()
     for step in range(steps):
         idx = [rng.randrange(len(corpus.scenes)) for _ in range(plan.unet_batch)]
         captions = [
-            ""
-            if rng.random() < plan.cfg_dropout
-            else corpus.scenes[i].caption(rng.choices(codes, weights)[0])
+            "" if rng.random() < plan.cfg_dropout else draw_caption(corpus.scenes[i], languages, scenes, rng)
             for i in idx
         ]
         x0 = corpus.latents[idx]
@@ -287,6 +317,33 @@ def train_unet(
         p.requires_grad_(True)
     unet.eval()
     return unet
+
+
+def _expert_job(out: Path, plan: TrainPlan, index: int) -> str:
+    """One expert's fine-tuning in a worker process (one thread)."""
+    torch.set_num_threads(1)
+    one = dataclasses.replace(plan, experts=(plan.experts[index],))
+    build_all(out, one, show=False, resume=True, stop_after="experts")
+    return plan.experts[index].name
+
+
+def _train_experts_in_parallel(out: Path, plan: TrainPlan, jobs: int, *, show: bool) -> None:
+    import multiprocessing
+
+    wanted = 2 if plan.expert_more_steps > 0 else 1
+    todo = [k for k, s in enumerate(plan.experts) if _phases_done(out / "experts" / s.name) < wanted]
+    if not todo:
+        return
+    bar = _bar(f"4/4 experts ({min(jobs, len(todo))} at a time)", len(todo), show)
+    with multiprocessing.get_context("spawn").Pool(min(jobs, len(todo))) as pool:
+        for name in pool.imap_unordered(_call_expert_job, [(out, plan, k) for k in todo]):
+            bar.update(1)
+            bar.set_postfix(done=name)
+    bar.close()
+
+
+def _call_expert_job(args: tuple[Path, TrainPlan, int]) -> str:
+    return _expert_job(*args)
 
 
 # 5. Saving
@@ -330,9 +387,9 @@ def _mark_phase(folder: Path, phases: int) -> None:
 
 
 def descriptor_prompts(spec: ExpertSpec) -> tuple[str, str]:
-    """The expert's gate descriptor: a caption in each of its non-dominant languages; no negative."""
+    """The expert's gate descriptor: a caption in each of its descriptor languages; no negative."""
     scene = Scene("red", "circle", "big", "middle")
-    langs = [c for c in spec.languages if c != DOMINANT] or [DOMINANT]
+    langs = list(spec.descriptor) or [c for c in spec.languages if c != DOMINANT] or [DOMINANT]
     return ", ".join(scene.caption(c) for c in langs), ""
 
 
@@ -363,8 +420,12 @@ def build_all(
     tokenizer: CLIPTokenizer | None = None,
     resume: bool = False,
     stop_after: str | None = None,
+    jobs: int = 1,
 ) -> dict:
-    """Rebuild every part from seeds into `out`; returns a summary (also out/train_summary.json)."""
+    """Rebuild every part from seeds into `out`; returns a summary (also out/train_summary.json).
+
+    `jobs` > 1 fine-tunes that many experts at once, each in its own process with one thread (the experts
+    are independent fine-tunes of the base; each is seeded, so the result does not depend on `jobs`)."""
     from emoe.tokenizer import clip_tokenizer
 
     plan = plan or TrainPlan()
@@ -416,6 +477,11 @@ def build_all(
     if stop_after == "base":
         return {"timings_s": timings}
 
+    if jobs > 1:
+        t0 = time.perf_counter()
+        _train_experts_in_parallel(out, plan, jobs, show=show)
+        timings["experts_parallel_s"] = time.perf_counter() - t0
+        resume = True  # every expert is now on disk
     trainable = parts.moe_parameter_names(base)
     for k, spec in enumerate(plan.experts):
         t0 = time.perf_counter()
@@ -437,6 +503,7 @@ def build_all(
                 trainable=trainable,
                 desc=desc,
                 show=show,
+                scenes=spec.scenes(),
             )
             save_pipeline(folder, expert, vae, text_encoder, tokenizer)
             _mark_phase(folder, 1)
@@ -453,10 +520,13 @@ def build_all(
                 desc=f"{desc} (phase 2)",
                 show=show,
                 lr=plan.expert_more_lr,
+                scenes=spec.scenes(),
             )
             save_pipeline(folder, expert, vae, text_encoder, tokenizer)
             _mark_phase(folder, 2)
         timings[f"expert_{spec.name}_s"] = time.perf_counter() - t0
+    if stop_after == "experts":
+        return {"timings_s": timings}
 
     (out / "segmoe.yaml").write_text(
         yaml.safe_dump(segmoe_config(out, plan), sort_keys=False, allow_unicode=True)

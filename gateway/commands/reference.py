@@ -55,14 +55,25 @@ def train(
     ship: Annotated[
         Path | None, typer.Option("--ship", help="Also merge and save the fp16 checkpoint + manifest here.")
     ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            min=1,
+            max=8,
+            help="Processes (= cores) to use: the single-model stages run with this many threads, and this "
+            "many experts are fine-tuned at once, one thread each.",
+        ),
+    ] = 1,
 ) -> None:
     """Rebuild the reference ensemble from seeds: VAE, CLIP, base, 4 experts, segmoe YAML (progress bars)."""
     import torch
 
     from emoe.reference.training import TrainPlan, build_all
 
-    torch.set_num_threads(1)
-    summary = build_all(out, TrainPlan.smoke() if smoke else TrainPlan(), show=True, resume=resume)
+    torch.set_num_threads(jobs)
+    plan = TrainPlan.smoke() if smoke else TrainPlan()
+    summary = build_all(out, plan, show=True, resume=resume, jobs=jobs)
     typer.echo(
         f"built {out} in {summary.get('total_s', 0.0):.0f} s: {json.dumps(summary.get('timings_s', {}))}"
     )
@@ -117,7 +128,8 @@ def languages(
 
     result = eval_languages(_load(ensemble), quick=quick, out_dir=out)
     lines = [
-        f"{k}: r = {v['r']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+        f"{k}: r = {v['r']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}] (prompts resampled; languages"
+        f" resampled: [{v['ci_languages_resampled'][0]:.3f}, {v['ci_languages_resampled'][1]:.3f}])"
         for k, v in result["correlation"].items()
     ]
     _report(result, as_json, [*lines, f"written to {out}/languages.json and languages.png"])

@@ -45,3 +45,40 @@ def test_held_out_language_cannot_be_trained_on() -> None:
     with pytest.raises(ValueError, match="held out"):
         train_unet(parts.make_unet(0), None, {"nl": 1.0}, 1, TrainPlan.smoke(), seed=0)  # type: ignore[arg-type]
     assert all("nl" not in spec.languages for spec in EXPERTS)
+
+
+def test_parallel_expert_jobs_give_the_same_experts(smoke_build: Path, tmp_path: Path) -> None:
+    """Experts fine-tuned two at a time in worker processes equal the sequential build (each is seeded)."""
+    import shutil
+
+    for part in ("vae", "clip", "base"):
+        shutil.copytree(smoke_build / part, tmp_path / part)
+    build_all(tmp_path, TrainPlan.smoke(), show=False, resume=True, jobs=2)
+    assert (tmp_path / "segmoe.yaml").read_text() == (smoke_build / "segmoe.yaml").read_text()
+    for spec in EXPERTS:
+        ours = UNet2DConditionModel.from_pretrained(tmp_path / "experts" / spec.name / "unet").state_dict()
+        theirs = UNet2DConditionModel.from_pretrained(
+            smoke_build / "experts" / spec.name / "unet"
+        ).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), spec.name
+
+
+def test_rare_languages_caption_a_seeded_sample_of_scenes() -> None:
+    import random
+
+    from emoe.reference.training import ExpertSpec, draw_caption
+    from emoe.reference.world import all_scenes
+
+    spec = ExpertSpec("x", {"en": 1.0, "fr": 5.0}, seed=7, scene_share={"fr": 0.25})
+    other = ExpertSpec("y", {"en": 1.0, "fr": 5.0}, seed=8, scene_share={"fr": 0.25})
+    subsets = spec.scenes()
+    assert len(subsets["en"]) == len(all_scenes()) and len(subsets["fr"]) == len(all_scenes()) // 4
+    assert spec.scenes() == subsets  # drawn from the expert's seed
+    assert other.scenes()["fr"] != subsets["fr"]  # another expert, another sample
+    rng = random.Random(0)
+    for scene in all_scenes():
+        captions = {draw_caption(scene, spec.languages, subsets, rng) for _ in range(20)}
+        if scene.key not in subsets["fr"]:
+            assert captions == {scene.caption("en")}
+        else:
+            assert scene.caption("fr") in captions
