@@ -21,7 +21,7 @@ import torch
 
 from emoe.reference.lexicon import DOMINANT, HELD_OUT, LANGUAGES, SHARED_WORD
 from emoe.reference.quality import read
-from emoe.reference.stats import auroc_ci, pearson_ci, pearson_of_means_ci
+from emoe.reference.stats import auroc_ci, pearson_ci, pearson_of_means_ci, stratified_auroc_ci
 from emoe.reference.training import EXPERTS
 from emoe.reference.world import Scene, all_scenes
 
@@ -37,6 +37,15 @@ def few_expert_languages() -> list[str]:
     """Languages that one or two experts (not all, not none) saw."""
     n = len(EXPERTS)
     return [code for code, k in coverage().items() if 0 < k < n and code != DOMINANT]
+
+
+def well_known_languages() -> list[str]:
+    """Languages every expert saw on every scene (the dominant one and the frequent second one)."""
+    return [
+        code
+        for code in LANGUAGES
+        if all(code in spec.languages and spec.scene_share.get(code, 1.0) >= 1.0 for spec in EXPERTS)
+    ]
 
 
 def scene_subset(quick: bool) -> list[Scene]:
@@ -157,7 +166,8 @@ def quality(
 
 
 def _ood_one(ensemble: Any, config: Any, scenes: Sequence[Scene], n_boot: int) -> dict[str, Any]:
-    langs = [DOMINANT, *few_expert_languages(), *HELD_OUT]
+    known = well_known_languages()
+    langs = [*known, *few_expert_languages(), *HELD_OUT]
     scored = {code: score_prompts(ensemble, config, [s.caption(code) for s in scenes]) for code in langs}
     dom, dom_tokens, _ = scored[DOMINANT]
     few = few_expert_languages()
@@ -196,6 +206,21 @@ def _ood_one(ensemble: Any, config: Any, scenes: Sequence[Scene], n_boot: int) -
             "positives": int(matched.sum()),
             "tokens": sorted(int(t) for t in np.unique(dom_tokens)),
         }
+    # the same confound, with every prompt used: few-expert prompts against prompts of the languages every
+    # expert saw on every scene, compared only between prompts of the same token count
+    known_scores = np.concatenate([scored[c][0] for c in known])
+    known_tokens = np.concatenate([scored[c][1] for c in known])
+    sa, slo, shi, pairs = stratified_auroc_ci(
+        pooled, pooled_tokens, known_scores, known_tokens, n_boot=n_boot
+    )
+    result["token_stratified"] = {
+        "auroc": sa,
+        "ci_low": slo,
+        "ci_high": shi,
+        "pairs": pairs,
+        "negatives": "+".join(known),
+        "note": "AUROC over pairs of prompts with the same token count only",
+    }
     held = np.concatenate([scored[c][0] for c in HELD_OUT])
     ha, hlo, hhi = auroc_ci(held, dom, n_boot=n_boot)
     result["held_out"] = {

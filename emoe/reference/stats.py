@@ -87,3 +87,49 @@ def pearson_of_means_ci(
         return r, float("nan"), float("nan")
     lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
     return r, float(lo), float(hi)
+
+
+def stratified_auroc(
+    positive: Sequence[float],
+    positive_strata: Sequence[int],
+    negative: Sequence[float],
+    negative_strata: Sequence[int],
+) -> tuple[float, int]:
+    """AUROC over only the (positive, negative) pairs of the same stratum (e.g. the same token count), and the
+    number of such pairs; ties counted half."""
+    pos, neg = np.asarray(positive, dtype=float), np.asarray(negative, dtype=float)
+    ps, ns = np.asarray(positive_strata), np.asarray(negative_strata)
+    wins, pairs = 0.0, 0
+    for stratum in np.intersect1d(ps, ns):
+        a, b = pos[ps == stratum], neg[ns == stratum]
+        wins += float((a[:, None] > b[None, :]).sum() + 0.5 * (a[:, None] == b[None, :]).sum())
+        pairs += a.size * b.size
+    if pairs == 0:
+        raise ValueError("strata: no stratum holds both a positive and a negative")
+    return wins / pairs, pairs
+
+
+def stratified_auroc_ci(
+    positive: Sequence[float],
+    positive_strata: Sequence[int],
+    negative: Sequence[float],
+    negative_strata: Sequence[int],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float, float, int]:
+    """Stratified AUROC, its percentile-bootstrap interval (both groups resampled), and its pair count."""
+    pos, neg = np.asarray(positive, dtype=float), np.asarray(negative, dtype=float)
+    ps, ns = np.asarray(positive_strata), np.asarray(negative_strata)
+    value, pairs = stratified_auroc(pos, ps, neg, ns)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        i, j = rng.integers(0, pos.size, pos.size), rng.integers(0, neg.size, neg.size)
+        try:
+            boots.append(stratified_auroc(pos[i], ps[i], neg[j], ns[j])[0])
+        except ValueError:
+            continue
+    lo, hi = np.quantile(boots, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return value, float(lo), float(hi), pairs

@@ -114,6 +114,12 @@ def ood(
         f" latent={r['scoring']['config']['latent']}"
         for name, r in (("default", result["default"]), ("paper", result["paper"]))
     ]
+    lines += [
+        f"{name}, same token count only, against {r['token_stratified']['negatives']}: AUROC "
+        f"{r['token_stratified']['auroc']:.3f} [{r['token_stratified']['ci_low']:.3f}, "
+        f"{r['token_stratified']['ci_high']:.3f}]"
+        for name, r in (("default", result["default"]), ("paper", result["paper"]))
+    ]
     _report(result, as_json, [*lines, f"written to {out}/ood.json and ood.png"])
 
 

@@ -51,3 +51,22 @@ def test_pearson_of_means_resamples_within_groups() -> None:
     assert lo < 0 < hi
     with pytest.raises(ValueError, match="groups"):
         pearson_of_means_ci(groups[:2])
+
+
+def test_stratified_auroc_compares_only_within_a_stratum() -> None:
+    from emoe.reference.stats import stratified_auroc, stratified_auroc_ci
+
+    # pooled, the positives win only because they sit in the high-score stratum; within a stratum they lose
+    pos, pos_strata = [10.0, 11.0, 1.0], [2, 2, 1]
+    neg, neg_strata = [12.0, 2.0, 0.5], [2, 1, 3]
+    assert auroc(pos, neg) > 0.5
+    value, pairs = stratified_auroc(pos, pos_strata, neg, neg_strata)
+    assert pairs == 3 and value == 0.0
+    with pytest.raises(ValueError, match="strata"):
+        stratified_auroc([1.0], [5], [0.0], [6])
+    rng = np.random.default_rng(0)
+    strata = rng.integers(0, 3, 200)
+    value, lo, hi, pairs = stratified_auroc_ci(
+        rng.normal(1, 1, 200), strata, rng.normal(0, 1, 200), strata, n_boot=200
+    )
+    assert lo < value < hi and 0.6 < value < 0.9 and pairs > 0
