@@ -257,20 +257,24 @@ def layout(
     latents: torch.Tensor,
     *,
     ordinary: bool,
+    cond_only: bool = False,
 ) -> Rows:
-    """Rows for R requests: per request, M gate paths (+ the ordinary path), each with its CFG rows."""
+    """Rows for R requests: per request, M gate paths (+ the ordinary path), each with its CFG rows (only the
+    conditional row with `cond_only`)."""
     requests = embeds.shape[0]
     paths = len(plan.experts) + (1 if ordinary else 0)
+    cfg = plan.cfg and not cond_only
+    per_group = 2 if cfg else 1
     encoder_rows = []
     for r in range(requests):
-        per_path = [negative[0], embeds[r]] if plan.cfg else [embeds[r]]
+        per_path = [negative[0], embeds[r]] if cfg else [embeds[r]]
         encoder_rows.extend(per_path * paths)
     path_expert = [*plan.experts, -1][:paths]
     forced = torch.tensor(
-        [e for _ in range(requests) for e in path_expert for _ in range(plan.rows_per_group)],
+        [e for _ in range(requests) for e in path_expert for _ in range(per_group)],
         device=ensemble.device,
     )
-    x = latents.repeat_interleave(paths * plan.rows_per_group, dim=0)
+    x = latents.repeat_interleave(paths * per_group, dim=0)
     return Rows(x, torch.stack(encoder_rows), forced, paths)
 
 
@@ -308,15 +312,26 @@ def first_step(
     generator_states: list[torch.Tensor],
     *,
     ordinary: bool,
+    score_only: bool = False,
 ) -> FirstStep:
     """Run the M gate paths (+ the ordinary path) through down+mid at the first timestep; measure EU.
 
     With `config.at_step` > 0, `latents` are already denoised to that step and it is measured there.
+    `score_only`: the caller needs the score, not rows to denoise on from.
     """
     unet = ensemble.unet
     t0 = plan.timesteps[plan.config.at_step]
-    rows = layout(ensemble, plan, embeds, negative, latents, ordinary=ordinary)
-    g, m, requests = plan.rows_per_group, len(plan.experts), embeds.shape[0]
+    # When every MoE layer is split (whole expert paths) no layer routes, so the batch rows are independent,
+    # and a latent read off the conditional rows does not need the negative-prompt rows that guidance adds:
+    # they are skipped (half the work, the same numbers). z_prev needs the guided noise, so it keeps them.
+    cond_only = (
+        score_only
+        and plan.cfg
+        and plan.config.latent != "z_prev"
+        and plan.split_layers == frozenset(ensemble.moe_layers)
+    )
+    rows = layout(ensemble, plan, embeds, negative, latents, ordinary=ordinary, cond_only=cond_only)
+    g, m, requests = 1 if cond_only else plan.rows_per_group, len(plan.experts), embeds.shape[0]
     x = plan.scheduler.scale_model_input(rows.latents, t0)
     with routing(
         ensemble.routing, rows_per_group=g, forced_expert=rows.forced, split_layers=plan.split_layers
@@ -430,7 +445,9 @@ def _score(prompts: Sequence[str], config: ScoreConfig, ensemble: Ensemble) -> l
         if plan.config.at_step:
             start_latents, states = advance(ensemble, plan, embeds, negative, start_latents, generator_state)
         # 4. the gate
-        step = first_step(ensemble, plan, embeds, negative, start_latents, states, ordinary=False)
+        step = first_step(
+            ensemble, plan, embeds, negative, start_latents, states, ordinary=False, score_only=True
+        )
         timings = {
             "encode_ms": round((t_encoded - t_batch) * 1000.0, 3),
             "gate_ms": _ms(t_encoded),

@@ -231,3 +231,31 @@ def test_generation_refuses_a_later_step_gate(tiny) -> None:
         generate(PROMPTS[0], cfg(tiny, at_step=1), tiny)
     with pytest.raises(ValueError, match=r"ScoreConfig\.at_step"):
         cfg(tiny, at_step=5)  # steps=5: the last index is 4
+
+
+@pytest.mark.parametrize("latent", ["m_post", "m_pre", "eps"])
+def test_whole_path_scores_skip_the_negative_rows_with_the_same_numbers(tiny, latent) -> None:
+    config = cfg(tiny, split="all", latent=latent)
+    plan = make_plan(config, tiny)
+    embeds, _, _ = encode_prompts(tiny, PROMPTS)
+    negative, _, _ = encode_prompts(tiny, [""])
+    latents, generator = initial_noise(tiny, plan)
+    states = [generator.get_state()] * len(PROMPTS)
+    start = latents.expand(len(PROMPTS), -1, -1, -1)
+    full = first_step(tiny, plan, embeds, negative, start, states, ordinary=False)
+    fast = first_step(tiny, plan, embeds, negative, start, states, ordinary=False, score_only=True)
+    assert fast.rows.latents.shape[0] * 2 == full.rows.latents.shape[0]  # the negative rows were skipped
+    assert torch.allclose(fast.eu, full.eu, rtol=1e-5, atol=0)
+    assert [s.eu for s in score(PROMPTS, config, tiny)] == pytest.approx(full.eu.tolist(), rel=1e-5)
+    # with a split that leaves layers routed, the rows of a request route together: nothing is skipped
+    partial = first_step(
+        tiny,
+        make_plan(cfg(tiny, latent=latent), tiny),
+        embeds,
+        negative,
+        start,
+        states,
+        ordinary=False,
+        score_only=True,
+    )
+    assert partial.rows.latents.shape[0] == full.rows.latents.shape[0]
