@@ -88,6 +88,15 @@ def verify_manifest(folder: Path = ENSEMBLE_DIR) -> list[str]:
     return problems
 
 
+def _relative_sources(dest: Path, build_dir: Path) -> None:
+    root = str(build_dir.resolve())
+    for path in dest.rglob("*.json"):
+        text = path.read_text(encoding="utf-8")
+        relative = text.replace(root + "/", "").replace(f'"{root}"', '"."')
+        if relative != text:
+            path.write_text(relative, encoding="utf-8")
+
+
 def ship(
     build_dir: Path, dest: Path = ENSEMBLE_DIR, *, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -115,7 +124,10 @@ def ship(
     # 2. the CLIP that gives the CLIP score, also fp16
     clip = CLIPModel.from_pretrained(build_dir / CLIP_SUBDIR, dtype=torch.float32)
     clip.half().save_pretrained(dest / CLIP_SUBDIR, safe_serialization=True)
-    # 3. the manifest of hashes
+    # 3. configs name their sources relative to the build folder (diffusers and segmoe record absolute paths,
+    #    which would tie the shipped files to the machine that built them; loading does not read them)
+    _relative_sources(dest, build_dir)
+    # 4. the manifest of hashes
     manifest = write_manifest(dest)
     if manifest["total_bytes"] > MAX_SHIPPED_BYTES:
         raise RuntimeError(f"shipped ensemble is {manifest['total_bytes']} bytes, over {MAX_SHIPPED_BYTES}")

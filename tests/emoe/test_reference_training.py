@@ -82,3 +82,17 @@ def test_rare_languages_caption_a_seeded_sample_of_scenes() -> None:
             assert captions == {scene.caption("en")}
         else:
             assert scene.caption("fr") in captions
+
+
+def test_ship_merges_records_the_scoring_and_keeps_no_build_paths(smoke_build: Path, tmp_path: Path) -> None:
+    from emoe import default_score_config, load_ensemble
+    from emoe.reference.ship import REFERENCE_SCORE_CONFIG, ship, verify_manifest
+
+    dest = tmp_path / "ship"
+    manifest = ship(smoke_build, dest)
+    assert verify_manifest(dest) == [] and manifest["files"]
+    for path in dest.rglob("*.json"):
+        assert str(smoke_build.resolve()) not in path.read_text(encoding="utf-8"), path.name
+    ensemble = load_ensemble(str(dest), device="cpu", dtype="float32")
+    assert ensemble.num_experts == len(EXPERTS)
+    assert default_score_config(ensemble).to_dict() == {**REFERENCE_SCORE_CONFIG, "at_step": 0}
