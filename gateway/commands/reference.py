@@ -65,14 +65,30 @@ def train(
             "many experts are fine-tuned at once, one thread each.",
         ),
     ] = 1,
+    expert_seed_offset: Annotated[
+        int,
+        typer.Option(
+            "--expert-seed-offset",
+            min=0,
+            help="Shift every expert's seed (and so its data sample) by this much: the seed-robustness "
+            "runs of docs/reference-results.md (e.g. 100; with --resume on a folder holding the base).",
+        ),
+    ] = 0,
 ) -> None:
     """Rebuild the reference ensemble from seeds: VAE, CLIP, base, 4 experts, segmoe YAML (progress bars)."""
+    import dataclasses
+
     import torch
 
     from emoe.reference.training import TrainPlan, build_all
 
     torch.set_num_threads(jobs)
     plan = TrainPlan.smoke() if smoke else TrainPlan()
+    if expert_seed_offset:
+        plan = dataclasses.replace(
+            plan,
+            experts=tuple(dataclasses.replace(e, seed=e.seed + expert_seed_offset) for e in plan.experts),
+        )
     summary = build_all(out, plan, show=True, resume=resume, jobs=jobs)
     typer.echo(
         f"built {out} in {summary.get('total_s', 0.0):.0f} s: {json.dumps(summary.get('timings_s', {}))}"

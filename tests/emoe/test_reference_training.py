@@ -96,3 +96,20 @@ def test_ship_merges_records_the_scoring_and_keeps_no_build_paths(smoke_build: P
     ensemble = load_ensemble(str(dest), device="cpu", dtype="float32")
     assert ensemble.num_experts == len(EXPERTS)
     assert default_score_config(ensemble).to_dict() == {**REFERENCE_SCORE_CONFIG, "at_step": 0}
+
+
+def test_train_command_with_shifted_expert_seeds(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+
+    result = CliRunner().invoke(
+        app, ["reference", "train", "--smoke", "--out", str(tmp_path), "--expert-seed-offset", "5"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"built {tmp_path}" in result.output
+    plan = json.loads((tmp_path / "train_summary.json").read_text())["plan"]
+    assert [e["seed"] for e in plan["experts"]] == [s.seed + 5 for s in EXPERTS]
+    assert all((tmp_path / "experts" / s.name / "model_index.json").is_file() for s in EXPERTS)
