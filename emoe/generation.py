@@ -30,6 +30,7 @@ from emoe.scoring import (
     initial_noise,
     make_plan,
     make_score,
+    seeded_generators,
     step_kwargs,
 )
 
@@ -163,11 +164,7 @@ def _generate(
                 noise = unet_passes.up(ensemble.unet, step.state.rows(idx), encoder_states)
         trajectories = len(plan.experts)
     schedulers = [plan.fresh_scheduler() for _ in range(trajectories)]
-    generators = []
-    for _ in range(trajectories):
-        gen = torch.Generator("cpu")
-        gen.set_state(generator_state)
-        generators.append(gen)
+    generators = seeded_generators(generator_state, trajectories)
     eps = guided(noise, plan)
     latents = torch.cat(
         [

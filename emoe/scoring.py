@@ -443,7 +443,9 @@ def _score(prompts: Sequence[str], config: ScoreConfig, ensemble: Ensemble) -> l
         start_latents = latents.expand(len(batch), -1, -1, -1)
         states = [generator_state] * len(batch)
         if plan.config.at_step:
-            start_latents, states = advance(ensemble, plan, embeds, negative, start_latents, generator_state)
+            start_latents, states = ordinary_denoise(
+                ensemble, plan, embeds, negative, start_latents, generator_state, last=plan.config.at_step
+            )
         # 4. the gate
         step = first_step(
             ensemble, plan, embeds, negative, start_latents, states, ordinary=False, score_only=True
@@ -461,28 +463,36 @@ def _score(prompts: Sequence[str], config: ScoreConfig, ensemble: Ensemble) -> l
     return scores
 
 
+def seeded_generators(state: torch.Tensor, n: int) -> list[torch.Generator]:
+    """n CPU generators at the same state: every trajectory draws the noise its request's seed gives."""
+    generators = []
+    for _ in range(n):
+        gen = torch.Generator("cpu")
+        gen.set_state(state)
+        generators.append(gen)
+    return generators
+
+
 @torch.no_grad()
-def advance(
+def ordinary_denoise(
     ensemble: Ensemble,
     plan: Plan,
     embeds: torch.Tensor,
     negative: torch.Tensor,
     latents: torch.Tensor,
     generator_state: torch.Tensor,
+    *,
+    last: int | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Denoise each request with the ordinary MoE for `at_step` steps; its latents and generator states."""
+    """Denoise each request with the ordinary (routed) MoE from the first step up to `last` (default: the
+    end); the latents and each request's generator state."""
     from emoe.generation import denoise  # generation builds on this module
 
-    steps = plan.config.at_step
     rows = [r for e in embeds for r in ((negative[0], e) if plan.cfg else (e,))]
     schedulers = [plan.fresh_scheduler() for _ in range(embeds.shape[0])]
-    generators = []
-    for _ in schedulers:
-        gen = torch.Generator("cpu")
-        gen.set_state(generator_state)
-        generators.append(gen)
+    generators = seeded_generators(generator_state, len(schedulers))
     out = denoise(
-        ensemble, plan, latents.clone(), torch.stack(rows), None, schedulers, generators, first=0, last=steps
+        ensemble, plan, latents.clone(), torch.stack(rows), None, schedulers, generators, first=0, last=last
     )
     return out, [gen.get_state() for gen in generators]
 

@@ -70,9 +70,7 @@ class Settings(BaseSettings):
     )
     webhook_max_attempts: int = Field(default=5, ge=1)
     webhook_timeout_s: float = Field(default=5.0, gt=0)
-    webhook_backoff_s: float = Field(
-        default=2.0, ge=0, description="First retry delay; doubles per attempt."
-    )
+    webhook_backoff_s: float = Field(default=2.0, ge=0, description="First retry delay; doubles per attempt.")
 
     @field_validator("dtype")
     @classmethod

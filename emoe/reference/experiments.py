@@ -107,34 +107,17 @@ def score_prompts(ensemble: Any, config: Any, prompts: Sequence[str]) -> tuple[n
 @torch.no_grad()
 def render_prompts(ensemble: Any, config: Any, prompts: Sequence[str], batch: int = 60) -> list[np.ndarray]:
     """Ordinary SegMoE pictures (routed per request) of many prompts, all from the config's seed."""
-    from emoe.generation import decode, denoise
-    from emoe.scoring import encode_prompts, initial_noise, make_plan
+    from emoe.generation import decode
+    from emoe.scoring import encode_prompts, initial_noise, make_plan, ordinary_denoise
 
     plan = make_plan(config, ensemble)
     negative, _, _ = encode_prompts(ensemble, [config.negative_prompt])
     latents, generator = initial_noise(ensemble, plan)
-    state = generator.get_state()
     pictures: list[np.ndarray] = []
     for start in range(0, len(prompts), batch):
-        chunk = list(prompts[start : start + batch])
-        embeds, _, _ = encode_prompts(ensemble, chunk)
-        rows = [r for e in embeds for r in ((negative[0], e) if plan.cfg else (e,))]
-        schedulers = [plan.fresh_scheduler() for _ in chunk]
-        generators = []
-        for _ in chunk:
-            gen = torch.Generator("cpu")
-            gen.set_state(state)
-            generators.append(gen)
-        out = denoise(
-            ensemble,
-            plan,
-            latents.expand(len(chunk), -1, -1, -1).clone(),
-            torch.stack(rows),
-            None,
-            schedulers,
-            generators,
-            first=0,
-        )
+        embeds, _, _ = encode_prompts(ensemble, list(prompts[start : start + batch]))
+        start_latents = latents.expand(len(embeds), -1, -1, -1)
+        out, _ = ordinary_denoise(ensemble, plan, embeds, negative, start_latents, generator.get_state())
         pictures += [np.asarray(im) for im in decode(ensemble, out)]
     return pictures
 

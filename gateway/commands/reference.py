@@ -36,6 +36,10 @@ def _load(spec: str):
     return ensemble
 
 
+def _auroc(r: dict) -> str:
+    return f"AUROC {r['auroc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+
+
 def _report(result: dict, as_json: bool, lines: list[str]) -> None:
     if as_json:
         typer.echo(json.dumps(result, ensure_ascii=False, default=str))
@@ -124,17 +128,16 @@ def ood(
     from emoe.reference.experiments import eval_ood
 
     result = eval_ood(_load(ensemble), quick=quick, out_dir=out)
+    scored = [(name, result[name]) for name in ("default", "paper")]
     lines = [
-        f"{name}: AUROC {r['auroc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        f"  split={r['scoring']['config']['split']}"
+        f"{name}: {_auroc(r)}  split={r['scoring']['config']['split']}"
         f" latent={r['scoring']['config']['latent']}"
-        for name, r in (("default", result["default"]), ("paper", result["paper"]))
+        for name, r in scored
     ]
     lines += [
-        f"{name}, same token count only, against {r['token_stratified']['negatives']}: AUROC "
-        f"{r['token_stratified']['auroc']:.3f} [{r['token_stratified']['ci_low']:.3f}, "
-        f"{r['token_stratified']['ci_high']:.3f}]"
-        for name, r in (("default", result["default"]), ("paper", result["paper"]))
+        f"{name}, same token count only, against {r['token_stratified']['negatives']}: "
+        f"{_auroc(r['token_stratified'])}"
+        for name, r in scored
     ]
     _report(result, as_json, [*lines, f"written to {out}/ood.json and ood.png"])
 
@@ -184,11 +187,7 @@ def ablation(
     from emoe.reference.experiments import eval_ablation
 
     result = eval_ablation(_load(ensemble), quick=quick, out_dir=out)
-    lines = [
-        f"{r['name']}: AUROC {r['auroc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
-        f" gate {r['gate_ms']:.1f} ms"
-        for r in result["rows"]
-    ]
+    lines = [f"{r['name']}: {_auroc(r)} gate {r['gate_ms']:.1f} ms" for r in result["rows"]]
     _report(result, as_json, [*lines, f"written to {out}/ablation.json and ablation.png"])
 
 
