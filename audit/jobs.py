@@ -1,9 +1,13 @@
 """Job repository: create (idempotently), read per tenant, list, cancel; the workers' state machine.
 
 A job's state lives here, not in the broker. A worker *claims* a job for a stage (scoring or
-rendering) by moving it there, bumping `attempts` and stamping `started_at`; the claim is its token.
-Every later write checks the token (compare-and-set on status and attempts), so a redelivered or stale
-task can never write a second decision or image.
+rendering) by moving it there, bumping `attempts`, stamping `started_at` and naming itself in `claimed_by`;
+the claim is its token. Every later write checks the token (compare-and-set on status and attempts), so a
+redelivered or stale task can never write a second decision or image.
+
+A claim is taken over (attempts counted) when its lease ran out, when its owner is no longer alive (the
+caller says who is, from the workers' heartbeats), or when the owner itself asks again: a worker process
+runs one stage at a time, so its own earlier claim on the job is one it abandoned (an error, a time limit).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -308,7 +312,14 @@ class ClaimRefused:
     retry_in_s: float = 0.0
 
 
-def _claimable(job: Job, stage: str, lease_s: float, now: datetime) -> ClaimRefused | None:
+def _claimable(
+    job: Job,
+    stage: str,
+    lease_s: float,
+    now: datetime,
+    owner: str | None,
+    owner_alive: Callable[[str], bool] | None,
+) -> ClaimRefused | None:
     waiting = "queued" if stage == "scoring" else "rendering"
     if job.status == waiting and (stage == "scoring" or job.started_at is None):
         return None
@@ -316,9 +327,14 @@ def _claimable(job: Job, stage: str, lease_s: float, now: datetime) -> ClaimRefu
         started = _aware(job.started_at)
         if started is None:
             return None
+        holder = job.claimed_by
+        if holder is not None and owner is not None and holder == owner:
+            return None  # this process abandoned it (it runs one stage at a time): take it back
+        if holder is not None and owner_alive is not None and not owner_alive(holder):
+            return None  # the holder's heartbeat is gone (killed, OOM, lost machine): take over now
         age = (now - started).total_seconds()
         if age >= lease_s:
-            return None  # the holder died (its lease ran out): take over
+            return None  # alive but stuck past its lease: take over
         return ClaimRefused("busy", retry_in_s=max(0.5, min(5.0, lease_s - age)))
     return ClaimRefused("done")
 
@@ -330,9 +346,17 @@ def _lock(query: Any, session: Session) -> Any:
 
 
 def claim(
-    session: Session, job_id: uuid.UUID, stage: str, *, lease_s: float, max_attempts: int
+    session: Session,
+    job_id: uuid.UUID,
+    stage: str,
+    *,
+    lease_s: float,
+    max_attempts: int,
+    owner: str | None = None,
+    owner_alive: Callable[[str], bool] | None = None,
 ) -> Claim | ClaimRefused:
-    """Claim a job for `stage` or say why not; past `max_attempts` the job is dead-lettered (failed)."""
+    """Claim a job for `stage` for `owner`, or say why not; past `max_attempts` the job is dead-lettered
+    (failed). `owner_alive(holder)` tells whether another process's claim is still held by a live worker."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, not {stage!r}")
     now = _now()
@@ -340,7 +364,7 @@ def claim(
     if job is None:
         exists = session.scalar(select(Job.status).where(Job.id == job_id))
         return ClaimRefused("gone" if exists is None else "busy", retry_in_s=1.0)
-    refused = _claimable(job, stage, lease_s, now)
+    refused = _claimable(job, stage, lease_s, now, owner, owner_alive)
     if refused is not None:
         return refused
     if job.attempts >= max_attempts:
@@ -349,16 +373,23 @@ def claim(
             f": {job.error}" if job.error else ""
         )
         job.finished_at = now
+        job.claimed_by = None
         return ClaimRefused("dead")
     job.status = stage
     job.attempts += 1
     job.started_at = now
+    job.claimed_by = owner
     session.flush()
     return Claim(job.id, stage, job.attempts)
 
 
 def claim_waiting(
-    session: Session, *, limit: int, max_attempts: int, exclude: Iterable[uuid.UUID] = ()
+    session: Session,
+    *,
+    limit: int,
+    max_attempts: int,
+    exclude: Iterable[uuid.UUID] = (),
+    owner: str | None = None,
 ) -> list[Claim]:
     """Claim up to `limit` more queued jobs for scoring, oldest first (cross-request gate batching)."""
     if limit <= 0:
@@ -374,6 +405,7 @@ def claim_waiting(
         job.status = "scoring"
         job.attempts += 1
         job.started_at = now
+        job.claimed_by = owner
         claims.append(Claim(job.id, "scoring", job.attempts))
     session.flush()
     return claims
@@ -395,7 +427,9 @@ def move(session: Session, claim_: Claim, status: str, *, error: str | None = No
     if status in TERMINAL_STATUSES:
         values["finished_at"] = _now()
     if status == "rendering":
-        values.update(started_at=None, attempts=0)  # attempts count per stage
+        values.update(started_at=None, attempts=0, claimed_by=None)  # attempts count per stage
+    if status in TERMINAL_STATUSES:
+        values["claimed_by"] = None
     if error is not None:
         values["error"] = error
     result = session.execute(
@@ -407,39 +441,90 @@ def move(session: Session, claim_: Claim, status: str, *, error: str | None = No
     return result.rowcount == 1
 
 
+def record_decision(job: Job, action: str) -> str:
+    """Move a claimed, just-scored job (locked by `holds`) on by the gate's action: halted, completed
+    (score_only) or rendering (its render stage's attempts start from zero). Returns the new status."""
+    if action == "halt":
+        job.status = "halted"
+    elif job.mode == "score_only":
+        job.status = "completed"
+    else:
+        job.status = "rendering"
+    if job.status in TERMINAL_STATUSES:
+        job.finished_at = _now()
+    else:
+        job.started_at = None
+        job.attempts = 0  # attempts count per stage
+    job.claimed_by = None
+    return job.status
+
+
+def complete(job: Job) -> None:
+    """Mark a claimed, rendered job (locked by `holds`) completed."""
+    job.status = "completed"
+    job.finished_at = _now()
+    job.claimed_by = None
+
+
 def release(session: Session, claim_: Claim, error: str) -> bool:
     """Give a claim back after an error so that a retry can take it (attempts stay counted)."""
     waiting = "queued" if claim_.stage == "scoring" else "rendering"
     result = session.execute(
         update(Job)
         .where(Job.id == claim_.job_id, Job.status == claim_.stage, Job.attempts == claim_.attempt)
-        .values(status=waiting, started_at=None, error=error[:2000], updated_at=_now())
+        .values(status=waiting, started_at=None, claimed_by=None, error=error[:2000], updated_at=_now())
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
 
 
+@dataclass(frozen=True)
+class Stalled:
+    """A job the recovery sweep should re-enqueue on `queue`; `claimed`: a lost claim (its owner is gone or
+    its lease ran out), else a waiting job whose broker message may be lost."""
+
+    job_id: uuid.UUID
+    queue: str
+    claimed: bool
+
+
 def stalled(
-    session: Session, *, older_than_s: float, lease_s: float, limit: int = 500
-) -> list[tuple[uuid.UUID, str]]:
-    """Jobs a lost broker message may have orphaned: (id, stage to enqueue) for queued/rendering jobs waiting
-    longer than `older_than_s`, and claims whose lease ran out."""
+    session: Session,
+    *,
+    older_than_s: float,
+    lease_s: float,
+    live_owners: set[str] | None = None,
+    limit: int = 500,
+) -> list[Stalled]:
+    """Jobs a lost broker message or a lost worker may have orphaned: queued or rendering jobs waiting longer
+    than `older_than_s`, claims whose lease ran out, and (given the set of live worker identities) claims
+    whose owner is not among them."""
     now = _now()
     old = now - timedelta(seconds=older_than_s)
     stale = now - timedelta(seconds=lease_s)
+    claimed = and_(Job.status.in_(STAGES), Job.started_at.is_not(None))
+    lost = and_(claimed, Job.started_at < stale)
+    if live_owners is not None:
+        orphaned = and_(claimed, Job.claimed_by.is_not(None))
+        if live_owners:
+            orphaned = and_(orphaned, Job.claimed_by.not_in(sorted(live_owners)))
+        lost = or_(lost, orphaned)
     rows = session.execute(
-        select(Job.id, Job.status)
+        select(Job.id, Job.status, Job.started_at.is_not(None))
         .where(
             or_(
                 and_(Job.status == "queued", Job.updated_at < old),
                 and_(Job.status == "rendering", Job.started_at.is_(None), Job.updated_at < old),
-                and_(Job.status.in_(STAGES), Job.started_at.is_not(None), Job.started_at < stale),
+                lost,
             )
         )
         .order_by(Job.created_at)
         .limit(limit)
     ).all()
-    return [(job_id, "gate" if status in ("queued", "scoring") else "render") for job_id, status in rows]
+    return [
+        Stalled(job_id, "gate" if status in ("queued", "scoring") else "render", bool(started))
+        for job_id, status, started in rows
+    ]
 
 
 def touch(session: Session, job_ids: Iterable[uuid.UUID]) -> None:

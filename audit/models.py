@@ -79,6 +79,8 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # the worker process holding the claim (`host:pid`); a claim whose owner's heartbeat is gone is taken over
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     redacted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

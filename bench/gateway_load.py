@@ -1,10 +1,10 @@
 """Gateway load benchmark: accepted submissions per second and p50/p99 latency of POST /v1/jobs against real
 PostgreSQL and Redis, from a separate load process; then end-to-end jobs per minute with the tiny ensemble.
 
-    OMP_NUM_THREADS=1 python bench/gateway_load.py --requests 3000 --concurrency 32 --e2e-jobs 20
+    python bench/gateway_load.py --requests 3000 --concurrency 32 --e2e-jobs 20
     # before/after side by side in one run: a second gateway served from another source tree, rounds alternate
     git archive <old commit> | tar -x -C /tmp/before
-    OMP_NUM_THREADS=1 python bench/gateway_load.py --baseline-root /tmp/before --rounds 3 --e2e-jobs 0
+    python bench/gateway_load.py --baseline-root /tmp/before --rounds 3 --e2e-jobs 0
 
 It starts its own redis-server (free port), a fresh PostgreSQL database (127.0.0.1:5432), `emoe-gate serve`
 (uvicorn, one process) and, for the end-to-end part, one `emoe-gate worker`; it stops them all at the end.
@@ -226,7 +226,6 @@ def main() -> None:
             key, _ = create_key(session, "bench")
         env = {
             **os.environ,
-            "OMP_NUM_THREADS": "1",
             "EMOE_DATABASE_URL": db_url,
             "EMOE_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
             "EMOE_ENSEMBLE": "tiny",

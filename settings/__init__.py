@@ -36,6 +36,14 @@ class Settings(BaseSettings):
     )
     device: str = "cpu"
     dtype: str = Field(default="float32", description="float32, float16 or bfloat16 (float32 on CPU).")
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "CPU threads of each worker process; default: the cores this process may use divided among the "
+            "worker's pool processes (at least 1)."
+        ),
+    )
     allow_network: bool = Field(
         default=False, description="Let segmoe download hub ids named in a YAML config (never otherwise)."
     )

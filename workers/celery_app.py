@@ -35,6 +35,10 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_max_retries=None,
         # a message not acked within this is redelivered: longer than the longest job
         broker_transport_options={"visibility_timeout": settings.job_timeout_s * 2 + 60},
+        # past the soft limit the stage raises, releases its claim and is retried (attempts counted); the hard
+        # limit replaces a process stuck where it cannot raise, and its claim is taken over once its
+        # heartbeat is gone
+        task_soft_time_limit=settings.job_timeout_s,
         task_time_limit=settings.job_timeout_s + 30,
         # loading the model in each pool process takes longer than Celery's 4 s default
         worker_proc_alive_timeout=600,

@@ -1,6 +1,8 @@
 """Embedded mode: no broker. A thread in the gateway process runs the same stage functions as the Celery tasks
 (`workers.stages`), and a second thread delivers webhooks. Jobs left unfinished by a previous process
-are picked up again at start (their state is in SQL)."""
+are picked up again at start (their state is in SQL); a stage that fails on something other than the job
+(the database locked or gone) is retried with backoff, and while the worker is idle a sweep every
+`SWEEP_S` re-enqueues jobs that nothing is working on."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from workers.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
 _STOP = ("stop",)
+SWEEP_S = 10.0
+MAX_BACKOFF_S = 30.0
 
 
 class InProcessWorker:
@@ -37,6 +41,9 @@ class InProcessWorker:
         self.load_error: BaseException | None = None
         self.idle = threading.Condition()
         self.pending = 0
+        self.running = False
+        self.failures: dict[tuple[Any, ...], int] = {}
+        self.stopping = threading.Event()
 
     # --- Dispatcher -----------------------------------------------------------------------------------------
 
@@ -51,7 +58,7 @@ class InProcessWorker:
         self._put(self.hooks, ("hook", job_id, event, attempt))
 
     def broker_ok(self) -> bool:
-        return all(t.is_alive() for t in self.threads) and bool(self.threads)
+        return all(t.is_alive() for t in self.threads[:2]) and bool(self.threads)
 
     def ready_workers(self) -> int:
         return 1 if self.loaded.is_set() and self.load_error is None else 0
@@ -69,14 +76,17 @@ class InProcessWorker:
             return
         with self.idle:
             self.pending += 1  # the start-up itself (load the model, resume unfinished jobs)
+        self.stopping.clear()
         self.threads = [
             threading.Thread(target=self._work_loop, name="emoe-embedded-worker", daemon=True),
             threading.Thread(target=self._hook_loop, name="emoe-embedded-hooks", daemon=True),
+            threading.Thread(target=self._sweep_loop, name="emoe-embedded-sweep", daemon=True),
         ]
         for thread in self.threads:
             thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
+        self.stopping.set()
         for timer in list(self.timers):
             timer.cancel()
         self.work.put(_STOP)
@@ -145,12 +155,33 @@ class InProcessWorker:
             item = self.work.get()
             if item == _STOP:
                 return
+            self.running = True
             try:
                 self._run(item)
-            except Exception:
-                log.exception("embedded worker: %s failed", item[0])
+                self.failures.pop(item, None)
+            except Exception as exc:  # not the job's fault (a locked or lost database): retry with backoff
+                failures = self.failures[item] = self.failures.get(item, 0) + 1
+                delay = min(MAX_BACKOFF_S, 2.0 ** (failures - 1))
+                log.warning("embedded worker: %s of job %s failed (%s); retry in %.0f s", *item, exc, delay)
+                self._put(self.work, item, delay=delay)
             finally:
+                self.running = False
                 self._done()
+
+    def _sweep_loop(self) -> None:
+        """While nothing runs or waits, re-enqueue jobs left queued or claimed (a stage died mid-write)."""
+        while not self.stopping.wait(SWEEP_S):
+            if self.running or not self.work.empty() or not self.loaded.is_set() or self.load_error:
+                continue
+            try:
+                # nothing is running, so no claim is held by a live stage: every claim counts as lost
+                found = stages.find_stalled(self.settings, live_workers=set())
+            except Exception as exc:
+                log.warning("embedded sweep: %s", exc)
+                continue
+            for job in found:
+                log.warning("embedded worker: re-enqueued stalled job %s", job.job_id)
+                self._put(self.work, ("gate" if job.queue == "gate" else "render", job.job_id))
 
     def _run(self, item: tuple[Any, ...]) -> None:
         kind, job_id = item

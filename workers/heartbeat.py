@@ -1,5 +1,8 @@
 """Worker liveness in Redis: each worker process with its model loaded keeps `emoe:ready:<host>:<pid>` alive;
-one of them at a time also runs the recovery sweep that re-enqueues jobs whose broker message was lost."""
+one of them at a time also runs the recovery sweep that re-enqueues jobs whose broker message was lost.
+
+The same `<host>:<pid>` names the owner of every claim the process takes (`jobs.claimed_by`), so a claim whose
+owner's key is gone (the whole worker was killed) is taken over within `TTL_S`, not at the lease."""
 
 from __future__ import annotations
 
@@ -38,32 +41,79 @@ def count_ready(client: Any) -> int:
     return sum(1 for _ in client.scan_iter(match=READY_PREFIX + "*", count=100))
 
 
+def worker_identity() -> str:
+    """This process's name as a claim owner and in its ready key (computed per call: pool processes fork)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def live_workers(client: Any) -> set[str]:
+    """The identities of the worker processes whose ready key is alive."""
+    keys = client.scan_iter(match=READY_PREFIX + "*", count=100)
+    return {(k.decode() if isinstance(k, bytes) else k).removeprefix(READY_PREFIX) for k in keys}
+
+
+def owner_alive(settings: Settings) -> Callable[[str], bool]:
+    """`alive(holder)` for claims: embedded mode has one worker, so another holder is a previous (dead)
+    process; with a broker, the holder's ready key tells. If this process's own key is gone too, Redis lost
+    its state (a restart) rather than the holder its life: count the holder alive until the keys are back."""
+    if settings.embedded:
+        return lambda holder: False
+    mine = READY_PREFIX + worker_identity()
+
+    def alive(holder: str) -> bool:
+        try:
+            client = redis_client(settings)
+            return bool(client.exists(READY_PREFIX + holder)) or not client.exists(mine)
+        except Exception:  # Redis unreachable: the lease stays the backstop
+            return True
+
+    return alive
+
+
 class Heartbeat(threading.Thread):
     """Keeps this process's ready key alive and, every few beats, sweeps for lost jobs."""
 
     def __init__(
-        self, settings: Settings, sweep: Callable[[], None] | None, *, model_loaded: bool = True
+        self,
+        settings: Settings,
+        sweep: Callable[[set[str] | None], None] | None,
+        *,
+        model_loaded: bool = True,
     ) -> None:
         super().__init__(name="emoe-heartbeat", daemon=True)
         self.settings = settings
         self.sweep = sweep
-        self.key = f"{READY_PREFIX}{socket.gethostname()}:{os.getpid()}"
+        self.identity = worker_identity()
+        self.key = READY_PREFIX + self.identity
         self.stopped = threading.Event()
         self.model_loaded = model_loaded  # only a process with the model counts as ready (/readyz)
+        self._beats = 0
+
+    def start(self) -> None:
+        # the first beat before any task runs: the process's claims must name a live owner from the start
+        try:
+            self.beat(0)
+        except Exception as exc:
+            log.warning("heartbeat: %s", exc)
+        self._beats = 1
+        super().start()
+
+    def beat(self, beats: int = 0) -> None:
+        """One heartbeat: refresh the ready key; every other beat, try to take the sweep."""
+        client = redis_client(self.settings)
+        intact = True
+        if self.model_loaded:
+            # the key's old value comes back with the write: none means Redis lost its keys (restarted)
+            intact = client.set(self.key, "1", ex=TTL_S, get=True) is not None or beats == 0
+        if self.sweep is not None and beats % 2 == 0 and client.set(SWEEP_LOCK, self.key, nx=True, ex=8):
+            # just after a Redis restart every worker's key is gone: don't take their claims for lost
+            self.sweep(live_workers(client) if intact and self.model_loaded else None)
 
     def run(self) -> None:
-        beats = 0
+        beats = self._beats
         while not self.stopped.is_set():
             try:
-                client = redis_client(self.settings)
-                if self.model_loaded:
-                    client.set(self.key, "1", ex=TTL_S)
-                if (
-                    self.sweep is not None
-                    and beats % 2 == 0
-                    and client.set(SWEEP_LOCK, self.key, nx=True, ex=8)
-                ):
-                    self.sweep()
+                self.beat(beats)
             except Exception as exc:  # Redis restarting: keep beating
                 log.warning("heartbeat: %s", exc)
             beats += 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +34,45 @@ class Runtime:
         return self.ensemble.size_problem(
             height or self.ensemble.default_height, width or self.ensemble.default_width
         )
+
+
+def default_threads(processes: int) -> int:
+    """The cores this process may use (its CPU affinity, as a container's cpuset sets it) shared among
+    `processes` worker processes."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, processes))
+
+
+def set_torch_threads(settings: Settings, processes: int = 1) -> int:
+    """Give torch `EMOE_TORCH_THREADS` threads, else this process's share of the cores; returns the count."""
+    import torch
+
+    threads = settings.torch_threads or default_threads(processes)
+    torch.set_num_threads(threads)
+    # only settable before the first inter-op work; the intra-op count is what matters
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(threads)
+    log.info("torch: %d thread(s) in this worker process", threads)
+    return threads
+
+
+def check_sources(settings: Settings) -> str | None:
+    """What keeps the runtime from loading that can be told without torch (the policy file, the ensemble's
+    path), as one line; None if nothing. The worker's main process checks this: it must not load torch."""
+    from pathlib import Path
+
+    from policies import PolicyError, bundled_policy_path, load_policy
+
+    try:
+        load_policy(settings.policy_path or bundled_policy_path())
+    except PolicyError as exc:
+        return f"policy: {exc}"
+    spec = settings.ensemble
+    if spec not in ("default", "tiny") and not Path(spec).expanduser().exists():
+        return (
+            f"ensemble: path not found: {spec} (expected tiny, default, a segmoe YAML or a checkpoint folder)"
+        )
+    return None
 
 
 def load_runtime(settings: Settings) -> Runtime:

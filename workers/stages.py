@@ -18,9 +18,10 @@ from typing import Any
 from audit import jobs as repo
 from audit.db import session_scope
 from audit.language import detect_language
-from audit.models import Artifact, Job, utcnow
+from audit.models import Artifact, Job
 from settings import Settings
 from workers import latency
+from workers.heartbeat import owner_alive, worker_identity
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,15 @@ class Outcome:
 
 def _claim(session: Any, job_id: uuid.UUID, stage: str, settings: Settings, outcome: Outcome) -> Any:
     """Claim the job for `stage`, or record in `outcome` why not (busy: retry later; dead: dead-lettered)."""
-    claim = repo.claim(session, job_id, stage, lease_s=_lease_s(settings), max_attempts=settings.max_attempts)
+    claim = repo.claim(
+        session,
+        job_id,
+        stage,
+        lease_s=_lease_s(settings),
+        max_attempts=settings.max_attempts,
+        owner=worker_identity(),
+        owner_alive=owner_alive(settings),
+    )
     if not isinstance(claim, repo.ClaimRefused):
         return claim
     if claim.reason == "busy":
@@ -89,6 +98,7 @@ def run_gate(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outcome
                 limit=settings.gate_batch_size - 1,
                 max_attempts=settings.max_attempts,
                 exclude=[job_id],
+                owner=worker_identity(),
             ),
         ]
         jobs = {
@@ -131,17 +141,7 @@ def run_gate(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outcome
                 continue  # cancelled or taken over meanwhile: write nothing
             if job.language is None:
                 job.language = language  # before append_decision, which copies it into the decision row
-            if decision.action == "halt":
-                job.status = "halted"
-            elif job.mode == "score_only":
-                job.status = "completed"
-            else:
-                job.status = "rendering"
-            if job.status in ("halted", "completed"):
-                job.finished_at = utcnow()
-            else:
-                job.started_at = None
-                job.attempts = 0  # attempts count per stage
+            repo.record_decision(job, decision.action)
             timings = {
                 **dict(getattr(score, "timings_ms", {}) or {}),
                 "gate_batch_ms": gate_s * 1000,
@@ -240,8 +240,7 @@ def run_render(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outco
                     height=height,
                 )
             )
-        job.status = "completed"
-        job.finished_at = utcnow()
+        repo.complete(job)
         _hook(job, "completed", outcome)
     return outcome
 
@@ -249,9 +248,15 @@ def run_render(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outco
 # --- recovery -----------------------------------------------------------------------------------------------
 
 
-def find_stalled(settings: Settings) -> list[tuple[uuid.UUID, str]]:
-    """Jobs whose broker message may be lost (queued/rendering too long, or a claim past its lease)."""
+def find_stalled(settings: Settings, live_workers: set[str] | None = None) -> list[repo.Stalled]:
+    """Jobs whose broker message may be lost (queued/rendering too long, a claim past its lease) or whose
+    claim's owner is not among `live_workers` (when the caller knows who is alive)."""
     with session_scope(settings.resolved_database_url) as session:
-        found = repo.stalled(session, older_than_s=settings.recover_after_s, lease_s=_lease_s(settings))
-        repo.touch(session, [job_id for job_id, _ in found])
+        found = repo.stalled(
+            session,
+            older_than_s=settings.recover_after_s,
+            lease_s=_lease_s(settings),
+            live_owners=live_workers,
+        )
+        repo.touch(session, [s.job_id for s in found])
     return found

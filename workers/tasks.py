@@ -1,24 +1,28 @@
 """Celery tasks: thin wrappers that pass ids to `workers.stages` and enqueue what comes next.
 
-The model is loaded once per worker process, when the process starts (`worker_process_init`); the process
-then keeps a ready key alive in Redis (what `/readyz` counts) and takes turns sweeping
-for jobs whose message was lost.
+The model is loaded once per pool process, after the fork (`worker_process_init`): the main process never
+imports torch. A parent that has run one parallel torch kernel leaves GNU OpenMP's thread pool in a state a
+forked child deadlocks on at its first parallel kernel (and CUDA cannot cross a fork at all), which is what
+hung the default worker. Each process then keeps a ready key alive in Redis (what `/readyz` counts, and what
+tells that its claims are held) and takes turns sweeping for jobs whose message or worker was lost.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import uuid
 from typing import Any
 
 from celery import Task, shared_task
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from settings import Settings, get_settings
 from workers import stages, webhooks
 from workers.dispatch import GATE_TASK, HOOK_TASK, RENDER_TASK
 from workers.heartbeat import Heartbeat
-from workers.runtime import get_runtime
+from workers.runtime import get_runtime, set_torch_threads
 
 log = logging.getLogger(__name__)
 _heartbeat: Heartbeat | None = None
@@ -41,6 +45,10 @@ def _run(task: Task, function: Any, job_id: str) -> str:
         outcome = function(uuid.UUID(job_id), settings, get_runtime(settings))
     except stages.GateError as exc:
         outcome = exc.outcome
+    except Exception as exc:  # the database went away mid-stage, a time limit: the claim is retaken on retry
+        retries = task.request.retries or 0
+        log.warning("%s for job %s: %s; retrying", task.name, job_id, exc)
+        raise task.retry(countdown=min(30.0, 2.0**retries), max_retries=None) from exc
     _follow_up(task, outcome)
     if outcome.retry_in_s is not None:
         raise task.retry(countdown=outcome.retry_in_s, max_retries=None)
@@ -68,27 +76,26 @@ def hook(self: Task, job_id: str, event: str, attempt: int = 1) -> str:
     return "delivered" if retry_in is None else "retrying"
 
 
-def _sweep(settings: Settings, app: Any) -> None:
-    """Re-enqueue jobs whose message was lost (Redis restarted without persistence) when queues are idle."""
+def _sweep(settings: Settings, app: Any, live: set[str] | None) -> None:
+    """Re-enqueue jobs whose message was lost (Redis restarted without persistence) when queues are idle, and
+    at once the jobs whose claim's owner is no longer alive (`live`: the workers with a ready key)."""
     from workers.heartbeat import redis_client
 
     client = redis_client(settings)
     idle = {queue: client.llen(queue) == 0 for queue in ("gate", "render")}
-    for job_id, queue in stages.find_stalled(settings):
-        if idle[queue]:
-            app.send_task(GATE_TASK if queue == "gate" else RENDER_TASK, args=[str(job_id)], queue=queue)
-            log.warning("re-enqueued stalled job %s on %s", job_id, queue)
+    for job in stages.find_stalled(settings, live):
+        # a lost claim at once; a waiting job only when its queue is empty (else its message is likely there)
+        if job.claimed or idle[job.queue]:
+            task = GATE_TASK if job.queue == "gate" else RENDER_TASK
+            app.send_task(task, args=[str(job.job_id)], queue=job.queue)
+            log.warning("re-enqueued stalled job %s on %s", job.job_id, job.queue)
 
 
-@worker_init.connect
-def _preload_before_fork(**_: Any) -> None:
-    # On CPU the main process loads the model once and the pool processes inherit it (a replaced process is
-    # ready at once). CUDA cannot cross a fork: there each pool process loads its own.
-    from celery import current_app as app
-
-    settings = getattr(app.conf, "emoe_settings", None) or get_settings()
-    if getattr(app.conf, "emoe_preload", True) and settings.device == "cpu":
-        get_runtime(settings)
+def _stop_main_process(reason: str) -> None:
+    """The model or policy cannot load: say so once and stop the whole worker rather than respawn forever."""
+    log.critical("emoe-gate worker cannot start: %s", reason)
+    os.kill(os.getppid(), signal.SIGTERM)
+    os._exit(3)
 
 
 @worker_process_init.connect
@@ -97,10 +104,14 @@ def _load_model(**_: Any) -> None:
     from celery import current_app as app
 
     settings = getattr(app.conf, "emoe_settings", None) or get_settings()
-    preload = getattr(app.conf, "emoe_preload", True)
-    if preload:
-        get_runtime(settings)
-    _heartbeat = Heartbeat(settings, sweep=lambda: _sweep(settings, app), model_loaded=preload)
+    loads_model = getattr(app.conf, "emoe_loads_model", True)
+    if loads_model:
+        set_torch_threads(settings, processes=getattr(app.conf, "emoe_concurrency", 1))
+        try:
+            get_runtime(settings)
+        except Exception as exc:
+            _stop_main_process(f"{type(exc).__name__}: {exc}")
+    _heartbeat = Heartbeat(settings, sweep=lambda live: _sweep(settings, app, live), model_loaded=loads_model)
     _heartbeat.start()
 
 

@@ -49,14 +49,17 @@ def serve(
 
     settings = _settings(database_url=db)
     _prepare_database(settings.resolved_database_url)
+    dispatcher = None
+    if settings.embedded:
+        if workers > 1:
+            typer.echo("error: --workers > 1 needs EMOE_BROKER_URL (embedded mode is one process)", err=True)
+            raise typer.Exit(2)
+        dispatcher = _embedded_worker(settings)
     mode = "embedded (in-process worker)" if settings.embedded else f"broker {settings.broker_url}"
     typer.echo(f"emoe-gate serving on http://{host}:{port} — {mode}")
     if workers == 1:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(settings, dispatcher=dispatcher), host=host, port=port, log_level="info")
         return
-    if settings.embedded:
-        typer.echo("error: --workers > 1 needs EMOE_BROKER_URL (embedded mode is one process)", err=True)
-        raise typer.Exit(2)
     if db:  # each gateway process builds its settings from the environment
         os.environ["EMOE_DATABASE_URL"] = db
     uvicorn.run(
@@ -69,6 +72,23 @@ def serve(
         log_level="warning",
         timeout_worker_healthcheck=120,  # a gateway process imports for longer than uvicorn's 5 s default
     )
+
+
+def _embedded_worker(settings: Any) -> Any:
+    """Load the ensemble and policy before listening: a bad policy or ensemble is one line and exit 2, not a
+    gateway that accepts jobs it can never run."""
+    from workers.embedded import InProcessWorker
+    from workers.runtime import check_sources, load_runtime
+
+    problem = check_sources(settings)
+    if problem is None:
+        typer.echo(f"loading ensemble {settings.ensemble!r} and the policy ...")
+        try:
+            return InProcessWorker(settings, runtime=load_runtime(settings))
+        except Exception as exc:
+            problem = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
+    typer.echo(f"error: {problem}", err=True)
+    raise typer.Exit(2)
 
 
 def worker(
@@ -96,9 +116,18 @@ def worker(
             f"error: --queues: unknown {unknown or 'empty'}; choose from {', '.join(QUEUES)}", err=True
         )
         raise typer.Exit(2)
+    from workers.runtime import check_sources
+
+    loads_model = bool({"gate", "render"} & set(names))
+    problem = check_sources(settings) if loads_model else None
+    if problem:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
     from workers.celery_app import app
 
-    app.conf.emoe_preload = bool({"gate", "render"} & set(names))
+    # each pool process loads the model after the fork and takes its share of the cores (EMOE_TORCH_THREADS)
+    app.conf.emoe_loads_model = loads_model
+    app.conf.emoe_concurrency = concurrency
     app.worker_main(
         [
             "worker",

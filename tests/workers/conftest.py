@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 DEMO = json.loads((Path(__file__).resolve().parents[2] / "workers" / "demo_prompts.json").read_text())[
     "prompts"

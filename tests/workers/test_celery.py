@@ -97,7 +97,6 @@ def real(tiny_policy_file: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     )
     env = {
         **os.environ,
-        "OMP_NUM_THREADS": "1",
         "EMOE_DATABASE_URL": db,
         "EMOE_BROKER_URL": redis_server.url,
         "EMOE_ENSEMBLE": "tiny",
