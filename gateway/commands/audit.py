@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,11 +20,21 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def open_database(url: str | None) -> str:
-    """Resolve the URL and bring SQLite to head (PostgreSQL must already be migrated)."""
-    from audit.db import SchemaNotReady, ensure_schema, resolve_url
+def open_database(url: str | None, *, create: bool = False) -> str:
+    """Resolve the URL and bring SQLite to head (PostgreSQL must already be migrated). Without `create`, a
+    SQLite file that does not exist is an error (a typo in `--db` must not audit a new, empty database)."""
+    from sqlalchemy.engine import make_url
+
+    from audit.db import SchemaNotReady, ensure_schema, is_sqlite, resolve_url
 
     url = resolve_url(url)
+    if not create and is_sqlite(url):
+        path = make_url(url).database
+        if path and path != ":memory:" and not Path(path).exists():
+            raise _fail(
+                f"no such database: {path} (check --db or EMOE_DATABASE_URL; `emoe-gate serve` or "
+                "`emoe-gate migrate` creates it)"
+            )
     try:
         ensure_schema(url)
     except SchemaNotReady as exc:

@@ -28,7 +28,7 @@ def _settings(**changes: Any) -> Any:
 
 def _prepare_database(url: str) -> None:
     """SQLite creates and migrates itself; PostgreSQL must already be migrated (`emoe-gate migrate`)."""
-    open_database(url)
+    open_database(url, create=True)
 
 
 def serve(
@@ -74,21 +74,27 @@ def serve(
     )
 
 
-def _embedded_worker(settings: Any) -> Any:
-    """Load the ensemble and policy before listening: a bad policy or ensemble is one line and exit 2, not a
-    gateway that accepts jobs it can never run."""
-    from workers.embedded import InProcessWorker
+def _load_or_exit(settings: Any) -> Any:
+    """The runtime (ensemble and policy), or one line naming what cannot load and exit 2."""
     from workers.runtime import check_sources, load_runtime
 
     problem = check_sources(settings)
     if problem is None:
-        typer.echo(f"loading ensemble {settings.ensemble!r} and the policy ...")
         try:
-            return InProcessWorker(settings, runtime=load_runtime(settings))
+            return load_runtime(settings)
         except Exception as exc:
-            problem = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
+            problem = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
     typer.echo(f"error: {problem}", err=True)
     raise typer.Exit(2)
+
+
+def _embedded_worker(settings: Any) -> Any:
+    """Load the ensemble and policy before listening: a bad policy or ensemble is one line and exit 2, not a
+    gateway that accepts jobs it can never run."""
+    from workers.embedded import InProcessWorker
+
+    typer.echo(f"loading ensemble {settings.ensemble!r} and the policy ...")
+    return InProcessWorker(settings, runtime=_load_or_exit(settings))
 
 
 def worker(
@@ -230,19 +236,18 @@ def demo(
     from audit.db import session_scope
     from audit.language import detect_language
     from workers.embedded import InProcessWorker
-    from workers.runtime import load_runtime
 
     console = Console()
     out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
     url = db or f"sqlite:///{out / 'emoe-demo.db'}"
     settings = _settings(database_url=url, broker_url="", artifacts_dir=out / "images", ensemble=ensemble)
-    # 1. the database (embedded SQLite migrates itself)
-    _prepare_database(settings.resolved_database_url)
-    # 2. the model and the policy, once
+    # 1. the model and the policy, once (before anything is written: a typo leaves nothing behind)
     console.print(f"[bold]emoe-gate demo[/bold]: loading ensemble {settings.ensemble!r} ...")
     started = time.perf_counter()
-    runtime = load_runtime(settings)
+    runtime = _load_or_exit(settings)
+    # 2. the database (embedded SQLite migrates itself)
+    out.mkdir(parents=True, exist_ok=True)
+    _prepare_database(settings.resolved_database_url)
     console.print(f"ensemble: {runtime.ensemble.description}")
     console.print(
         f"policy: {runtime.policy.name} v{runtime.policy.version} ({runtime.policy.mode}), "

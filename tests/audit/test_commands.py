@@ -65,10 +65,32 @@ def test_redact_command(migrated_sqlite_url: str) -> None:
     assert result.exit_code == 2 and "--older-than" in result.output
 
 
-def test_sqlite_commands_migrate_by_themselves(sqlite_url: str) -> None:
+def test_sqlite_commands_migrate_an_existing_database(sqlite_url: str) -> None:
+    db.upgrade(sqlite_url, "0001")  # a database from before the latest migration
     result = cli("audit", "verify", "--db", sqlite_url)
     assert result.exit_code == 0 and "intact: 0 decisions" in result.output
     assert db.current_revision(sqlite_url) == db.head_revision()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("audit", "verify"),
+        ("report", "--format", "json", "--out", "OUT"),
+        ("replay", "--policy", "BUNDLED"),
+        ("eval", "quality"),
+    ],
+)
+def test_read_commands_refuse_a_missing_database(command: tuple[str, ...], tmp_path: Path) -> None:
+    from policies import bundled_policy_path
+
+    missing = tmp_path / "tyop.db"
+    stand_in = {"BUNDLED": str(bundled_policy_path()), "OUT": str(tmp_path / "report.json")}
+    args = [stand_in.get(a, a) for a in command]
+    result = cli(*args, "--db", f"sqlite:///{missing}")
+    assert result.exit_code != 0
+    assert f"no such database: {missing}" in result.output
+    assert not missing.exists()  # nothing created, so nothing reports success on an empty audit log
 
 
 def test_verify_expect_head(migrated_sqlite_url: str) -> None:
