@@ -124,7 +124,8 @@ def _policy_in_force(request: Request) -> dict[str, Any]:
     """The policy file the workers load (settings, else the bundled one), or the error reading it."""
     from policies import PolicyError, bundled_policy_path, load_policy
 
-    path = request.app.state.settings.policy_path or bundled_policy_path()
+    settings = request.app.state.settings
+    path = settings.policy_path or bundled_policy_path(settings.dtype)
     try:
         policy = load_policy(path)
     except (PolicyError, OSError) as exc:

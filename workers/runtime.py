@@ -64,7 +64,7 @@ def check_sources(settings: Settings) -> str | None:
     from policies import PolicyError, bundled_policy_path, load_policy
 
     try:
-        load_policy(settings.policy_path or bundled_policy_path())
+        load_policy(settings.policy_path or bundled_policy_path(settings.dtype))
     except PolicyError as exc:
         return f"policy: {exc}"
     spec = settings.ensemble
@@ -81,7 +81,7 @@ def load_runtime(settings: Settings) -> Runtime:
     from policies import bundled_policy_path, load_policy
 
     ensemble = load_ensemble(settings.ensemble, device=settings.device, dtype=settings.dtype)
-    policy_path = settings.policy_path or bundled_policy_path()
+    policy_path = settings.policy_path or bundled_policy_path(settings.dtype)
     policy = load_policy(policy_path)
     config = default_score_config(ensemble)
     # Refuse to start rather than fail every job: a policy decides only scores of the configuration it was
@@ -90,9 +90,12 @@ def load_runtime(settings: Settings) -> Runtime:
     if fingerprint != policy.fingerprint:
         raise RuntimeError(
             f"policy {policy.name} v{policy.version} ({policy_path}) was calibrated for scoring fingerprint "
-            f"{policy.fingerprint[:12]}, but ensemble {settings.ensemble!r} scores with {fingerprint[:12]}: "
-            "calibrate a policy for this ensemble (`emoe-gate calibrate --ensemble ... --out policy.yaml`) "
-            "and set EMOE_POLICY_PATH, or use the ensemble the policy names"
+            f"{policy.fingerprint[:12]}, but ensemble {settings.ensemble!r} in {settings.dtype} scores with "
+            f"{fingerprint[:12]}: calibrate a policy for this ensemble and dtype "
+            f"(`EMOE_DTYPE={settings.dtype} emoe-gate calibrate --prompts FILE --ensemble ... "
+            "--out policy.yaml`) "
+            "and set EMOE_POLICY_PATH, or use the ensemble and dtype the policy names (bundled policies: the "
+            "default ensemble in float32 and float16)"
         )
     from audit.language import warm_up
 

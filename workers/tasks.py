@@ -92,8 +92,15 @@ def _sweep(settings: Settings, app: Any, live: set[str] | None) -> None:
 
 
 def _stop_main_process(reason: str) -> None:
-    """The model or policy cannot load: say so once and stop the whole worker rather than respawn forever."""
+    """The model or policy cannot load: say so once and stop the whole worker rather than respawn forever
+    (the main process reads the reason from `emoe_fatal_path` and exits non-zero with it)."""
+    from celery import current_app as app
+
     log.critical("emoe-gate worker cannot start: %s", reason)
+    fatal = getattr(app.conf, "emoe_fatal_path", None)
+    if fatal:
+        with open(fatal, "w", encoding="utf-8") as out:
+            out.write(reason)
     os.kill(os.getppid(), signal.SIGTERM)
     os._exit(3)
 

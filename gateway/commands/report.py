@@ -243,7 +243,8 @@ def _policy_for_eval(settings: object) -> tuple[object | None, str | None]:
     """The policy in force, or (None, why not)."""
     from policies import PolicyError, bundled_policy_path, load_policy
 
-    path = getattr(settings, "policy_path", None) or bundled_policy_path()
+    dtype = getattr(settings, "dtype", "float32")
+    path = getattr(settings, "policy_path", None) or bundled_policy_path(dtype)
     try:
         return load_policy(path), None
     except (PolicyError, OSError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -134,17 +135,25 @@ def worker(
     # each pool process loads the model after the fork and takes its share of the cores (EMOE_TORCH_THREADS)
     app.conf.emoe_loads_model = loads_model
     app.conf.emoe_concurrency = concurrency
-    app.worker_main(
-        [
-            "worker",
-            f"--queues={','.join(names)}",
-            f"--concurrency={concurrency}",
-            f"--loglevel={loglevel}",
-            "--pool=prefork",
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+    with tempfile.TemporaryDirectory(prefix="emoe-worker-") as folder:
+        fatal = Path(folder) / "fatal"
+        app.conf.emoe_fatal_path = str(fatal)  # a pool process that cannot load the model writes why here
+        try:
+            app.worker_main(
+                [
+                    "worker",
+                    f"--queues={','.join(names)}",
+                    f"--concurrency={concurrency}",
+                    f"--loglevel={loglevel}",
+                    "--pool=prefork",
+                    "--without-gossip",
+                    "--without-mingle",
+                ]
+            )
+        finally:
+            if fatal.exists():
+                typer.echo(f"error: {fatal.read_text(encoding='utf-8')}", err=True)
+                raise typer.Exit(3)
 
 
 KeysDb = Annotated[

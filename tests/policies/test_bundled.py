@@ -54,6 +54,27 @@ def test_bundled_policy_fingerprint_is_the_default_scoring_fingerprint(default_e
 
 
 @pytest.mark.slow
+def test_the_float16_bundled_policy_matches_float16_scoring() -> None:
+    """The worker image runs float16 (docker/worker.Dockerfile): its bundled policy must match that scoring,
+    and its thresholds the float32 ones closely (float16 moves the scores by under 1 %)."""
+    import emoe
+
+    ensemble = emoe.load_ensemble("default", dtype="float16")
+    policy = load_policy(bundled_policy_path("float16"))
+    assert bundled_policy_path("float16").name == "default-float16.yaml"
+    [score] = emoe.score(["a small red circle"], emoe.default_score_config(ensemble), ensemble)
+    assert score.fingerprint == policy.fingerprint, (
+        "recalibrate the float16 bundled policy: "
+        f"`EMOE_DTYPE=float16 {RECALIBRATE.replace('default.yaml', 'default-float16.yaml')}`"
+    )
+    float32 = load_policy(bundled_policy_path())
+    assert policy.fingerprint != float32.fingerprint
+    assert policy.flag_at == pytest.approx(float32.flag_at, rel=0.02)
+    assert policy.halt_at == pytest.approx(float32.halt_at, rel=0.02)
+    assert bundled_policy_path("bfloat16") == bundled_policy_path()  # none bundled: the worker refuses it
+
+
+@pytest.mark.slow
 def test_calibrate_command_on_the_tiny_ensemble(tmp_path: Path) -> None:
     from gateway.cli import app
 

@@ -21,58 +21,12 @@ from sqlalchemy import func, select
 from audit.db import session_scope
 from audit.models import TERMINAL_STATUSES, Artifact, Decision, Job
 from tests.conftest import create_pg_database, drop_pg_database
-from tests.gateway.helpers import free_port, make_settings, new_key
+from tests.gateway.helpers import make_settings, new_key
+from tests.services import RedisServer
 from tests.workers.conftest import PROMPTS
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class RedisServer:
-    """A private redis-server without persistence: a restart loses every queued message."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.folder = folder
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.folder),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        import redis
-
-        for _ in range(100):
-            try:
-                if redis.Redis(port=self.port).ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-            self.proc = None
 
 
 @pytest.fixture(scope="module")
