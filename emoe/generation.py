@@ -4,7 +4,12 @@ Fast EMoE: at the first step the ordinary MoE path rides in the same batch as th
 down and mid blocks; the score is read there, the decision callback runs, and only then does the ordinary path
 go on through the up blocks. A halted request spends down+mid of one step and returns no image.
 The gate does not change the picture: the ordinary path is routed exactly as plain SegMoE routes it.
-Full EMoE (paper algorithm 1): each of the M paths is denoised to its own image.
+
+Full EMoE (paper appendix A, Algorithm 1): the experts are disentangled at the first step only, giving M
+latents z_{T-1}^i; every later step passes each of them through the ordinary MoE without disentangling (line
+15), so the M images differ by what the first step made of them. `rollout="experts"` (not the paper) keeps the
+paths forced at the split layers at every step instead: with split `all` each image is one expert's own
+picture.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from emoe.scoring import (
 )
 
 Decide = Callable[[Score], bool]
+Rollout = Literal["moe", "experts"]
+ROLLOUTS: tuple[Rollout, ...] = ("moe", "experts")
 
 
 @dataclass
@@ -46,6 +53,8 @@ class Generation:
     images: list[Any] = field(default_factory=list)  # PIL.Image.Image
     timings_ms: dict[str, float] = field(default_factory=dict)
     mode: str = "fast"
+    rollout: str | None = None  # full mode only: "moe" (Algorithm 1) or "experts"
+    latents: torch.Tensor | None = None  # the final latents the images were decoded from, one row per image
 
 
 def _ms(start: float) -> float:
@@ -100,19 +109,35 @@ def generate(
     *,
     mode: Literal["fast", "full"] = "fast",
     decide: Decide | None = None,
+    rollout: Rollout = "moe",
 ) -> Generation:
-    """Score `prompt` at the first step, ask `decide` (True: continue; None: always), then generate."""
+    """Score `prompt` at the first step, ask `decide` (True: continue; None: always), then generate.
+
+    `rollout` (full mode): after the first step each path continues through the ordinary MoE ("moe", the
+    paper's Algorithm 1) or stays forced to its expert at the split layers ("experts", not the paper).
+    """
     with ensemble.lock:
-        return _generate(prompt, config, ensemble, mode=mode, decide=decide)
+        return _generate(prompt, config, ensemble, mode=mode, decide=decide, rollout=rollout)
 
 
 @torch.no_grad()
 def _generate(
-    prompt: str, config: ScoreConfig, ensemble: Ensemble, *, mode: str, decide: Decide | None
+    prompt: str,
+    config: ScoreConfig,
+    ensemble: Ensemble,
+    *,
+    mode: str,
+    decide: Decide | None,
+    rollout: Rollout,
 ) -> Generation:
     # 1. check inputs
     if mode not in ("fast", "full"):
         raise ValueError(f"mode: must be 'fast' or 'full', got {mode!r}")
+    if rollout not in ROLLOUTS:
+        raise ValueError(f"rollout: must be one of {ROLLOUTS}, got {rollout!r}")
+    if mode == "fast" and rollout != "moe":
+        raise ValueError(f"rollout: {rollout!r} needs mode 'full' (Fast EMoE renders the ordinary path only)")
+    rollout_of = rollout if mode == "full" else None
     (prompt,) = check_prompts([prompt])
     if config.at_step:
         raise ValueError(
@@ -140,9 +165,11 @@ def _generate(
     timings["decide_ms"] = _ms(t_decide)
     if not go_on:
         timings["total_ms"] = _ms(t_start)
-        return Generation(score=score, halted=True, images=[], timings_ms=timings, mode=mode)
+        return Generation(
+            score=score, halted=True, images=[], timings_ms=timings, mode=mode, rollout=rollout_of
+        )
 
-    # 6. finish the first step and denoise the rest
+    # 6. finish the first step: the ordinary path (fast) or the M disentangled paths (full)
     t_denoise = time.perf_counter()
     rows, g, t0 = step.rows, plan.rows_per_group, plan.timesteps[0]
     if mode == "fast":
@@ -172,12 +199,23 @@ def _generate(
             for i, (sched, gen) in enumerate(zip(schedulers, generators, strict=True))
         ]
     ).to(ensemble.dtype)
-    latents = denoise(ensemble, plan, latents, encoder_states, forced, schedulers, generators, first=1)
+
+    # 7. denoise the rest: each trajectory through the ordinary MoE (Algorithm 1, line 15), or still forced
+    later_forced = forced if rollout == "experts" else None
+    latents = denoise(ensemble, plan, latents, encoder_states, later_forced, schedulers, generators, first=1)
     timings["denoise_ms"] = _ms(t_denoise)
 
-    # 7. decode
+    # 8. decode
     t_decode = time.perf_counter()
     images = decode(ensemble, latents)
     timings["decode_ms"] = _ms(t_decode)
     timings["total_ms"] = _ms(t_start)
-    return Generation(score=score, halted=False, images=images, timings_ms=timings, mode=mode)
+    return Generation(
+        score=score,
+        halted=False,
+        images=images,
+        timings_ms=timings,
+        mode=mode,
+        rollout=rollout_of,
+        latents=latents,
+    )
