@@ -56,8 +56,9 @@ def user_environment(home: Path, **emoe: str) -> dict[str, str]:
 class Stack:
     """PostgreSQL database, own Redis, `emoe-gate serve` and `emoe-gate worker` processes."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, environment: dict[str, str] | None = None) -> None:
         self.folder = folder
+        self.environment = environment or {}  # more of the user's environment (a deployment's settings)
         self.home = folder / "home"
         self.home.mkdir()
         self.redis = RedisServer(folder)
@@ -69,7 +70,8 @@ class Stack:
 
     @property
     def env(self) -> dict[str, str]:
-        return user_environment(self.home, database_url=self.db, broker_url=self.redis.url)
+        env = user_environment(self.home, database_url=self.db, broker_url=self.redis.url)
+        return {**env, **self.environment}
 
     @property
     def url(self) -> str:
@@ -83,14 +85,16 @@ class Stack:
             assert result.returncode == 0, f"{args}: {result.stdout}\n{result.stderr}"
         return result
 
-    def start(self) -> None:
+    def start(self, *worker_queues: str) -> None:
+        """The README's real-mode steps: migrate, a key, serve, then a worker per `worker_queues` entry."""
         self.redis.start()
         self.db = create_pg_database("emoe_e2e")
         self.run("migrate")  # the README's real-mode steps, in order
         self.key = self.run("keys", "create", "--tenant", "e2e").stdout.strip().splitlines()[-1]
         self.gateway = self._spawn("gateway", "serve", "--port", str(self.port))
         self.wait_http("/healthz", self.gateway)
-        self.start_worker()
+        for queues in worker_queues or ("gate,render,hooks",):
+            self.start_worker(queues)
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "a")  # noqa: SIM115 (the process owns it)
@@ -104,9 +108,9 @@ class Stack:
             start_new_session=True,
         )
 
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, queues: str = "gate,render,hooks") -> subprocess.Popen:
         """`emoe-gate worker --queues gate,render,hooks` (the README's command); returns once it is ready."""
-        worker = self._spawn("worker", "worker", "--queues", "gate,render,hooks")
+        worker = self._spawn("worker", "worker", "--queues", queues)
         self.workers.append(worker)
         self.wait_ready(worker)
         return worker

@@ -1,0 +1,59 @@
+"""The compose stack's own settings start and serve a job. No container engine runs here, so the processes
+run on this machine with the environment `docker/compose.yaml` and `docker/worker.Dockerfile` give them;
+only what must point at this machine changes (the service hosts, the data folders) and the device (no GPU:
+the CPU, in the image's float16)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.conftest import ROOT, Stack
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.e2e]
+LOCAL = {"EMOE_DATABASE_URL", "EMOE_BROKER_URL", "EMOE_ARTIFACTS_DIR", "EMOE_HOME"}
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+
+
+def _defaults(value: str) -> str:
+    """What compose substitutes for `${VAR:-default}` when VAR is unset."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def compose_worker_environment(folder: Path) -> dict[str, str]:
+    """The worker container's EMOE_* environment: the image's ENV, then the compose file's."""
+    dockerfile = (ROOT / "docker" / "worker.Dockerfile").read_text()
+    env = dict(re.findall(r"\b(EMOE_[A-Z_]+)=(\S+)", dockerfile))
+    env.update({k: _defaults(str(v)) for k, v in _compose()["x-emoe-env"].items()})
+    env = {k: v for k, v in env.items() if k not in LOCAL}
+    assert env.pop("EMOE_DEVICE") == "cuda"
+    env["EMOE_DEVICE"] = "cpu"
+    env["EMOE_ARTIFACTS_DIR"] = str(folder / "artifacts")
+    return env
+
+
+def test_the_compose_file_has_no_obsolete_version_key() -> None:
+    assert "version" not in _compose()
+
+
+def test_the_stack_starts_with_its_own_settings_and_serves_a_job(tmp_path: Path) -> None:
+    env = compose_worker_environment(tmp_path)
+    assert env["EMOE_DTYPE"] == "float16" and env["EMOE_ENSEMBLE"] == "default"
+    services = _compose()["services"]
+    queues = [services[name]["command"][3] for name in ("gate-worker", "render-worker")]
+    assert queues == ["gate", "render,hooks"]
+    stack = Stack(tmp_path, environment=env)
+    try:
+        stack.start(*queues)  # both workers loaded the bundled float16 policy: neither refused to start
+        ids = stack.submit(["a small red circle on the left", "pieni punainen ympyrä vasemmalla"])
+        jobs = stack.wait_terminal(ids, timeout=240)
+        assert [j["status"] for j in jobs] == ["completed", "halted"], jobs
+        assert jobs[0]["decision"]["policy_version"] == "4"
+    finally:
+        stack.stop()
