@@ -1,5 +1,6 @@
 """Gateway load benchmark: accepted submissions per second and p50/p99 latency of POST /v1/jobs against real
-PostgreSQL and Redis, from a separate load process; then end-to-end jobs per minute with the tiny ensemble.
+PostgreSQL and Redis, from a separate load process; then end-to-end jobs per minute of `emoe-gate worker` in
+the default environment (the default, reference ensemble, no thread settings).
 
     python bench/gateway_load.py --requests 3000 --concurrency 32 --e2e-jobs 20
     # before/after side by side in one run: a second gateway served from another source tree, rounds alternate
@@ -174,7 +175,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--e2e-jobs", type=int, default=20, help="0 skips the end-to-end part")
-    parser.add_argument("--e2e-steps", type=int, default=10, help="denoising steps of each end-to-end job")
+    parser.add_argument(
+        "--e2e-steps", type=int, default=25, help="denoising steps of each end-to-end job (the API's default)"
+    )
     parser.add_argument("--gateway-workers", type=int, default=1, help="uvicorn processes of the gateway")
     parser.add_argument(
         "--client", choices=("raw", "httpx"), default="raw", help="the load process's HTTP client"
@@ -224,17 +227,15 @@ def main() -> None:
         upgrade(db_url)
         with session_scope(db_url) as session:
             key, _ = create_key(session, "bench")
+        # the environment a user has: none of this machine's EMOE_* or thread settings
+        user = {k: v for k, v in os.environ.items() if not k.startswith(("EMOE_", "OMP_", "MKL_"))}
         env = {
-            **os.environ,
+            **user,
             "EMOE_DATABASE_URL": db_url,
             "EMOE_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "EMOE_ENSEMBLE": "tiny",
             "EMOE_ARTIFACTS_DIR": str(tmp / "artifacts"),
-            "EMOE_QUEUE_MAX_DEPTH": "10000000",
+            "EMOE_QUEUE_MAX_DEPTH": "10000000",  # the load part fills the queue far past the default limit
         }
-        policy = os.environ.get("EMOE_POLICY_PATH")
-        if policy:
-            env["EMOE_POLICY_PATH"] = policy
 
         def serve(root: Path, port: int, log_name: str) -> str:
             log = open(tmp / log_name, "w")  # noqa: SIM115
@@ -308,7 +309,8 @@ def main() -> None:
                 job = httpx.get(f"{base}/v1/jobs/{ids[statuses.index('failed')]}", headers=headers).json()
                 print(f"a failed job's error: {job['error']}")
             print(
-                f"end to end: {args.e2e_jobs} jobs ({args.e2e_steps} steps, tiny ensemble, 1 worker process) "
+                f"end to end: {args.e2e_jobs} jobs ({args.e2e_steps} steps, default ensemble, "
+                "1 worker process, default environment) "
                 f"in {elapsed:.1f} s = {args.e2e_jobs / elapsed * 60:.1f} jobs/min; {counts}"
             )
     finally:

@@ -1,0 +1,97 @@
+"""The workers' state machine: a claim names its owner; a claim whose owner is gone is taken over at once, a
+live owner's claim is busy until its lease runs out, and the owner itself takes back a claim it abandoned."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from audit import jobs as repo
+from audit.db import session_scope
+from audit.models import Job
+
+
+def _queued(url: str) -> uuid.UUID:
+    with session_scope(url) as session:
+        job, _ = repo.create_job(
+            session,
+            tenant="t",
+            prompt="a red circle",
+            negative_prompt="",
+            mode="fast",
+            params={},
+            labels={},
+            language="en",
+            callback_url=None,
+        )
+        return job.id
+
+
+def _claim(url: str, job_id: uuid.UUID, owner: str, alive: set[str]) -> repo.Claim | repo.ClaimRefused:
+    with session_scope(url) as session:
+        return repo.claim(
+            session,
+            job_id,
+            "scoring",
+            lease_s=600,
+            max_attempts=3,
+            owner=owner,
+            owner_alive=lambda holder: holder in alive,
+        )
+
+
+def test_a_claim_names_its_owner_and_a_live_owner_keeps_it(migrated_sqlite_url: str) -> None:
+    job_id = _queued(migrated_sqlite_url)
+    first = _claim(migrated_sqlite_url, job_id, "host:1", alive={"host:1", "host:2"})
+    assert isinstance(first, repo.Claim) and first.attempt == 1
+    with session_scope(migrated_sqlite_url) as session:
+        assert session.get(Job, job_id).claimed_by == "host:1"
+    busy = _claim(migrated_sqlite_url, job_id, "host:2", alive={"host:1", "host:2"})
+    assert isinstance(busy, repo.ClaimRefused) and busy.reason == "busy"
+
+
+def test_a_dead_owners_claim_is_taken_over_at_once(migrated_sqlite_url: str) -> None:
+    job_id = _queued(migrated_sqlite_url)
+    old = _claim(migrated_sqlite_url, job_id, "host:1", alive={"host:1"})
+    new = _claim(migrated_sqlite_url, job_id, "host:2", alive={"host:2"})  # host:1's heartbeat is gone
+    assert isinstance(new, repo.Claim) and new.attempt == 2  # well inside the 600 s lease
+    with session_scope(migrated_sqlite_url) as session:
+        assert session.get(Job, job_id).claimed_by == "host:2"
+        assert repo.holds(session, old) is None  # the old holder can write nothing
+
+
+def test_the_owner_takes_back_a_claim_it_abandoned(migrated_sqlite_url: str) -> None:
+    # a worker process runs one stage at a time: asked again for its own claim, it had given up on it
+    job_id = _queued(migrated_sqlite_url)
+    _claim(migrated_sqlite_url, job_id, "host:1", alive={"host:1"})
+    again = _claim(migrated_sqlite_url, job_id, "host:1", alive={"host:1"})
+    assert isinstance(again, repo.Claim) and again.attempt == 2
+
+
+@pytest.mark.parametrize(
+    ("live", "found"), [(None, False), ({"host:1"}, False), ({"host:2"}, True), (set(), True)]
+)
+def test_the_sweep_finds_claims_whose_owner_is_not_alive(
+    migrated_sqlite_url: str, live: set[str] | None, found: bool
+) -> None:
+    job_id = _queued(migrated_sqlite_url)
+    _claim(migrated_sqlite_url, job_id, "host:1", alive={"host:1"})
+    with session_scope(migrated_sqlite_url) as session:
+        stalled = repo.stalled(session, older_than_s=30, lease_s=600, live_owners=live)
+    assert stalled == ([repo.Stalled(job_id, "gate", claimed=True)] if found else [])
+
+
+def test_moving_a_job_on_clears_its_owner(migrated_sqlite_url: str) -> None:
+    job_id = _queued(migrated_sqlite_url)
+    claim = _claim(migrated_sqlite_url, job_id, "host:1", alive={"host:1"})
+    with session_scope(migrated_sqlite_url) as session:
+        job = repo.holds(session, claim)
+        assert repo.record_decision(job, "continue") == "rendering"
+        assert (job.claimed_by, job.attempts, job.started_at) == (None, 0, None)
+    with session_scope(migrated_sqlite_url) as session:
+        render = repo.claim(session, job_id, "rendering", lease_s=600, max_attempts=3, owner="host:2")
+        assert isinstance(render, repo.Claim)
+        job = repo.holds(session, render)
+        repo.complete(job)
+        assert (job.status, job.claimed_by) == ("completed", None) and job.finished_at is not None
