@@ -35,9 +35,21 @@ def _multiple_of_8(value: int | None) -> int | None:
 
 
 def _http_url(value: str) -> str:
+    """An absolute http(s) URL with a host, no user:password@ and nothing parsers read differently (`\\`).
+    Whether its host may be reached is the server's check (`workers.url_guard`, with its settings)."""
+    if any(c.isspace() or c == "\\" for c in value):
+        raise ValueError("must be an absolute http(s) URL without spaces or backslashes")
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in value):
+    if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an absolute http(s) URL")
+    if "@" in parts.netloc:
+        raise ValueError("must not carry user:password@ (webhooks are signed; put no credentials in the URL)")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+    except ValueError:
+        raise ValueError("must have a valid port") from None
+    if not parts.hostname:
+        raise ValueError("must name a host")
     return value
 
 

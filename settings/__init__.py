@@ -74,10 +74,40 @@ class Settings(BaseSettings):
     )
     webhook_secret: str | None = Field(
         default=None,
-        description="HMAC-SHA256 key of webhook signatures; default: a random one kept in `home`.",
+        description=(
+            "Standard Webhooks signing secret, `whsec_<base64 key>` (any other string is used as the key's "
+            "bytes); default: a random one kept in `home`."
+        ),
     )
+    webhook_allow: str = Field(
+        default="",
+        description=(
+            "Comma-separated host names and CIDR ranges webhooks may reach although they are not public "
+            "(e.g. `127.0.0.1/32,localhost` for a development receiver); default: public addresses only."
+        ),
+    )
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _known_webhook_allow(cls, value: str) -> str:
+        import ipaddress
+        import re
+
+        for entry in filter(None, (e.strip() for e in value.split(","))):
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?", entry):
+                    raise ValueError(
+                        f"EMOE_WEBHOOK_ALLOW: {entry!r} is neither a host name nor a CIDR range"
+                    ) from None
+        return value
+
     webhook_max_attempts: int = Field(default=5, ge=1)
     webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_connect_timeout_s: float = Field(
+        default=2.0, gt=0, description="Longest wait for a receiver's TCP/TLS connection."
+    )
     webhook_backoff_s: float = Field(default=2.0, ge=0, description="First retry delay; doubles per attempt.")
 
     @field_validator("dtype")

@@ -1,11 +1,22 @@
-"""Signed webhooks: `X-Emoe-Signature: t=<unix time>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+"""Webhooks signed as Standard Webhooks say (https://www.standardwebhooks.com): `webhook-id` (the same on
+every attempt: `<job id>:<event>`), `webhook-timestamp` (Unix seconds of the attempt) and
+`webhook-signature: v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`, where the key is the secret
+`whsec_<base64 key>`; receivers verify with any Standard Webhooks library given `receiver_secret(...)`.
 
-Receivers verify with `verify_signature`; every attempt is recorded in `webhook_deliveries`; failures are
-retried with exponential backoff up to `webhook_max_attempts`.
+Deprecated: `X-Emoe-Signature: t=<unix time>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>` is still sent, so
+that receivers written against it keep working while they move to a standard verifier; it will be removed.
+
+Targets are checked by `workers.url_guard` at every attempt: the host is resolved once, refused unless every
+address is public (or allowed by `webhook_allow`), and the request goes to the checked address (the URL keeps
+its host for the Host header and TLS; no proxy from the environment, no redirects followed). Every attempt,
+refused ones included, is recorded in `webhook_deliveries`; failures are retried with exponential backoff up
+to `webhook_max_attempts`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -14,40 +25,82 @@ import secrets
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from audit import jobs as repo
 from audit.db import session_scope
 from audit.models import WebhookDelivery
 from settings import Settings
+from workers import url_guard
 
 log = logging.getLogger(__name__)
-SIGNATURE_HEADER = "X-Emoe-Signature"
+SIGNATURE_HEADER = "X-Emoe-Signature"  # deprecated: the Standard Webhooks headers below replace it
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+STANDARD_SIGNATURE_HEADER = "webhook-signature"
+SECRET_PREFIX = "whsec_"
 EVENTS = ("halted", "flagged", "completed", "failed")
 
 
 def webhook_secret(settings: Settings) -> str:
-    """The configured secret, else one generated once and kept in `home/webhook_secret`."""
+    """The configured secret, else one generated once (`whsec_` + 32 random bytes) and kept in
+    `home/webhook_secret`."""
     if settings.webhook_secret:
         return settings.webhook_secret
     path = Path(settings.home) / "webhook_secret"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}")
-        tmp.write_text(secrets.token_hex(32))
+        tmp.write_text(new_secret())
         tmp.chmod(0o600)
         tmp.replace(path)
     return path.read_text().strip()
 
 
+def new_secret() -> str:
+    """A fresh Standard Webhooks secret: `whsec_` and 32 random bytes in base64."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a secret: the base64 after `whsec_`, else the string's own UTF-8 bytes."""
+    if secret.startswith(SECRET_PREFIX):
+        try:
+            key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("EMOE_WEBHOOK_SECRET: the part after whsec_ is not base64") from exc
+        if key:
+            return key
+    if not secret:
+        raise ValueError("EMOE_WEBHOOK_SECRET is empty")
+    return secret.encode()
+
+
+def receiver_secret(secret: str) -> str:
+    """The `whsec_` form of `secret` to give receivers for their Standard Webhooks verifier."""
+    return SECRET_PREFIX + base64.b64encode(signing_key(secret)).decode()
+
+
+def sign_standard(secret: str, msg_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+    """The three Standard Webhooks headers of one attempt."""
+    stamp = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(signing_key(secret), f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
+    return {
+        ID_HEADER: msg_id,
+        TIMESTAMP_HEADER: str(stamp),
+        STANDARD_SIGNATURE_HEADER: "v1," + base64.b64encode(mac).decode(),
+    }
+
+
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    """The signature header value for `body`."""
+    """The deprecated `X-Emoe-Signature` value for `body` (key: the secret string's bytes, as before)."""
     stamp = int(time.time()) if timestamp is None else timestamp
     mac = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
     return f"t={stamp},v1={mac}"
 
 
 def verify_signature(secret: str, body: bytes, header: str, *, tolerance_s: float = 300) -> bool:
-    """True when `header` is a valid signature of `body` made within `tolerance_s`."""
+    """True when `header` is a valid deprecated `X-Emoe-Signature` of `body` made within `tolerance_s`."""
     try:
         parts = dict(item.split("=", 1) for item in header.split(","))
         stamp = int(parts["t"])
@@ -101,6 +154,19 @@ def payload(job_id: uuid.UUID, event: str, settings: Settings) -> tuple[str | No
         return job.callback_url, json.dumps(body, sort_keys=True).encode()
 
 
+def pinned_request(url: str, allow: url_guard.Allow) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """(URL naming the checked address, Host header, httpx extensions) for a POST to `url`: the host is
+    resolved once and refused (`url_guard.TargetRefused`) unless allowed; TLS still checks the host's name."""
+    import httpx
+
+    parsed = httpx.URL(url)
+    host = parsed.raw_host.decode("ascii")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    address = url_guard.resolve(host, port, allow)
+    extensions = {"sni_hostname": host.rstrip(".")} if parsed.scheme == "https" else {}
+    return str(parsed.copy_with(host=str(address))), {"Host": parsed.netloc.decode("ascii")}, extensions
+
+
 def deliver(job_id: uuid.UUID, event: str, attempt: int, settings: Settings) -> float | None:
     """POST one signed webhook and record the attempt; returns the delay before a retry, or None when done."""
     import httpx
@@ -110,25 +176,32 @@ def deliver(job_id: uuid.UUID, event: str, attempt: int, settings: Settings) -> 
         return None
     status_code: int | None = None
     error: str | None = None
+    delivered = False
+    msg_id = f"{job_id}:{event}"
     try:
-        response = httpx.post(
-            url,
-            content=body,
-            timeout=settings.webhook_timeout_s,
-            headers={
-                "Content-Type": "application/json",
-                SIGNATURE_HEADER: sign(webhook_secret(settings), body),
-                "X-Emoe-Event": event,
-                "X-Emoe-Delivery": f"{job_id}:{event}",
-                "X-Emoe-Attempt": str(attempt),
-            },
-        )
+        target, host, extensions = pinned_request(url, url_guard.parse_allow(settings.webhook_allow))
+        secret = webhook_secret(settings)
+        headers = {
+            **host,
+            "Content-Type": "application/json",
+            **sign_standard(secret, msg_id, body),
+            SIGNATURE_HEADER: sign(secret, body),
+            "X-Emoe-Event": event,
+            "X-Emoe-Delivery": msg_id,
+            "X-Emoe-Attempt": str(attempt),
+        }
+        timeout = httpx.Timeout(settings.webhook_timeout_s, connect=settings.webhook_connect_timeout_s)
+        # an explicit transport: no proxy from the environment (it would connect instead of us), no redirects
+        with httpx.Client(transport=httpx.HTTPTransport(), timeout=timeout, follow_redirects=False) as client:
+            response = client.post(target, content=body, headers=headers, extensions=extensions)
         status_code = response.status_code
         delivered = 200 <= status_code < 300
         if not delivered:
             error = f"receiver answered {status_code}"
-    except httpx.HTTPError as exc:
-        delivered = False
+    except url_guard.TargetRefused as exc:
+        error = f"refused: {exc}"
+        log.warning("webhook %s for job %s refused: %s", event, job_id, exc)
+    except (httpx.HTTPError, httpx.InvalidURL, OSError, UnicodeError) as exc:
         error = f"{type(exc).__name__}: {exc}"[:2000]
     with session_scope(settings.resolved_database_url) as session:
         session.add(

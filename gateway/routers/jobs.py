@@ -32,6 +32,7 @@ from gateway.schemas import (
     ScoreOut,
     Status,
 )
+from workers import url_guard
 
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=AUTH_RESPONSES)
 
@@ -165,6 +166,18 @@ def check_request_limits(
             raise field_error(["body", "height" if height is not None else "width"], problem)
 
 
+def check_callback_url(request: Request, url: str | None) -> None:
+    """422 for a callback URL whose host is refused without DNS: a literal non-public address in any spelling,
+    or localhost, unless `webhook_allow` allows it. Names are resolved and checked again at delivery only:
+    a lookup here would block the event loop for as long as DNS takes and prove nothing (DNS can change)."""
+    if url is None:
+        return
+    allow = url_guard.parse_allow(request.app.state.settings.webhook_allow)
+    problem = url_guard.submission_problem(url, allow)
+    if problem is not None:
+        raise field_error(["body", "callback_url"], problem)
+
+
 def check_backpressure(request: Request, session, extra: int = 1) -> None:
     """429 + Retry-After when the queue is deeper than `queue_max_depth` (the count is cached briefly)."""
     state = request.app.state
@@ -248,6 +261,7 @@ async def submit_job(
         body.height,
         body.width,
     )
+    check_callback_url(request, body.callback_url)
     await check_backpressure_async(request)
     new = repo.NewJob(
         tenant=tenant,

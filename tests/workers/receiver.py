@@ -1,4 +1,5 @@
-"""A local HTTP receiver for webhooks: records each request, answers from a scripted list of statuses."""
+"""A local HTTP receiver for webhooks: records each request, answers from a scripted list of statuses
+(with `location` as the Location header, for redirects)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Receiver:
-    def __init__(self, statuses: list[int] | None = None) -> None:
+    def __init__(self, statuses: list[int] | None = None, location: str | None = None) -> None:
         self.statuses = list(statuses or [])
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.lock = threading.Lock()
@@ -20,6 +21,8 @@ class Receiver:
                     receiver.requests.append(({k: v for k, v in self.headers.items()}, body))
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
                 self.send_response(status)
+                if location is not None:
+                    self.send_header("Location", location)
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:

@@ -48,6 +48,7 @@ def real(tiny_policy_file: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         recover_after_s=3,
         gate_batch_wait_ms=50,
         policy_path=tiny_policy_file,
+        webhook_allow="127.0.0.1/32",  # the test's receiver is local: allowed as a developer would
     )
     env = {
         **os.environ,
@@ -60,6 +61,7 @@ def real(tiny_policy_file: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         "EMOE_RECOVER_AFTER_S": "3",
         "EMOE_GATE_BATCH_WAIT_MS": "50",
         "EMOE_WEBHOOK_SECRET": "test-webhook-secret",
+        "EMOE_WEBHOOK_ALLOW": "127.0.0.1/32",
         "EMOE_WEBHOOK_BACKOFF_S": "0.2",
     }
     log = open(tmp / "worker.log", "w")  # noqa: SIM115
@@ -152,9 +154,11 @@ def test_twenty_jobs_reach_terminal_states(real) -> None:
 def test_webhooks_go_through_the_hooks_queue_signed_and_retried(real, tiny_runtime) -> None:
     import json
 
+    from standardwebhooks import Webhook
+
     from audit.models import WebhookDelivery
     from tests.workers.receiver import Receiver
-    from workers.webhooks import SIGNATURE_HEADER, verify_signature
+    from workers.webhooks import SIGNATURE_HEADER, receiver_secret, verify_signature
 
     high = max(PROMPTS, key=tiny_runtime.expected.get)  # halted by the test policy
     with Receiver(statuses=[500]) as receiver:
@@ -165,6 +169,8 @@ def test_webhooks_go_through_the_hooks_queue_signed_and_retried(real, tiny_runti
             time.sleep(0.1)
     assert [json.loads(b)["event"] for _, b in receiver.requests] == ["halted", "halted"]
     assert all(verify_signature("test-webhook-secret", b, h[SIGNATURE_HEADER]) for h, b in receiver.requests)
+    verifier = Webhook(receiver_secret("test-webhook-secret"))
+    assert all(verifier.verify(b, h)["event"] == "halted" for h, b in receiver.requests)
     with session_scope(real["db"]) as session:
         deliveries = session.scalars(
             select(WebhookDelivery)

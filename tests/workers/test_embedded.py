@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
+from standardwebhooks import Webhook
 
 from audit import jobs as repo
 from audit.db import ensure_schema, session_scope
@@ -22,7 +23,7 @@ from tests.gateway.helpers import make_settings, new_key
 from tests.workers.conftest import PROMPTS
 from tests.workers.receiver import Receiver
 from workers import stages
-from workers.webhooks import SIGNATURE_HEADER, verify_signature
+from workers.webhooks import SIGNATURE_HEADER, receiver_secret, verify_signature
 
 
 @pytest.fixture
@@ -209,7 +210,8 @@ def test_webhooks_are_signed_retried_and_recorded(embedded, tiny_runtime) -> Non
     high = max(PROMPTS, key=tiny_runtime.expected.get)
     low = min(PROMPTS, key=tiny_runtime.expected.get)
     with Receiver(statuses=[500, 503]) as receiver:
-        client, settings, auth = embedded(webhook_backoff_s=0.05)
+        # a receiver on 127.0.0.1 is refused unless allowed, as a developer with a local receiver would
+        client, settings, auth = embedded(webhook_backoff_s=0.05, webhook_allow="127.0.0.1/32")
         halted = client.post(
             "/v1/jobs?wait=60", json={"prompt": high, "callback_url": receiver.url}, headers=auth
         ).json()
@@ -227,8 +229,10 @@ def test_webhooks_are_signed_retried_and_recorded(embedded, tiny_runtime) -> Non
     events = [(json.loads(body)["job"]["id"], headers["X-Emoe-Event"]) for headers, body in receiver.requests]
     assert events.count((halted["id"], "halted")) == 3  # 500, 503, then 200
     assert events.count((completed["id"], "completed")) == 1
+    verifier = Webhook(receiver_secret("test-webhook-secret"))
     for headers, body in receiver.requests:
-        assert verify_signature("test-webhook-secret", body, headers[SIGNATURE_HEADER])
+        assert verifier.verify(body, headers)["event"] == headers["X-Emoe-Event"]  # Standard Webhooks
+        assert verify_signature("test-webhook-secret", body, headers[SIGNATURE_HEADER])  # deprecated header
         assert not verify_signature("another-secret", body, headers[SIGNATURE_HEADER])
         assert not verify_signature("test-webhook-secret", body + b" ", headers[SIGNATURE_HEADER])
     with session_scope(settings.resolved_database_url) as session:

@@ -1,0 +1,363 @@
+"""Webhooks that cannot be turned inward (SSRF), signed as Standard Webhooks say, verified by the stock
+`standardwebhooks` package. A receiver on 127.0.0.1 proves that no spelling of a local target reaches it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from audit import jobs as repo
+from audit.db import session_scope
+from audit.models import WebhookDelivery
+from settings import Settings
+from tests.gateway.helpers import make_settings, new_key
+from tests.workers.receiver import Receiver
+from workers import url_guard, webhooks
+
+LOCAL_HOSTS = [
+    "127.0.0.1",
+    "127.1",  # short
+    "2130706433",  # decimal
+    "0x7f000001",  # hex
+    "0x7f.0.0.1",
+    "0177.0.0.1",  # octal
+    "127.0.0.1.",  # trailing dot
+    "127.255.255.254",
+    "[::1]",
+    "[::ffff:127.0.0.1]",  # IPv4-mapped
+    "[::ffff:7f00:1]",
+    "[0:0:0:0:0:ffff:127.0.0.1]",
+    "[::127.0.0.1]",  # IPv4-compatible
+    "[64:ff9b::7f00:1]",  # NAT64
+    "[2002:7f00:1::]",  # 6to4
+    "0.0.0.0",
+    "0",
+    "[::]",
+    "localhost",
+    "LOCALHOST.",
+    "api.localhost",
+    "169.254.169.254",  # cloud metadata
+    "[fe80::1%25eth0]",
+    "10.0.0.1",
+    "172.16.5.4",
+    "192.168.0.1",
+    "100.64.0.1",  # shared address space
+    "[fc00::1]",
+    "[fd00:ec2::254]",
+    "224.0.0.1",
+    "[ff02::1]",
+    "255.255.255.255",
+    "240.0.0.1",
+]
+PUBLIC_HOSTS = ["93.184.215.14", "8.8.8.8", "[2606:4700:4700::1111]", "example.com", "hooks.example.org."]
+
+
+@pytest.mark.parametrize("host", LOCAL_HOSTS)
+def test_every_spelling_of_a_local_target_is_refused_without_dns(host: str) -> None:
+    problem = url_guard.submission_problem(f"http://{host}:8080/hook", url_guard.parse_allow(""))
+    assert problem is not None and url_guard.ALLOW_SETTING in problem
+
+
+@pytest.mark.parametrize("host", PUBLIC_HOSTS)
+def test_public_targets_pass_the_submission_check(host: str) -> None:
+    assert url_guard.submission_problem(f"https://{host}/hook", url_guard.parse_allow("")) is None
+
+
+def test_the_allow_setting_takes_ranges_and_names() -> None:
+    allow = url_guard.parse_allow("127.0.0.1/32, Dev-Receiver.Local., 10.0.0.0/8, ::1")
+    assert allow.hosts == {"dev-receiver.local"}
+    for host in ("127.0.0.1", "[::ffff:127.0.0.1]", "10.9.8.7", "[::1]", "dev-receiver.local"):
+        assert url_guard.host_problem(host, allow) is None, host
+    for host in ("127.0.0.2", "192.168.0.1", "localhost"):
+        assert url_guard.host_problem(host, allow) is not None, host
+    assert Settings(webhook_allow="127.0.0.1/32,localhost").webhook_allow
+    with pytest.raises(ValueError, match="EMOE_WEBHOOK_ALLOW"):
+        Settings(webhook_allow="127.0.0.1/32,http://x")
+
+
+# --- at submission: a 422 naming the field ------------------------------------------------------------------
+
+
+@pytest.fixture
+def api(migrated_sqlite_url: str, tmp_path) -> Iterator[Any]:
+    """(client factory, auth) over an app whose jobs stay queued."""
+    from gateway.app import create_app
+
+    opened: list[TestClient] = []
+    _, auth = new_key(migrated_sqlite_url)
+
+    def build(**changes: Any) -> TestClient:
+        settings = make_settings(migrated_sqlite_url, tmp_path, **changes)
+        client = TestClient(create_app(settings, start_workers=False), raise_server_exceptions=False)
+        client.__enter__()
+        opened.append(client)
+        return client
+
+    yield build, auth
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"http://{h}:9/hook" for h in ("127.1", "2130706433", "[::ffff:127.0.0.1]", "0.0.0.0", "localhost.")]
+    + ["http://example.com@127.0.0.1/hook", "http://127.0.0.1\\@example.com/", "http://example.com:99999/"],
+)
+def test_submission_refuses_local_targets_with_a_422_naming_the_field(api, url: str) -> None:
+    build, auth = api
+    response = build().post("/v1/jobs", json={"prompt": "a red circle", "callback_url": url}, headers=auth)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "callback_url"]
+
+
+def test_submission_takes_allowed_and_public_targets(api) -> None:
+    build, auth = api
+    client = build(webhook_allow="127.0.0.1/32")
+    for url in ("http://127.0.0.1:9/hook", "https://hooks.example.com/x"):  # names are checked at delivery
+        response = client.post("/v1/jobs", json={"prompt": "a red circle", "callback_url": url}, headers=auth)
+        assert response.status_code == 202, response.text
+
+
+# --- at delivery: resolve once, refuse, connect to the checked address, follow no redirects -----------------
+
+
+def _job(url: str, callback_url: str) -> uuid.UUID:
+    with session_scope(url) as session:
+        job, _ = repo.create_job(
+            session,
+            tenant="t",
+            prompt="a red circle",
+            negative_prompt="",
+            mode="fast",
+            params={"seed": 0, "steps": 2, "guidance": 7.5, "height": None, "width": None},
+            labels={},
+            language="en",
+            callback_url=callback_url,
+        )
+        return job.id
+
+
+def _deliveries(url: str, job_id: uuid.UUID) -> list[WebhookDelivery]:
+    with session_scope(url) as session:
+        rows = session.scalars(
+            select(WebhookDelivery).where(WebhookDelivery.job_id == job_id).order_by(WebhookDelivery.id)
+        ).all()
+        session.expunge_all()
+        return list(rows)
+
+
+@pytest.fixture
+def fake_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """Names under `.test` resolve to the addresses in the returned dict (each lookup is counted in
+    `lookups`); every other name goes to the real resolver."""
+    real = socket.getaddrinfo
+    table: dict[str, list[str]] = {}
+    lookups: list[str] = []
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[tuple[Any, ...]]:
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        if name.rstrip(".") in table:
+            lookups.append(name)
+            infos = []
+            for address in table[name.rstrip(".")]:
+                family = socket.AF_INET6 if ":" in address else socket.AF_INET
+                sockaddr = (address, int(port), 0, 0) if family == socket.AF_INET6 else (address, int(port))
+                infos.append((family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr))
+            return infos
+        if name.endswith(".test"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    table["lookups"] = lookups  # type: ignore[assignment]
+    return table
+
+
+def test_no_spelling_of_a_local_target_reaches_the_receiver(migrated_sqlite_url, tmp_path, fake_dns) -> None:
+    fake_dns["rebind.test"] = ["127.0.0.1"]
+    fake_dns["mixed.test"] = ["93.184.215.14", "127.0.0.1"]  # refused when any address is local
+    fake_dns["mapped.test"] = ["::ffff:127.0.0.1"]
+    settings = make_settings(migrated_sqlite_url, tmp_path, webhook_max_attempts=3)
+    errors: dict[str, str] = {}
+    with Receiver() as receiver:
+        port = receiver.server.server_address[1]
+        urls = [f"http://{h}:{port}/hook" for h in LOCAL_HOSTS] + [
+            f"http://{name}:{port}/hook"
+            for name in ("rebind.test", "mixed.test", "mapped.test", "rebind.test.")
+        ]
+        urls += [f"http://nowhere.test@127.0.0.1:{port}/hook", f"https://[::1]:{port}/hook"]
+        for callback in urls:
+            job_id = _job(migrated_sqlite_url, callback)
+            assert webhooks.deliver(job_id, "completed", 1, settings) is not None, callback  # retried...
+            assert webhooks.deliver(job_id, "completed", 3, settings) is None  # ...until the last attempt
+            rows = _deliveries(migrated_sqlite_url, job_id)
+            assert [(r.attempt, r.delivered, r.status_code) for r in rows] == [
+                (1, False, None),
+                (3, False, None),
+            ]
+            assert rows[0].url == callback
+            errors[callback] = rows[0].error or ""
+        assert receiver.requests == []
+        # the same receiver, once allowed, is reached: the refusals above are the guard's, not a dead port
+        allowed = make_settings(migrated_sqlite_url, tmp_path, webhook_allow="127.0.0.1/32")
+        assert (
+            webhooks.deliver(
+                _job(migrated_sqlite_url, f"http://rebind.test:{port}/h"), "completed", 1, allowed
+            )
+            is None
+        )
+        assert len(receiver.requests) == 1
+    octal = f"http://0177.0.0.1:{port}/hook"  # httpx itself refuses this spelling as an invalid URL
+    assert errors.pop(octal).startswith("InvalidURL")
+    assert all(e.startswith("refused: ") and "EMOE_WEBHOOK_ALLOW" in e for e in errors.values()), errors
+
+
+def test_delivery_connects_to_the_checked_address_with_the_host_kept(
+    migrated_sqlite_url, tmp_path, fake_dns
+) -> None:
+    fake_dns["hooks.test"] = ["127.0.0.1"]
+    settings = make_settings(migrated_sqlite_url, tmp_path, webhook_allow="127.0.0.1/32")
+    with Receiver() as receiver:
+        port = receiver.server.server_address[1]
+        job_id = _job(migrated_sqlite_url, f"http://hooks.test:{port}/hook")
+        assert webhooks.deliver(job_id, "completed", 1, settings) is None
+    assert fake_dns["lookups"] == ["hooks.test"]  # type: ignore[comparison-overlap]  # one lookup, no second
+    headers, _ = receiver.requests[0]
+    assert headers["Host"] == f"hooks.test:{port}"
+    assert _deliveries(migrated_sqlite_url, job_id)[0].delivered
+
+
+def test_an_allowed_name_may_resolve_to_a_local_address(migrated_sqlite_url, tmp_path, fake_dns) -> None:
+    fake_dns["dev.test"] = ["127.0.0.1"]
+    settings = make_settings(migrated_sqlite_url, tmp_path, webhook_allow="dev.test")
+    with Receiver() as receiver:
+        port = receiver.server.server_address[1]
+        assert (
+            webhooks.deliver(_job(migrated_sqlite_url, f"http://dev.test:{port}/h"), "failed", 1, settings)
+            is None
+        )
+        other = _job(migrated_sqlite_url, f"http://127.0.0.1:{port}/h")  # the address itself is not allowed
+        assert webhooks.deliver(other, "failed", 1, settings) is not None
+    assert len(receiver.requests) == 1
+
+
+def test_redirects_are_not_followed_and_proxies_from_the_environment_are_not_used(
+    migrated_sqlite_url, tmp_path, monkeypatch
+) -> None:
+    settings = make_settings(migrated_sqlite_url, tmp_path, webhook_allow="127.0.0.1/32")
+    with Receiver() as inner, Receiver() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.rsplit("/", 1)[0])
+        monkeypatch.setenv("http_proxy", proxy.url.rsplit("/", 1)[0])
+        with Receiver(statuses=[302], location=inner.url) as outer:
+            job_id = _job(migrated_sqlite_url, outer.url)
+            assert webhooks.deliver(job_id, "halted", 1, settings) is not None
+        assert len(outer.requests) == 1 and inner.requests == [] and proxy.requests == []
+    row = _deliveries(migrated_sqlite_url, job_id)[0]
+    assert (row.status_code, row.delivered, row.error) == (302, False, "receiver answered 302")
+
+
+# --- Standard Webhooks --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "secret", ["whsec_" + base64.b64encode(b"k" * 32).decode(), "test-webhook-secret"], ids=["whsec", "plain"]
+)
+def test_deliveries_verify_with_the_standardwebhooks_package(migrated_sqlite_url, tmp_path, secret) -> None:
+    settings = make_settings(
+        migrated_sqlite_url,
+        tmp_path,
+        webhook_allow="127.0.0.1/32",
+        webhook_secret=secret,
+        webhook_backoff_s=0,
+    )
+    with Receiver(statuses=[500]) as receiver:
+        job_id = _job(migrated_sqlite_url, receiver.url)
+        assert webhooks.deliver(job_id, "flagged", 1, settings) is not None
+        assert webhooks.deliver(job_id, "flagged", 2, settings) is None
+    verifier = Webhook(webhooks.receiver_secret(secret))
+    ids = set()
+    for headers, body in receiver.requests:
+        assert verifier.verify(body, headers)["event"] == "flagged"
+        assert headers["webhook-signature"].startswith("v1,")
+        ids.add(headers["webhook-id"])
+        with pytest.raises(WebhookVerificationError):
+            verifier.verify(body + b" ", headers)
+        with pytest.raises(WebhookVerificationError):
+            Webhook("whsec_" + base64.b64encode(b"another secret of 24 bytes").decode()).verify(body, headers)
+        with pytest.raises(WebhookVerificationError):
+            verifier.verify(body, {**headers, "webhook-id": f"{uuid.uuid4()}:flagged"})
+        # the deprecated header still verifies for receivers not yet moved
+        assert webhooks.verify_signature(secret, body, headers[webhooks.SIGNATURE_HEADER])
+    assert ids == {f"{job_id}:flagged"}  # the same id on every attempt: receivers deduplicate on it
+    assert json.loads(receiver.requests[0][1])["delivery_id"] == f"{job_id}:flagged"
+
+
+def test_the_generated_secret_is_a_whsec_secret(tmp_path) -> None:
+    settings = Settings(home=tmp_path, webhook_secret=None)
+    secret = webhooks.webhook_secret(settings)
+    assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:])) == 32
+    assert webhooks.webhook_secret(settings) == secret  # kept
+    assert webhooks.receiver_secret(secret) == secret
+    body = b'{"event": "completed"}'
+    headers = webhooks.sign_standard(secret, "msg_1", body)
+    assert Webhook(secret).verify(body, headers) == {"event": "completed"}
+    with pytest.raises(ValueError, match="base64"):
+        webhooks.signing_key("whsec_not base64!")
+
+
+def test_tls_checks_the_certificate_and_sends_sni_for_the_name_not_the_address(
+    migrated_sqlite_url, tmp_path, fake_dns, monkeypatch
+) -> None:
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *(
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=hooks.test",
+            ),
+            *("-addext", "subjectAltName=DNS:hooks.test", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the receiver's certificate is the only trusted one
+    fake_dns["hooks.test"] = ["127.0.0.1"]
+    fake_dns["other.test"] = ["127.0.0.1"]
+    server_names: list[str | None] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, name, ctx: server_names.append(name)
+    settings = make_settings(migrated_sqlite_url, tmp_path, webhook_allow="127.0.0.1/32")
+    with Receiver() as receiver:
+        receiver.server.socket = context.wrap_socket(receiver.server.socket, server_side=True)
+        port = receiver.server.server_address[1]
+        good = _job(migrated_sqlite_url, f"https://hooks.test:{port}/hook")
+        assert webhooks.deliver(good, "completed", 1, settings) is None
+        wrong_name = _job(migrated_sqlite_url, f"https://other.test:{port}/hook")  # same address, other name
+        assert webhooks.deliver(wrong_name, "completed", 1, settings) is not None
+    assert server_names == ["hooks.test", "other.test"]
+    assert len(receiver.requests) == 1 and receiver.requests[0][0]["Host"] == f"hooks.test:{port}"
+    assert "certificate" in (_deliveries(migrated_sqlite_url, wrong_name)[0].error or "").lower()
