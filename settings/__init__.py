@@ -108,7 +108,9 @@ class Settings(BaseSettings):
     webhook_connect_timeout_s: float = Field(
         default=2.0, gt=0, description="Longest wait for a receiver's TCP/TLS connection."
     )
-    webhook_backoff_s: float = Field(default=2.0, ge=0, description="First retry delay; doubles per attempt.")
+    webhook_backoff_s: float = Field(
+        default=2.0, ge=0, description="First retry delay; doubles per attempt, each times a random 0.5-1."
+    )
 
     @field_validator("dtype")
     @classmethod

@@ -10,7 +10,7 @@ Targets are checked by `workers.url_guard` at every attempt: the host is resolve
 address is public (or allowed by `webhook_allow`), and the request goes to the checked address (the URL keeps
 its host for the Host header and TLS; no proxy from the environment, no redirects followed). Every attempt,
 refused ones included, is recorded in `webhook_deliveries`; failures are retried with exponential backoff up
-to `webhook_max_attempts`.
+to `webhook_max_attempts` (with jitter).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import secrets
 import time
 import uuid
@@ -219,4 +220,10 @@ def deliver(job_id: uuid.UUID, event: str, attempt: int, settings: Settings) -> 
         if not delivered:
             log.warning("webhook %s for job %s abandoned after %d attempts", event, job_id, attempt)
         return None
-    return settings.webhook_backoff_s * 2 ** (attempt - 1)
+    return backoff_s(attempt, settings)
+
+
+def backoff_s(attempt: int, settings: Settings) -> float:
+    """Delay after failed `attempt`: `webhook_backoff_s` doubled per attempt, times a random 0.5-1 (jitter, so
+    retries of many deliveries that failed together do not arrive together)."""
+    return settings.webhook_backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)

@@ -361,3 +361,11 @@ def test_tls_checks_the_certificate_and_sends_sni_for_the_name_not_the_address(
     assert server_names == ["hooks.test", "other.test"]
     assert len(receiver.requests) == 1 and receiver.requests[0][0]["Host"] == f"hooks.test:{port}"
     assert "certificate" in (_deliveries(migrated_sqlite_url, wrong_name)[0].error or "").lower()
+
+
+def test_retries_back_off_exponentially_with_jitter(tmp_path) -> None:
+    settings = Settings(home=tmp_path, webhook_backoff_s=2.0)
+    for attempt in (1, 2, 3):
+        delays = {webhooks.backoff_s(attempt, settings) for _ in range(50)}
+        assert all(2.0 * 2 ** (attempt - 1) * 0.5 <= d <= 2.0 * 2 ** (attempt - 1) for d in delays)
+        assert len(delays) > 40  # spread, not one value for every delivery
