@@ -278,6 +278,7 @@ def cancel_job(session: Session, job_id: uuid.UUID, tenant: str) -> Job | None:
     if job.status not in TERMINAL_STATUSES:
         job.status = "cancelled"
         job.finished_at = _now()
+        job.claimed_by = None  # a running render sees its claim gone and stops at its next step
     session.flush()
     return get_job(session, job_id, tenant)
 
@@ -419,6 +420,16 @@ def holds(session: Session, claim_: Claim) -> Job | None:
         .with_for_update()
     )
     return job
+
+
+def still_holds(session: Session, claim_: Claim) -> bool:
+    """Whether `claim_` still holds its job, without locking it (a running stage asks this to stop early)."""
+    found = session.scalar(
+        select(Job.id).where(
+            Job.id == claim_.job_id, Job.status == claim_.stage, Job.attempts == claim_.attempt
+        )
+    )
+    return found is not None
 
 
 def move(session: Session, claim_: Claim, status: str, *, error: str | None = None) -> bool:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from emoe.ensemble import load_ensemble as load_ensemble
     from emoe.ensemble import save_ensemble as save_ensemble
     from emoe.generation import Generation as Generation
+    from emoe.generation import GenerationCancelled as GenerationCancelled
     from emoe.generation import generate as generate
     from emoe.scoring import Score as Score
     from emoe.scoring import score as score
@@ -28,6 +29,7 @@ _EXPORTS = {
     "load_ensemble": "emoe.ensemble",
     "save_ensemble": "emoe.ensemble",
     "Generation": "emoe.generation",
+    "GenerationCancelled": "emoe.generation",
     "generate": "emoe.generation",
     "Score": "emoe.scoring",
     "score": "emoe.scoring",

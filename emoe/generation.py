@@ -40,6 +40,13 @@ from emoe.scoring import (
 )
 
 Decide = Callable[[Score], bool]
+StopCheck = Callable[[], bool]
+
+
+class GenerationCancelled(RuntimeError):
+    """`should_stop` said stop before a denoising step: nothing was decoded."""
+
+
 Rollout = Literal["moe", "experts"]
 ROLLOUTS: tuple[Rollout, ...] = ("moe", "experts")
 
@@ -82,11 +89,14 @@ def denoise(
     generators: list[torch.Generator],
     first: int,
     last: int | None = None,
+    should_stop: StopCheck | None = None,
 ) -> torch.Tensor:
     """Steps first..last-1 (default: to the end) for a batch of trajectories (one per scheduler), each its
-    own routing group."""
+    own routing group. `should_stop` is asked before each step; True raises `GenerationCancelled`."""
     g = plan.rows_per_group
     for t in plan.timesteps[first:last]:
+        if should_stop is not None and should_stop():
+            raise GenerationCancelled(f"stopped before timestep {int(t)}")
         x = schedulers[0].scale_model_input(latents.repeat_interleave(g, dim=0), t)
         with routing(
             ensemble.routing, rows_per_group=g, forced_expert=forced, split_layers=plan.split_layers
@@ -110,14 +120,19 @@ def generate(
     mode: Literal["fast", "full"] = "fast",
     decide: Decide | None = None,
     rollout: Rollout = "moe",
+    should_stop: StopCheck | None = None,
 ) -> Generation:
     """Score `prompt` at the first step, ask `decide` (True: continue; None: always), then generate.
 
     `rollout` (full mode): after the first step each path continues through the ordinary MoE ("moe", the
     paper's Algorithm 1) or stays forced to its expert at the split layers ("experts", not the paper).
+    `should_stop` (e.g. "was the job cancelled?") is asked before each later denoising step; True raises
+    `GenerationCancelled`.
     """
     with ensemble.lock:
-        return _generate(prompt, config, ensemble, mode=mode, decide=decide, rollout=rollout)
+        return _generate(
+            prompt, config, ensemble, mode=mode, decide=decide, rollout=rollout, should_stop=should_stop
+        )
 
 
 @torch.no_grad()
@@ -129,6 +144,7 @@ def _generate(
     mode: str,
     decide: Decide | None,
     rollout: Rollout,
+    should_stop: StopCheck | None = None,
 ) -> Generation:
     # 1. check inputs
     if mode not in ("fast", "full"):
@@ -202,7 +218,17 @@ def _generate(
 
     # 7. denoise the rest: each trajectory through the ordinary MoE (Algorithm 1, line 15), or still forced
     later_forced = forced if rollout == "experts" else None
-    latents = denoise(ensemble, plan, latents, encoder_states, later_forced, schedulers, generators, first=1)
+    latents = denoise(
+        ensemble,
+        plan,
+        latents,
+        encoder_states,
+        later_forced,
+        schedulers,
+        generators,
+        first=1,
+        should_stop=should_stop,
+    )
     timings["denoise_ms"] = _ms(t_denoise)
 
     # 8. decode

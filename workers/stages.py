@@ -7,6 +7,7 @@ task never writes a second decision or image.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -186,9 +187,26 @@ def _write_png(image: Any, path: Path) -> tuple[str, int]:
     return hashlib.sha256(data).hexdigest(), len(data)
 
 
+class _ClaimWatch:
+    """`should_stop` for a render: True once the claim no longer holds (the job was cancelled or taken over),
+    asked of the database at most every `every_s`."""
+
+    def __init__(self, url: str, claim: repo.Claim, every_s: float = 0.5) -> None:
+        self.url, self.claim, self.every_s = url, claim, every_s
+        self.checked = time.monotonic()
+
+    def __call__(self) -> bool:
+        if time.monotonic() - self.checked < self.every_s:
+            return False
+        self.checked = time.monotonic()
+        with session_scope(self.url) as session:
+            return not repo.still_holds(session, self.claim)
+
+
 def run_render(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outcome:
-    """Finish an accepted job into its image(s) (1 in fast mode, one per expert in full mode)."""
-    from emoe import generate
+    """Finish an accepted job into its image(s) (1 in fast mode, one per expert path in full mode). A render
+    whose job is cancelled stops at the next denoising step and leaves no files."""
+    from emoe import GenerationCancelled, generate
 
     url = settings.resolved_database_url
     outcome = Outcome()
@@ -203,7 +221,12 @@ def run_render(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outco
     # 2. generate; the decision was taken by the gate, so nothing here halts
     try:
         config = runtime.render_config(params, negative)
-        generation = generate(prompt, config, runtime.ensemble, mode=mode, decide=None)
+        watch = _ClaimWatch(url, c)
+        generation = generate(prompt, config, runtime.ensemble, mode=mode, decide=None, should_stop=watch)
+    except GenerationCancelled:
+        log.info("render of job %s stopped: the job was cancelled or taken over", job_id)
+        outcome.note = "stopped"
+        return outcome
     except ValueError as exc:  # the request itself cannot be rendered (a bad size or setting): no retry helps
         with session_scope(url) as session:
             if repo.move(session, c, "failed", error=f"cannot render: {exc}"):
@@ -227,7 +250,14 @@ def run_render(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outco
     with session_scope(url) as session:
         job = repo.holds(session, c)
         if job is None:
-            return outcome  # cancelled or taken over: the other holder records its own images
+            # cancelled meanwhile: leave no files; taken over: the new holder writes the same paths itself
+            if repo.get_job(session, job_id) is None or repo.get_job(session, job_id).status == "cancelled":
+                for _, path, *_ in written:
+                    path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            outcome.note = "stopped"
+            return outcome
         for index, path, digest, size, width, height in written:
             session.add(
                 Artifact(

@@ -180,3 +180,19 @@ def test_every_scheduler_scores_and_generates(tiny, scheduler: str) -> None:
 def test_steps_a_scheduler_refuses_name_the_field(tiny) -> None:
     with pytest.raises(ValueError, match=r"^ScoreConfig\.steps: PNDMScheduler"):
         score([PROMPT], cfg(tiny, scheduler="pndm", steps=3), tiny)
+
+
+@pytest.mark.parametrize("mode", ["fast", "full"])
+def test_should_stop_ends_the_render_before_the_next_step(tiny, mode: str) -> None:
+    config = default_score_config(tiny).replace(steps=10)
+    asked = []
+
+    def stop_at_the_third_question() -> bool:
+        asked.append(1)
+        return len(asked) == 3
+
+    with pytest.raises(generation.GenerationCancelled):
+        generate("a red circle", config, tiny, mode=mode, should_stop=stop_at_the_third_question)
+    assert len(asked) == 3  # asked before steps 2, 3 and 4; nothing ran or was decoded after the "stop"
+    done = generate("a red circle", config, tiny, mode=mode, should_stop=lambda: False)
+    assert len(done.images) == (1 if mode == "fast" else tiny.num_experts)

@@ -280,3 +280,35 @@ def test_a_job_that_cannot_be_rendered_fails_at_once_with_the_reason(
         job = session.get(Job, job_id)
         assert job.status == "failed" and "cannot render" in job.error and "36" in job.error
     assert counts(migrated_sqlite_url, job_id) == (1, 0)
+
+
+def test_a_cancelled_render_stops_at_its_next_step_and_leaves_no_files(
+    migrated_sqlite_url, tmp_path, tiny_runtime, caplog
+) -> None:
+    import logging
+    import threading
+
+    settings = make_settings(migrated_sqlite_url, tmp_path)
+    low = min(PROMPTS, key=tiny_runtime.expected.get)  # the test policy lets it through to rendering
+    job_id = _queued_job(migrated_sqlite_url, low, mode="full")
+    with session_scope(migrated_sqlite_url) as session:
+        session.get(Job, job_id).params = {"seed": 0, "steps": 400, "guidance": 7.5}
+    assert stages.run_gate(job_id, settings, tiny_runtime).render == [job_id]
+    outcome: list[stages.Outcome] = []
+    render = threading.Thread(
+        target=lambda: outcome.append(stages.run_render(job_id, settings, tiny_runtime))
+    )
+    with caplog.at_level(logging.INFO, logger="workers.stages"):
+        render.start()
+        while True:  # until the render holds its claim
+            with session_scope(migrated_sqlite_url) as session:
+                if session.get(Job, job_id).started_at is not None:
+                    break
+            time.sleep(0.02)
+        with session_scope(migrated_sqlite_url) as session:
+            assert repo.cancel_job(session, job_id, "t").status == "cancelled"
+        render.join(120)
+    assert outcome[0].note == "stopped"
+    assert "stopped: the job was cancelled" in caplog.text  # inside the denoising loop, not after it
+    assert counts(migrated_sqlite_url, job_id) == (1, 0)
+    assert not (settings.resolved_artifacts_dir / str(job_id)).exists()
