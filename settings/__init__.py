@@ -79,6 +79,21 @@ class Settings(BaseSettings):
             "bytes); default: a random one kept in `home`."
         ),
     )
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _known_webhook_secret(cls, value: str | None) -> str | None:
+        import base64
+        import binascii
+
+        if value is not None and value.startswith("whsec_"):
+            try:
+                if not base64.b64decode(value[len("whsec_") :], validate=True):
+                    raise ValueError("empty")
+            except (binascii.Error, ValueError):
+                raise ValueError("EMOE_WEBHOOK_SECRET: after whsec_ must come the key in base64") from None
+        return value
+
     webhook_allow: str = Field(
         default="",
         description=(

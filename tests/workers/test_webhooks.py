@@ -312,6 +312,9 @@ def test_the_generated_secret_is_a_whsec_secret(tmp_path) -> None:
     assert Webhook(secret).verify(body, headers) == {"event": "completed"}
     with pytest.raises(ValueError, match="base64"):
         webhooks.signing_key("whsec_not base64!")
+    for bad in ("whsec_not base64!", "whsec_"):
+        with pytest.raises(ValueError, match="EMOE_WEBHOOK_SECRET"):
+            Settings(webhook_secret=bad)  # refused when the service starts, not at the first delivery
 
 
 def test_tls_checks_the_certificate_and_sends_sni_for_the_name_not_the_address(
