@@ -81,7 +81,11 @@ class JobRequest(Strict):
     height: Side | None = Field(default=None, description="Pixels, a multiple of 8; default: the ensemble's.")
     width: Side | None = Field(default=None, description="Pixels, a multiple of 8; default: the ensemble's.")
     mode: Mode = Field(
-        default="fast", description="fast: one image; full: one per expert; score_only: no image."
+        default="fast",
+        description=(
+            "fast: one image; full: one per expert path, disentangled at the first step only (the paper's "
+            "Algorithm 1); score_only: no image."
+        ),
     )
     callback_url: Annotated[str, Field(max_length=2048), AfterValidator(_http_url)] | None = Field(
         default=None,

@@ -76,7 +76,19 @@ def generate_command(
     ensemble: EnsembleOption = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     steps: Annotated[int | None, typer.Option(help="Sampler steps.")] = None,
-    full: Annotated[bool, typer.Option("--full", help="Full EMoE: one image per expert path.")] = False,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full", help="Full EMoE (Algorithm 1): one image per path, disentangled at the first step only."
+        ),
+    ] = False,
+    rollout: Annotated[
+        str,
+        typer.Option(
+            help="With --full: moe (the paper: later steps through the ordinary MoE) or experts (each path "
+            "stays forced to its expert at every step: each expert's own picture, not the paper)."
+        ),
+    ] = "moe",
     halt_above: Annotated[
         float | None,
         typer.Option(help="Halt (no image) when the score is above this (stand-in for a policy)."),
@@ -89,7 +101,8 @@ def generate_command(
         model = _load(ensemble)
         config = default_score_config(model).replace(seed=seed, **({"steps": steps} if steps else {}))
         decide = None if halt_above is None else (lambda s: s.score <= halt_above)
-        result = generate(prompt, config, model, mode="full" if full else "fast", decide=decide)
+        mode = "full" if full else "fast"
+        result = generate(prompt, config, model, mode=mode, decide=decide, rollout=rollout)  # type: ignore[arg-type]
     except ValueError as exc:
         _fail(str(exc))
         return
