@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
 import uuid
 from contextlib import AbstractContextManager
@@ -12,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from audit import jobs as repo
@@ -33,6 +35,8 @@ from gateway.schemas import (
     Status,
 )
 from workers import url_guard
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=AUTH_RESPONSES)
 
@@ -363,8 +367,12 @@ def get_job(
 
 @router.get(
     "/jobs/{job_id}/images/{index}",
-    response_class=FileResponse,
-    responses={**NOT_FOUND, 200: {"content": {"image/png": {}}, "description": "The PNG image."}},
+    response_class=Response,
+    responses={
+        **NOT_FOUND,
+        200: {"content": {"image/png": {}}, "description": "The PNG image."},
+        409: {"description": "The stored file no longer matches the sha256 recorded for it; not served."},
+    },
     summary="Image `index` of a job (0 for fast mode; 0..M-1 for full mode).",
 )
 def get_image(
@@ -372,17 +380,33 @@ def get_image(
     index: Annotated[int, PathParam(ge=0, le=1024)],
     tenant: ReadTenant,
     session: SessionDep,
-) -> FileResponse:
+    request: Request,
+) -> Response:
+    """Served only from inside the artifacts folder, and only while the file's sha256 is the one recorded."""
     job = _load(session, job_id, tenant)
     artifact = next((a for a in job.artifacts if a.path_index == index), None)
     if artifact is None:
         raise HTTPException(
             status_code=404, detail=f"job {job_id} has no image {index} (status {job.status})"
         )
-    path = Path(artifact.storage_uri.removeprefix("file://"))
-    if not path.is_file():
+    folder = Path(request.app.state.settings.resolved_artifacts_dir).resolve()
+    path = Path(artifact.storage_uri.removeprefix("file://")).resolve()
+    if not path.is_relative_to(folder):
+        log.error("image %d of job %s points outside the artifacts folder: %s", index, job_id, path)
         raise HTTPException(status_code=404, detail=f"image {index} of job {job_id} is no longer stored")
-    return FileResponse(path, media_type="image/png", headers={"X-Content-SHA256": artifact.sha256})
+    try:
+        data = path.read_bytes()
+    except OSError:
+        raise HTTPException(
+            status_code=404, detail=f"image {index} of job {job_id} is no longer stored"
+        ) from None
+    if hashlib.sha256(data).hexdigest() != artifact.sha256:
+        log.error("image %d of job %s does not match its recorded sha256: not served", index, job_id)
+        raise HTTPException(
+            status_code=409,
+            detail=f"image {index} of job {job_id} does not match the sha256 recorded for it: not served",
+        )
+    return Response(data, media_type="image/png", headers={"X-Content-SHA256": artifact.sha256})
 
 
 @router.post(

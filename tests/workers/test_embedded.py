@@ -312,3 +312,27 @@ def test_a_cancelled_render_stops_at_its_next_step_and_leaves_no_files(
     assert "stopped: the job was cancelled" in caplog.text  # inside the denoising loop, not after it
     assert counts(migrated_sqlite_url, job_id) == (1, 0)
     assert not (settings.resolved_artifacts_dir / str(job_id)).exists()
+
+
+def test_images_are_served_only_from_the_artifacts_folder_and_only_unaltered(embedded, tiny_runtime) -> None:
+    from sqlalchemy import update
+
+    client, settings, auth = embedded()
+    low = min(PROMPTS, key=tiny_runtime.expected.get)  # rendered under the test policy
+    job = client.post("/v1/jobs?wait=60", json={"prompt": low, "steps": 2}, headers=auth).json()
+    job = client.get(f"/v1/jobs/{job['id']}?wait=60", headers=auth).json()
+    assert job["status"] == "completed", job
+    url = job["artifacts"][0]["url"]
+    assert client.get(url, headers=auth).status_code == 200
+    path = settings.resolved_artifacts_dir / job["id"] / "0.png"
+    path.write_bytes(path.read_bytes() + b"tampered")  # the file changed after it was recorded
+    refused = client.get(url, headers=auth)
+    assert refused.status_code == 409 and "does not match the sha256" in refused.json()["detail"]
+    with session_scope(settings.resolved_database_url) as session:  # a row edited to point elsewhere
+        session.execute(
+            update(Artifact)
+            .where(Artifact.job_id == uuid.UUID(job["id"]))
+            .values(storage_uri="file:///etc/passwd")
+        )
+    outside = client.get(url, headers=auth)
+    assert outside.status_code == 404 and b"root:" not in outside.content
