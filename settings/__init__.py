@@ -119,6 +119,9 @@ class Settings(BaseSettings):
         return value
 
     webhook_max_attempts: int = Field(default=5, ge=1)
+    webhook_concurrency: int = Field(
+        default=8, ge=1, description="Deliveries in flight per worker (threads of its own hooks consumer)."
+    )
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     webhook_connect_timeout_s: float = Field(
         default=2.0, gt=0, description="Longest wait for a receiver's TCP/TLS connection."

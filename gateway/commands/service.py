@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -98,12 +102,40 @@ def _embedded_worker(settings: Any) -> Any:
     return InProcessWorker(settings, runtime=_load_or_exit(settings))
 
 
+class _HooksConsumer:
+    """The worker's webhook consumer: a child process, restarted if it dies, stopped with the worker."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.command = command
+        self.stopping = threading.Event()
+        self.proc = subprocess.Popen(command)
+        self.watch = threading.Thread(target=self._keep_alive, name="emoe-hooks-watch", daemon=True)
+        self.watch.start()
+
+    def _keep_alive(self) -> None:
+        while not self.stopping.wait(2.0):
+            if self.proc.poll() is not None:
+                typer.echo(f"webhook consumer exited ({self.proc.returncode}); starting it again", err=True)
+                self.proc = subprocess.Popen(self.command)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(30)
+
+
 def worker(
     queues: Annotated[
         str, typer.Option(help="Comma-separated queues: gate, render, hooks.")
     ] = "gate,render,hooks",
     concurrency: Annotated[
-        int, typer.Option(min=1, help="Worker processes (each loads the model once).")
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes (each loads the model once). Webhooks run on a consumer of their own "
+            "with EMOE_WEBHOOK_CONCURRENCY threads.",
+        ),
     ] = 1,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
 ) -> None:
@@ -132,25 +164,38 @@ def worker(
         raise typer.Exit(2)
     from workers.celery_app import app
 
+    # webhooks wait on other people's servers: with the model's queues they get a consumer of their own (a
+    # child process with a thread pool, in this process group), so a slow receiver never delays a gate
+    hooks_apart = loads_model and "hooks" in names
+    if hooks_apart:
+        names = [n for n in names if n != "hooks"]
+    pool, processes = ("prefork", concurrency) if loads_model else ("threads", settings.webhook_concurrency)
     # each pool process loads the model after the fork and takes its share of the cores (EMOE_TORCH_THREADS)
     app.conf.emoe_loads_model = loads_model
     app.conf.emoe_concurrency = concurrency
+    hooks = None
     with tempfile.TemporaryDirectory(prefix="emoe-worker-") as folder:
         fatal = Path(folder) / "fatal"
         app.conf.emoe_fatal_path = str(fatal)  # a pool process that cannot load the model writes why here
         try:
+            if hooks_apart:
+                command = [sys.executable, "-m", "gateway.cli", "worker", "--queues", "hooks"]
+                hooks = _HooksConsumer([*command, "--loglevel", loglevel])
             app.worker_main(
                 [
                     "worker",
                     f"--queues={','.join(names)}",
-                    f"--concurrency={concurrency}",
+                    f"--concurrency={processes}",
                     f"--loglevel={loglevel}",
-                    "--pool=prefork",
+                    f"--pool={pool}",
+                    f"--hostname={'hooks' if not loads_model else 'emoe'}@%h",
                     "--without-gossip",
                     "--without-mingle",
                 ]
             )
         finally:
+            if hooks is not None:
+                hooks.stop()
             if fatal.exists():
                 typer.echo(f"error: {fatal.read_text(encoding='utf-8')}", err=True)
                 raise typer.Exit(3)

@@ -166,7 +166,10 @@ class Stack:
         return ids
 
     def jobs(self, ids: list[str]) -> list[dict[str, Any]]:
-        return [httpx.get(f"{self.url}/v1/jobs/{i}", headers=self.auth, timeout=10).json() for i in ids]
+        replies = [httpx.get(f"{self.url}/v1/jobs/{i}", headers=self.auth, timeout=10) for i in ids]
+        for reply in replies:
+            assert reply.status_code == 200, f"{reply.status_code} {reply.text}\n{self.log_tail('gateway')}"
+        return [reply.json() for reply in replies]
 
     def wait_terminal(self, ids: list[str], timeout: float) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Receiver:
-    def __init__(self, statuses: list[int] | None = None, location: str | None = None) -> None:
+    def __init__(
+        self, statuses: list[int] | None = None, location: str | None = None, delay_s: float = 0.0
+    ) -> None:
         self.statuses = list(statuses or [])
+        self.answered = 0  # requests answered so far (a slow receiver answers after `delay_s`)
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.lock = threading.Lock()
         receiver = self
@@ -20,6 +24,10 @@ class Receiver:
                 with receiver.lock:
                     receiver.requests.append(({k: v for k, v in self.headers.items()}, body))
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
+                if delay_s:
+                    time.sleep(delay_s)
+                with receiver.lock:
+                    receiver.answered += 1
                 self.send_response(status)
                 if location is not None:
                     self.send_header("Location", location)

@@ -184,7 +184,9 @@ def test_webhooks_go_through_the_hooks_queue_signed_and_retried(real, tiny_runti
 
 
 def _pool_children(worker: subprocess.Popen) -> list[psutil.Process]:
-    return psutil.Process(worker.pid).children(recursive=False)
+    """The worker's pool processes (not its webhook consumer, a child process of its own)."""
+    children = psutil.Process(worker.pid).children(recursive=False)
+    return [p for p in children if "hooks" not in p.cmdline()]
 
 
 def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes_once(real, tiny_runtime) -> None:
@@ -232,3 +234,29 @@ def test_redis_down_gives_503_and_a_restart_loses_no_job(real) -> None:
     for job in jobs:
         assert job["status"] in ("completed", "halted")
         assert rows(db, job["id"]) == ((1, 1) if job["status"] == "completed" else (1, 0))
+
+
+def test_a_slow_webhook_receiver_does_not_delay_another_tenants_gate(real) -> None:
+    from tests.workers.receiver import Receiver
+
+    client, db = real["client"], real["db"]
+    _, slow_tenant = new_key(db)
+    _, other_tenant = new_key(db)
+    with Receiver(delay_s=8) as slow:  # every delivery to it takes 8 s
+        for prompt in PROMPTS[:2]:
+            body = {"prompt": prompt, "mode": "score_only", "callback_url": slow.url}
+            assert client.post("/v1/jobs", json=body, headers=slow_tenant).status_code == 202
+        deadline = time.monotonic() + 60
+        while not slow.requests:  # a delivery is in flight
+            assert time.monotonic() < deadline, "no webhook was delivered"
+            time.sleep(0.05)
+        body = {"prompt": PROMPTS[2], "mode": "score_only"}
+        job_id = client.post("/v1/jobs", json=body, headers=other_tenant).json()["id"]
+        deadline = time.monotonic() + 60
+        status = ""
+        while status not in TERMINAL_STATUSES:
+            status = client.get(f"/v1/jobs/{job_id}", headers=other_tenant).json()["status"]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # the other tenant's gate finished while the slow receiver still held every delivery
+        assert slow.answered == 0
