@@ -4,6 +4,7 @@ non-finite numbers are refused with a 422 naming the field."""
 from __future__ import annotations
 
 import math
+import unicodedata
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -17,14 +18,20 @@ Action = Literal["continue", "flag", "halt"]
 
 
 def _no_nul(value: str) -> str:
+    """Refuse NUL and other control characters (newline and tab stay); return the text in NFC, the form that
+    is scored, hashed and stored."""
     if "\x00" in value:
         raise ValueError("must not contain NUL bytes")
-    return value
+    bad = next((c for c in value if unicodedata.category(c) == "Cc" and c not in "\n\t"), None)
+    if bad is not None:
+        raise ValueError(f"must not contain control characters (found U+{ord(bad):04X})")
+    return unicodedata.normalize("NFC", value)
 
 
 def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty or whitespace")
+    """Refuse text with nothing visible: only whitespace, zero-width, bidi or other format characters."""
+    if not any(not c.isspace() and unicodedata.category(c) != "Cf" for c in value):
+        raise ValueError("must contain a visible character (not only whitespace or format characters)")
     return value
 
 

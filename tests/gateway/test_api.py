@@ -30,6 +30,11 @@ JSON_ROWS = [
     ("prompt over the limit", {"prompt": "x" * 1001}, "prompt"),
     ("NUL byte in prompt", {"prompt": "a red\x00circle"}, "prompt"),
     ("NUL byte in negative prompt", {**OK, "negative_prompt": "blur\x00"}, "negative_prompt"),
+    ("invisible prompt", {"prompt": "\u200b \u200d\u202e\u2066\ufeff\u3000"}, "prompt"),
+    ("control character in prompt", {"prompt": "a red\x07 circle"}, "prompt"),
+    ("escape sequence in prompt", {"prompt": "a \x1b[2Jred circle"}, "prompt"),
+    ("control character in a label", {**OK, "labels": {"region": "eu\x1b"}}, "labels"),
+    ("control character in negative prompt", {**OK, "negative_prompt": "blur\x7f"}, "negative_prompt"),
     ("missing prompt", {"seed": 1}, "prompt"),
     ("prompt of wrong type", {"prompt": 5}, "prompt"),
     ("steps of wrong type", {**OK, "steps": "5"}, "steps"),
@@ -309,3 +314,24 @@ def test_times_are_utc_and_extreme_filters_are_refused(make_client, module_pg_ur
     assert client.get("/v1/jobs?until=0001-01-01T00:00:00%2B01:00", headers=auth).status_code == 422
     shifted = client.get("/v1/jobs?since=2000-01-01T05:00:00%2B05:00", headers=auth).json()["jobs"]
     assert [j["id"] for j in shifted] == [job["id"]]
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        ("cafe\u0301 on the left", "caf\u00e9 on the left"),  # a combining accent is kept, composed (NFC)
+        ("\U0001f469\u200d\U0001f469\u200d\U0001f467 family", None),  # an emoji ZWJ sequence is kept as is
+        ("\u0645\u0631\u0628\u0639 \u0623\u062d\u0645\u0631\nsecond line\twith a tab", None),  # any script
+    ],
+)
+def test_legitimate_text_is_kept_in_nfc(make_client, module_pg_url, sent: str, stored: str | None) -> None:
+    import hashlib
+
+    client = make_client()
+    _, auth = new_key(module_pg_url)
+    response = client.post("/v1/jobs", json={"prompt": sent}, headers=auth)
+    assert response.status_code == 202, response.text
+    with session_scope(module_pg_url) as session:
+        job = session.get(Job, uuid.UUID(response.json()["id"]))
+        assert job.prompt == (stored or sent)
+        assert job.prompt_sha256 == hashlib.sha256((stored or sent).encode()).hexdigest()  # hashed in NFC
