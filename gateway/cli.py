@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from gateway.commands import audit, model, policy, reference, report, service
+from gateway.commands import audit, model, policy, reference, report, service, webhooks
 
 app = typer.Typer(
     name="emoe-gate",
@@ -23,11 +23,12 @@ groups: dict[str, typer.Typer] = {
     ),
     "keys": typer.Typer(help="Manage per-tenant API keys.", no_args_is_help=True),
     "reference": typer.Typer(help="Build and inspect the reference ensemble.", no_args_is_help=True),
+    "webhooks": typer.Typer(help="Tenants' webhook signing secrets.", no_args_is_help=True),
 }
 for _name, _group in groups.items():
     app.add_typer(_group, name=_name)
 
-for _area in (model, policy, audit, service, report, reference):
+for _area in (model, policy, audit, service, report, reference, webhooks):
     _area.register(app, groups)
 
 

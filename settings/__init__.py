@@ -75,12 +75,16 @@ class Settings(BaseSettings):
     webhook_secret: str | None = Field(
         default=None,
         description=(
-            "Standard Webhooks signing secret, `whsec_<base64 key>` (any other string is used as the key's "
-            "bytes); default: a random one kept in `home`."
+            "The operator's webhook secret, `whsec_<base64 key>` (any other string is used as the key's "
+            "bytes): each tenant's signing secret is derived from it; default: a random one kept in `home`."
         ),
     )
+    webhook_secret_previous: str | None = Field(
+        default=None,
+        description="The operator's previous webhook secret while rotating: webhooks carry both signatures.",
+    )
 
-    @field_validator("webhook_secret")
+    @field_validator("webhook_secret", "webhook_secret_previous")
     @classmethod
     def _known_webhook_secret(cls, value: str | None) -> str | None:
         import base64

@@ -1,7 +1,14 @@
 """Webhooks signed as Standard Webhooks say (https://www.standardwebhooks.com): `webhook-id` (the same on
 every attempt: `<job id>:<event>`), `webhook-timestamp` (Unix seconds of the attempt) and
 `webhook-signature: v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<body>")>`, where the key is the secret
-`whsec_<base64 key>`; receivers verify with any Standard Webhooks library given `receiver_secret(...)`.
+`whsec_<base64 key>`; receivers verify with any Standard Webhooks library given their tenant's secret.
+
+Each tenant has a secret of its own, so that a tenant that verifies its webhooks cannot forge another's: it is
+derived from the operator's `EMOE_WEBHOOK_SECRET` (`tenant_secret`: HMAC-SHA256 of the tenant's name under the
+operator's key; nothing secret is stored in the database), shown by `emoe-gate webhooks secret --tenant T`.
+Rotating: set the new operator secret in `EMOE_WEBHOOK_SECRET` and the old one in
+`EMOE_WEBHOOK_SECRET_PREVIOUS`; during that overlap every webhook carries both signatures (space-separated, as
+the specification allows), so receivers can move to their new secret before the old one is dropped.
 
 Deprecated: `X-Emoe-Signature: t=<unix time>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>` is still sent, so
 that receivers written against it keep working while they move to a standard verifier; it will be removed.
@@ -58,6 +65,22 @@ def webhook_secret(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+TENANT_CONTEXT = b"emoe-gate webhook secret of tenant v1\x00"
+
+
+def tenant_secret(operator_secret: str, tenant: str) -> str:
+    """The tenant's own `whsec_` secret, derived from the operator's secret (one-way: one tenant's secret
+    tells nothing of another's)."""
+    key = hmac.new(signing_key(operator_secret), TENANT_CONTEXT + tenant.encode(), hashlib.sha256).digest()
+    return SECRET_PREFIX + base64.b64encode(key).decode()
+
+
+def tenant_secrets(settings: Settings, tenant: str) -> list[str]:
+    """The secrets a tenant's webhooks are signed with: the current one and, while rotating, the previous."""
+    operators = [webhook_secret(settings), settings.webhook_secret_previous]
+    return [tenant_secret(s, tenant) for s in operators if s]
+
+
 def new_secret() -> str:
     """A fresh Standard Webhooks secret: `whsec_` and 32 random bytes in base64."""
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
@@ -82,15 +105,16 @@ def receiver_secret(secret: str) -> str:
     return SECRET_PREFIX + base64.b64encode(signing_key(secret)).decode()
 
 
-def sign_standard(secret: str, msg_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
-    """The three Standard Webhooks headers of one attempt."""
+def sign_standard(
+    secret: str | list[str], msg_id: str, body: bytes, timestamp: int | None = None
+) -> dict[str, str]:
+    """The three Standard Webhooks headers of one attempt (one `v1,` signature per secret given)."""
     stamp = int(time.time()) if timestamp is None else timestamp
-    mac = hmac.new(signing_key(secret), f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
-    return {
-        ID_HEADER: msg_id,
-        TIMESTAMP_HEADER: str(stamp),
-        STANDARD_SIGNATURE_HEADER: "v1," + base64.b64encode(mac).decode(),
-    }
+    signatures = []
+    for each in [secret] if isinstance(secret, str) else secret:
+        mac = hmac.new(signing_key(each), f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
+        signatures.append("v1," + base64.b64encode(mac).decode())
+    return {ID_HEADER: msg_id, TIMESTAMP_HEADER: str(stamp), STANDARD_SIGNATURE_HEADER: " ".join(signatures)}
 
 
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
@@ -111,12 +135,13 @@ def verify_signature(secret: str, body: bytes, header: str, *, tolerance_s: floa
     return abs(time.time() - stamp) <= tolerance_s and hmac.compare_digest(expected, parts.get("v1", ""))
 
 
-def payload(job_id: uuid.UUID, event: str, settings: Settings) -> tuple[str | None, bytes]:
-    """(callback URL, JSON body) for a job event; the body is what GET /v1/jobs/{id} would show, in brief."""
+def payload(job_id: uuid.UUID, event: str, settings: Settings) -> tuple[str | None, bytes, str]:
+    """(callback URL, JSON body, tenant) for a job event; the body is what GET /v1/jobs/{id} would show, in
+    brief."""
     with session_scope(settings.resolved_database_url) as session:
         job = repo.get_job(session, job_id)
         if job is None:
-            return None, b""
+            return None, b"", ""
         d = job.decision
         body = {
             "event": event,
@@ -152,7 +177,7 @@ def payload(job_id: uuid.UUID, event: str, settings: Settings) -> tuple[str | No
                 ],
             },
         }
-        return job.callback_url, json.dumps(body, sort_keys=True).encode()
+        return job.callback_url, json.dumps(body, sort_keys=True).encode(), job.tenant
 
 
 def pinned_request(url: str, allow: url_guard.Allow) -> tuple[str, dict[str, str], dict[str, Any]]:
@@ -172,7 +197,7 @@ def deliver(job_id: uuid.UUID, event: str, attempt: int, settings: Settings) -> 
     """POST one signed webhook and record the attempt; returns the delay before a retry, or None when done."""
     import httpx
 
-    url, body = payload(job_id, event, settings)
+    url, body, tenant = payload(job_id, event, settings)
     if url is None:
         return None
     status_code: int | None = None
@@ -181,12 +206,12 @@ def deliver(job_id: uuid.UUID, event: str, attempt: int, settings: Settings) -> 
     msg_id = f"{job_id}:{event}"
     try:
         target, host, extensions = pinned_request(url, url_guard.parse_allow(settings.webhook_allow))
-        secret = webhook_secret(settings)
+        secrets_ = tenant_secrets(settings, tenant)
         headers = {
             **host,
             "Content-Type": "application/json",
-            **sign_standard(secret, msg_id, body),
-            SIGNATURE_HEADER: sign(secret, body),
+            **sign_standard(secrets_, msg_id, body),
+            SIGNATURE_HEADER: sign(secrets_[0], body),
             "X-Emoe-Event": event,
             "X-Emoe-Delivery": msg_id,
             "X-Emoe-Attempt": str(attempt),

@@ -158,7 +158,7 @@ def test_webhooks_go_through_the_hooks_queue_signed_and_retried(real, tiny_runti
 
     from audit.models import WebhookDelivery
     from tests.workers.receiver import Receiver
-    from workers.webhooks import SIGNATURE_HEADER, receiver_secret, verify_signature
+    from workers.webhooks import SIGNATURE_HEADER, tenant_secret, verify_signature
 
     high = max(PROMPTS, key=tiny_runtime.expected.get)  # halted by the test policy
     with Receiver(statuses=[500]) as receiver:
@@ -168,8 +168,11 @@ def test_webhooks_go_through_the_hooks_queue_signed_and_retried(real, tiny_runti
         while len(receiver.requests) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
     assert [json.loads(b)["event"] for _, b in receiver.requests] == ["halted", "halted"]
-    assert all(verify_signature("test-webhook-secret", b, h[SIGNATURE_HEADER]) for h, b in receiver.requests)
-    verifier = Webhook(receiver_secret("test-webhook-secret"))
+    with session_scope(real["db"]) as session:
+        tenant = session.get(Job, uuid.UUID(job["id"])).tenant
+    secret = tenant_secret("test-webhook-secret", tenant)
+    assert all(verify_signature(secret, b, h[SIGNATURE_HEADER]) for h, b in receiver.requests)
+    verifier = Webhook(secret)
     assert all(verifier.verify(b, h)["event"] == "halted" for h, b in receiver.requests)
     with session_scope(real["db"]) as session:
         deliveries = session.scalars(

@@ -23,7 +23,7 @@ from tests.gateway.helpers import make_settings, new_key
 from tests.workers.conftest import PROMPTS
 from tests.workers.receiver import Receiver
 from workers import stages
-from workers.webhooks import SIGNATURE_HEADER, receiver_secret, verify_signature
+from workers.webhooks import SIGNATURE_HEADER, tenant_secret, verify_signature
 
 
 @pytest.fixture
@@ -229,12 +229,15 @@ def test_webhooks_are_signed_retried_and_recorded(embedded, tiny_runtime) -> Non
     events = [(json.loads(body)["job"]["id"], headers["X-Emoe-Event"]) for headers, body in receiver.requests]
     assert events.count((halted["id"], "halted")) == 3  # 500, 503, then 200
     assert events.count((completed["id"], "completed")) == 1
-    verifier = Webhook(receiver_secret("test-webhook-secret"))
+    with session_scope(settings.resolved_database_url) as session:
+        tenant = session.get(Job, uuid.UUID(halted["id"])).tenant
+    secret = tenant_secret("test-webhook-secret", tenant)  # the tenant's own, derived from the operator's
+    verifier = Webhook(secret)
     for headers, body in receiver.requests:
         assert verifier.verify(body, headers)["event"] == headers["X-Emoe-Event"]  # Standard Webhooks
-        assert verify_signature("test-webhook-secret", body, headers[SIGNATURE_HEADER])  # deprecated header
-        assert not verify_signature("another-secret", body, headers[SIGNATURE_HEADER])
-        assert not verify_signature("test-webhook-secret", body + b" ", headers[SIGNATURE_HEADER])
+        assert verify_signature(secret, body, headers[SIGNATURE_HEADER])  # deprecated header
+        assert not verify_signature("test-webhook-secret", body, headers[SIGNATURE_HEADER])
+        assert not verify_signature(secret, body + b" ", headers[SIGNATURE_HEADER])
     with session_scope(settings.resolved_database_url) as session:
         rows = session.scalars(
             select(WebhookDelivery)

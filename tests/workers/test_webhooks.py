@@ -283,7 +283,8 @@ def test_deliveries_verify_with_the_standardwebhooks_package(migrated_sqlite_url
         job_id = _job(migrated_sqlite_url, receiver.url)
         assert webhooks.deliver(job_id, "flagged", 1, settings) is not None
         assert webhooks.deliver(job_id, "flagged", 2, settings) is None
-    verifier = Webhook(webhooks.receiver_secret(secret))
+    tenant_secret = webhooks.tenant_secret(secret, "t")  # the job's tenant's own secret
+    verifier = Webhook(tenant_secret)
     ids = set()
     for headers, body in receiver.requests:
         assert verifier.verify(body, headers)["event"] == "flagged"
@@ -293,10 +294,14 @@ def test_deliveries_verify_with_the_standardwebhooks_package(migrated_sqlite_url
             verifier.verify(body + b" ", headers)
         with pytest.raises(WebhookVerificationError):
             Webhook("whsec_" + base64.b64encode(b"another secret of 24 bytes").decode()).verify(body, headers)
+        with pytest.raises(WebhookVerificationError):  # neither the operator's secret nor another tenant's
+            Webhook(webhooks.receiver_secret(secret)).verify(body, headers)
+        with pytest.raises(WebhookVerificationError):
+            Webhook(webhooks.tenant_secret(secret, "t2")).verify(body, headers)
         with pytest.raises(WebhookVerificationError):
             verifier.verify(body, {**headers, "webhook-id": f"{uuid.uuid4()}:flagged"})
         # the deprecated header still verifies for receivers not yet moved
-        assert webhooks.verify_signature(secret, body, headers[webhooks.SIGNATURE_HEADER])
+        assert webhooks.verify_signature(tenant_secret, body, headers[webhooks.SIGNATURE_HEADER])
     assert ids == {f"{job_id}:flagged"}  # the same id on every attempt: receivers deduplicate on it
     assert json.loads(receiver.requests[0][1])["delivery_id"] == f"{job_id}:flagged"
 
@@ -372,3 +377,43 @@ def test_retries_back_off_exponentially_with_jitter(tmp_path) -> None:
         delays = {webhooks.backoff_s(attempt, settings) for _ in range(50)}
         assert all(2.0 * 2 ** (attempt - 1) * 0.5 <= d <= 2.0 * 2 ** (attempt - 1) for d in delays)
         assert len(delays) > 40  # spread, not one value for every delivery
+
+
+def test_while_rotating_webhooks_carry_both_tenant_signatures(migrated_sqlite_url, tmp_path) -> None:
+    old, new = (f"whsec_{base64.b64encode(bytes([i]) * 32).decode()}" for i in (1, 2))
+    settings = make_settings(
+        migrated_sqlite_url,
+        tmp_path,
+        webhook_allow="127.0.0.1/32",
+        webhook_secret=new,
+        webhook_secret_previous=old,
+    )
+    with Receiver() as receiver:
+        job_id = _job(migrated_sqlite_url, receiver.url)
+        assert webhooks.deliver(job_id, "completed", 1, settings) is None
+    [(headers, body)] = receiver.requests
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    for operator_secret in (old, new):  # a receiver on either secret verifies during the overlap
+        assert (
+            Webhook(webhooks.tenant_secret(operator_secret, "t")).verify(body, headers)["event"]
+            == "completed"
+        )
+    assert webhooks.tenant_secret(new, "t") != webhooks.tenant_secret(new, "t2") != new
+
+
+def test_the_webhooks_secret_command_prints_the_tenants_secret(monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+    from settings import get_settings
+
+    monkeypatch.setenv("EMOE_WEBHOOK_SECRET", "an operator secret for the test")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["webhooks", "secret", "--tenant", "acme"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == webhooks.tenant_secret(
+        "an operator secret for the test", "acme"
+    )
