@@ -452,9 +452,17 @@ def move(session: Session, claim_: Claim, status: str, *, error: str | None = No
     return result.rowcount == 1
 
 
-def record_decision(job: Job, action: str) -> str:
+def record_decision(job: Job, action: str, *, on_flag: str = "release", on_halt: str = "final") -> str:
     """Move a claimed, just-scored job (locked by `holds`) on by the gate's action: halted, completed
-    (score_only) or rendering (its render stage's attempts start from zero). Returns the new status."""
+    (score_only) or rendering (its render stage's attempts start from zero). Returns the new status.
+
+    With the policy's `on_flag="hold"` a flagged job is marked for review (rendered, then `held` by
+    `complete`); with `on_halt="review"` a halted job waits in the review queue. A score_only job has no
+    images to hold and never enters review."""
+    if job.mode != "score_only" and (
+        (action == "flag" and on_flag == "hold") or (action == "halt" and on_halt == "review")
+    ):
+        job.review = "pending"
     if action == "halt":
         job.status = "halted"
     elif job.mode == "score_only":
@@ -470,11 +478,13 @@ def record_decision(job: Job, action: str) -> str:
     return job.status
 
 
-def complete(job: Job) -> None:
-    """Mark a claimed, rendered job (locked by `holds`) completed."""
-    job.status = "completed"
+def complete(job: Job) -> str:
+    """Mark a claimed, rendered job (locked by `holds`) completed, or `held` while it awaits review (a job
+    a reviewer approved before it was rendered completes). Returns the new status."""
+    job.status = "held" if job.review in ("pending", "escalated") else "completed"
     job.finished_at = _now()
     job.claimed_by = None
+    return job.status
 
 
 def release(session: Session, claim_: Claim, error: str) -> bool:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from audit.models import ApiKey
 
-ROLES = ("submit", "read")
+ROLES = ("submit", "read", "review")  # review: reads everything of its tenant and records verdicts
 KEY_PREFIX = "emg_"
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

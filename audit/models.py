@@ -1,4 +1,5 @@
-"""SQLAlchemy 2 models of the audit log: jobs, hash-chained decisions, artifacts, keys, webhooks."""
+"""SQLAlchemy 2 models of the audit log: jobs, hash-chained decisions and review verdicts, artifacts, keys,
+webhooks."""
 
 from __future__ import annotations
 
@@ -35,8 +36,22 @@ NAMING = {
 # An autoincrementing 64-bit id that SQLite also autoincrements (it only does so for INTEGER PRIMARY KEY).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
-JOB_STATUSES = ("queued", "scoring", "rendering", "completed", "halted", "failed", "cancelled")
-TERMINAL_STATUSES = frozenset({"completed", "halted", "failed", "cancelled"})
+JOB_STATUSES = (
+    "queued",
+    "scoring",
+    "rendering",
+    "completed",
+    "held",
+    "rejected",
+    "halted",
+    "failed",
+    "cancelled",
+)
+# `held` and `rejected` are terminal for the workers; a reviewer's verdict may still move them (audit.reviews)
+TERMINAL_STATUSES = frozenset({"completed", "held", "rejected", "halted", "failed", "cancelled"})
+# jobs.review: where a job stands in human review (null: never sent to review)
+REVIEW_STATES = ("pending", "escalated", "approved", "rejected")
+VERDICTS = ("approve", "reject", "escalate")
 ACTIONS = ("continue", "flag", "halt")
 MODES = ("fast", "full", "score_only")
 
@@ -83,6 +98,8 @@ class Job(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     redacted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # human review (policy on_flag: hold / on_halt: review): pending, escalated, approved, rejected
+    review: Mapped[str | None] = mapped_column(String(16), index=True)
 
     decision: Mapped[Decision | None] = relationship(back_populates="job", uselist=False)
     artifacts: Mapped[list[Artifact]] = relationship(back_populates="job", order_by="Artifact.path_index")
@@ -126,6 +143,32 @@ class Decision(Base):
     row_hash: Mapped[str] = mapped_column(String(64), unique=True)
 
     job: Mapped[Job] = relationship(back_populates="decision")
+
+
+class Review(Base):
+    """An append-only, hash-chained reviewer verdict on a job's decision (its own chain, `audit.reviews`).
+
+    The record covers the note's sha256, not its text, so redacting notes keeps the chain valid.
+    """
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id"), index=True)
+    decision_id: Mapped[int] = mapped_column(BigId, ForeignKey("decisions.id"))
+    decision_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    verdict: Mapped[str] = mapped_column(String(16))
+    # the job's review state before and after this verdict (an override names what it overturned)
+    previous: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16))
+    override: Mapped[bool] = mapped_column(Boolean, default=False)
+    reviewer: Mapped[str] = mapped_column(String(16))  # the reviewer key's shown prefix
+    note: Mapped[str | None] = mapped_column(Text)  # may be redacted (set to null); its hash stays
+    note_sha256: Mapped[str | None] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64), unique=True)
 
 
 class Artifact(Base):

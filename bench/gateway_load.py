@@ -31,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+TERMINAL = ("completed", "held", "rejected", "halted", "failed", "cancelled")  # job statuses that end a wait
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PROMPTS = [
     row["prompt"] for row in json.loads((ROOT / "workers" / "demo_prompts.json").read_text())["prompts"]
@@ -300,7 +301,7 @@ def main() -> None:
             statuses: list[str] = []
             while True:
                 statuses = [httpx.get(f"{base}/v1/jobs/{i}", headers=headers).json()["status"] for i in ids]
-                if all(s in ("completed", "halted", "failed", "cancelled") for s in statuses):
+                if all(s in TERMINAL for s in statuses):
                     break
                 time.sleep(0.5)
             elapsed = time.perf_counter() - started

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # Other areas' routers plug in here: add the module path of a module with a `router` (fastapi.APIRouter).
 # Their endpoints authenticate with `gateway.auth.require_role("read" | "submit")`, which returns the tenant.
-EXTRA_ROUTER_MODULES: tuple[str, ...] = ("gateway.dashboard",)
+EXTRA_ROUTER_MODULES: tuple[str, ...] = ("gateway.dashboard", "gateway.routers.reviews")
 
 
 def create_app(

@@ -1,8 +1,8 @@
 """API keys: `require_role("read")` / `require_role("submit")` are dependencies returning the tenant.
 
 A key is sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Only its sha256 is
-stored. A `submit` key can also read; a `read` key can only read. Verified keys are
-cached for a few seconds per process.
+stored. A `submit` key can also read; a `read` key can only read; a `review` key can read (held images
+too) and record review verdicts. Verified keys are cached for a few seconds per process.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ AUTH_RESPONSES: dict[int | str, dict] = {
     401: {"description": "Missing or invalid API key."},
     403: {"description": "The API key's role does not allow this."},
 }
-ROLE_GRANTS = {"read": {"read", "submit"}, "submit": {"submit"}}
+ROLE_GRANTS = {"read": {"read", "submit", "review"}, "submit": {"submit"}, "review": {"review"}}
 CACHE_TTL_S = 10.0
 
 _bearer = HTTPBearer(auto_error=False, description="An API key made with `emoe-gate keys create`.")
@@ -106,6 +106,7 @@ def require_role(role: str) -> Callable[..., str]:
         header_key: Annotated[str | None, Security(_header)] = None,
     ) -> str:
         secret, digest = _secret_digest(bearer, header_key)
+        request.state.key_prefix = secret[:12]  # the shown prefix (audit.keys.create_key)
         hit = request.app.state.key_cache.get(digest)
         return _check_role(request, hit or _lookup(request, secret, digest), role)
 
@@ -124,6 +125,7 @@ def require_role_async(role: str) -> Callable[..., Awaitable[str]]:
         header_key: Annotated[str | None, Security(_header)] = None,
     ) -> str:
         secret, digest = _secret_digest(bearer, header_key)
+        request.state.key_prefix = secret[:12]  # the shown prefix (audit.keys.create_key)
         hit = request.app.state.key_cache.get(digest)
         if hit is None:
             hit = await run_in_threadpool(_lookup, request, secret, digest)
@@ -135,3 +137,4 @@ def require_role_async(role: str) -> Callable[..., Awaitable[str]]:
 
 ReadTenant = Annotated[str, Depends(require_role_async("read"))]
 SubmitTenant = Annotated[str, Depends(require_role_async("submit"))]
+ReviewTenant = Annotated[str, Depends(require_role_async("review"))]

@@ -13,8 +13,12 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Mode = Literal["fast", "full", "score_only"]
-Status = Literal["queued", "scoring", "rendering", "completed", "halted", "failed", "cancelled"]
+Status = Literal[
+    "queued", "scoring", "rendering", "completed", "held", "rejected", "halted", "failed", "cancelled"
+]
 Action = Literal["continue", "flag", "halt"]
+ReviewState = Literal["pending", "escalated", "approved", "rejected"]
+Verdict = Literal["approve", "reject", "escalate"]
 
 
 def _no_nul(value: str) -> str:
@@ -96,7 +100,7 @@ class JobRequest(Strict):
     )
     callback_url: Annotated[str, Field(max_length=2048), AfterValidator(_http_url)] | None = Field(
         default=None,
-        description="Receives signed webhooks when the job is halted, flagged, completed or failed.",
+        description="Signed webhooks: halted, flagged, held, review.*, completed or failed.",
     )
     labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=16)] = Field(
         default_factory=dict,
@@ -172,7 +176,13 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     score: ScoreOut | None
     decision: DecisionOut | None
-    flagged: bool = Field(description="True when the policy flagged the job for review (it still completes).")
+    flagged: bool = Field(
+        description="True when the policy flagged the job (under `on_flag: hold` it is held for review)."
+    )
+    review: ReviewState | None = Field(
+        default=None,
+        description="Where the job stands in human review; null when it was never sent to review.",
+    )
     artifacts: list[ArtifactOut]
     links: dict[str, str]
 
@@ -194,6 +204,51 @@ class ScoreResult(BaseModel):
 class ScoreResponse(BaseModel):
     results: list[ScoreResult]
     complete: bool = Field(description="False when some prompts were still waiting for a gate worker.")
+
+
+class ReviewRequest(Strict):
+    """A reviewer's verdict on a held (or, under `on_halt: review`, halted) job."""
+
+    verdict: Verdict = Field(
+        description="approve: release the images (a halted job is rendered); reject: never serve them; "
+        "escalate: keep the job in the queue for someone else."
+    )
+    note: Annotated[Text, Field(max_length=4000)] | None = Field(
+        default=None, description="Why (kept with the verdict; its sha256 is in the review chain)."
+    )
+    override: bool = Field(
+        default=False,
+        description="Change the verdict on a job that was already approved or rejected; needs a note.",
+    )
+
+
+class VerdictOut(BaseModel):
+    id: int
+    verdict: Verdict
+    previous: ReviewState = Field(description="The job's review state before this verdict.")
+    outcome: ReviewState = Field(description="The job's review state after it.")
+    override: bool
+    reviewer: str = Field(description="The shown prefix of the reviewer's API key.")
+    note: str | None = Field(description="Null once redacted.")
+    created_at: datetime
+    row_hash: str = Field(description="This verdict's link in the review chain.")
+
+
+class ReviewedJob(BaseModel):
+    job: JobOut
+    waiting_s: float = Field(description="Seconds since the job was submitted.")
+    verdicts: list[VerdictOut] = Field(description="Earlier verdicts on this job, oldest first.")
+
+
+class ReviewQueue(BaseModel):
+    total: int = Field(description="How many jobs match (the page holds at most `limit`).")
+    oldest_waiting_s: float | None
+    items: list[ReviewedJob]
+
+
+class ReviewResult(BaseModel):
+    job: JobOut
+    verdict: VerdictOut
 
 
 class Problem(BaseModel):

@@ -9,6 +9,8 @@ flag_at: 1.25                   # scores strictly above flag_at are flagged
 halt_at: 2.5                    # scores strictly above halt_at are halted (halt_at >= flag_at)
 languages:                      # optional per-language overrides (either threshold or both)
   de: {flag_at: 1.4, halt_at: 2.8}
+on_flag: hold                   # optional: hold a flagged job's images for human review (default release)
+on_halt: review                 # optional: a reviewer may approve (render) a halted job (default final)
 calibration: {...}              # optional, machine-readable record of how the thresholds were set
 notes: free text
 ```
@@ -29,6 +31,8 @@ from typing import Any
 import yaml
 
 MODES = ("enforce", "shadow")
+ON_FLAG = ("release", "hold")  # the first is the default (what a policy without the key does)
+ON_HALT = ("final", "review")
 TOP_LEVEL_KEYS = (
     "name",
     "version",
@@ -37,6 +41,8 @@ TOP_LEVEL_KEYS = (
     "flag_at",
     "halt_at",
     "languages",
+    "on_flag",
+    "on_halt",
     "calibration",
     "notes",
 )
@@ -68,6 +74,8 @@ class Policy:
     halt_at: float
     mode: str = "enforce"
     languages: Mapping[str, Thresholds] = field(default_factory=dict)
+    on_flag: str = ON_FLAG[0]
+    on_halt: str = ON_HALT[0]
     calibration: Mapping[str, Any] = field(default_factory=dict)
     notes: str = ""
 
@@ -86,6 +94,11 @@ class Policy:
                 lang: {"flag_at": t.flag_at, "halt_at": t.halt_at}
                 for lang, t in sorted(self.languages.items())
             }
+        # written only when not the default, so that a policy without them keeps its hash
+        if self.on_flag != ON_FLAG[0]:
+            data["on_flag"] = self.on_flag
+        if self.on_halt != ON_HALT[0]:
+            data["on_halt"] = self.on_halt
         if self.calibration:
             data["calibration"] = dict(self.calibration)
         if self.notes:
@@ -138,6 +151,12 @@ def _check_order(flag_at: float, halt_at: float, where: str) -> None:
         raise PolicyError(
             f"{where}halt_at: {halt_at!r} is below {where}flag_at {flag_at!r} (halt_at must be >= flag_at)"
         )
+
+
+def _choice(value: Any, key: str, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise PolicyError(f"{key}: must be one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 def _json_safe(value: Any, key: str) -> Any:
@@ -208,6 +227,8 @@ def parse_policy(data: Mapping[str, Any] | str) -> Policy:
         _check_order(lang_flag, lang_halt, where)
         languages[lang] = Thresholds(lang_flag, lang_halt)
 
+    on_flag = _choice(data.get("on_flag", ON_FLAG[0]), "on_flag", ON_FLAG)
+    on_halt = _choice(data.get("on_halt", ON_HALT[0]), "on_halt", ON_HALT)
     calibration = data.get("calibration") or {}
     if not isinstance(calibration, Mapping):
         raise PolicyError("calibration: must be a mapping")
@@ -223,6 +244,8 @@ def parse_policy(data: Mapping[str, Any] | str) -> Policy:
         halt_at=halt_at,
         mode=mode,
         languages=languages,
+        on_flag=on_flag,
+        on_halt=on_halt,
         calibration=_json_safe(calibration, "calibration"),
         notes=notes,
     )

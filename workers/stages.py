@@ -142,7 +142,8 @@ def run_gate(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outcome
                 continue  # cancelled or taken over meanwhile: write nothing
             if job.language is None:
                 job.language = language  # before append_decision, which copies it into the decision row
-            repo.record_decision(job, decision.action)
+            policy = runtime.policy
+            repo.record_decision(job, decision.action, on_flag=policy.on_flag, on_halt=policy.on_halt)
             timings = {
                 **dict(getattr(score, "timings_ms", {}) or {}),
                 "gate_batch_ms": gate_s * 1000,
@@ -270,8 +271,7 @@ def run_render(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outco
                     height=height,
                 )
             )
-        repo.complete(job)
-        _hook(job, "completed", outcome)
+        _hook(job, repo.complete(job), outcome)  # completed, or held for review
     return outcome
 
 

@@ -76,20 +76,24 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
-        """Walk the hash chain; exit 1 naming the first bad row (altered, deleted or inserted rows)."""
+        """Walk the hash chains (decisions, then review verdicts); exit 1 naming the first bad row (altered,
+        deleted or inserted rows)."""
         from audit.chain import verify_chain
         from audit.db import session_scope
+        from audit.reviews import verify_reviews
 
         if expect_head is not None and len(expect_head) < 8:
             raise _fail(f"--expect-head: give at least 8 hex digits of a row_hash, got {expect_head!r}")
         url = open_database(db)
         with session_scope(url) as session:
             report = verify_chain(session, expect_head=expect_head)
+            reviews = verify_reviews(session)
         if as_json:
-            typer.echo(json.dumps(report.__dict__))
+            typer.echo(json.dumps({**report.__dict__, "reviews": reviews.__dict__}))
         else:
             typer.echo(str(report), err=not report.ok)
-        if not report.ok:
+            typer.echo(str(reviews), err=not reviews.ok)
+        if not (report.ok and reviews.ok):
             raise typer.Exit(1)
 
     @groups["audit"].command("redact")
@@ -103,20 +107,26 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             bool, typer.Option("--verify/--no-verify", help="Verify the chain afterwards.")
         ] = True,
     ) -> None:
-        """Replace old prompt texts by their hash (kept with language and length); the chain stays valid."""
+        """Replace old prompt texts (and reviewers' notes) by their hash; the chains stay valid."""
         from audit.chain import verify_chain
         from audit.db import session_scope
-        from audit.retention import redact_prompts
+        from audit.retention import redact_notes, redact_prompts
+        from audit.reviews import verify_reviews
 
         if older_than < 0:
             raise _fail(f"--older-than: must be a number of days >= 0, got {older_than}")
         url = open_database(db)
         with session_scope(url) as session:
             count = redact_prompts(session, timedelta(days=older_than))
+            notes = redact_notes(session, timedelta(days=older_than))
         typer.echo(f"redacted the prompts of {count} jobs older than {older_than:g} days")
+        if notes:
+            typer.echo(f"redacted {notes} review notes")
         if check:
             with session_scope(url) as session:
                 report = verify_chain(session)
+                reviews = verify_reviews(session)
             typer.echo(str(report), err=not report.ok)
-            if not report.ok:
+            typer.echo(str(reviews), err=not reviews.ok)
+            if not (report.ok and reviews.ok):
                 raise typer.Exit(1)

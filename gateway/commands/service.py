@@ -219,7 +219,9 @@ def _keys_session(db: str | None) -> Iterator[Any]:
 
 def keys_create(
     tenant: Annotated[str, typer.Option(help="Tenant the key belongs to.")],
-    role: Annotated[str, typer.Option(help="submit (submit and read) or read (read only).")] = "submit",
+    role: Annotated[
+        str, typer.Option(help="submit (submit and read), read (read only) or review (read and review).")
+    ] = "submit",
     db: KeysDb = None,
 ) -> None:
     """Make an API key; it is printed once, on the last line, and stored only as its sha256."""
@@ -289,6 +291,7 @@ def demo(
     from audit import jobs as repo
     from audit.db import session_scope
     from audit.language import detect_language
+    from audit.models import TERMINAL_STATUSES
     from workers.embedded import InProcessWorker
 
     console = Console()
@@ -336,7 +339,7 @@ def demo(
         while True:
             with session_scope(settings.resolved_database_url) as session:
                 jobs = repo.get_jobs(session, ids)
-                done = sum(j.status in ("completed", "halted", "failed", "cancelled") for j in jobs)
+                done = sum(j.status in TERMINAL_STATUSES for j in jobs)
             progress.update(bar, completed=done)
             if done == len(ids):
                 break

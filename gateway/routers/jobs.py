@@ -133,6 +133,7 @@ def job_out(job: Job) -> JobOut:
         score=score,
         decision=decision,
         flagged=d is not None and d.action == "flag",
+        review=job.review,
         artifacts=artifacts,
         links=links,
     )
@@ -371,6 +372,7 @@ def get_job(
     responses={
         **NOT_FOUND,
         200: {"content": {"image/png": {}}, "description": "The PNG image."},
+        403: {"description": "The job is held for review or was rejected; only a review key sees it."},
         409: {"description": "The stored file no longer matches the sha256 recorded for it; not served."},
     },
     summary="Image `index` of a job (0 for fast mode; 0..M-1 for full mode).",
@@ -382,8 +384,12 @@ def get_image(
     session: SessionDep,
     request: Request,
 ) -> Response:
-    """Served only from inside the artifacts folder, and only while the file's sha256 is the one recorded."""
+    """Served only from inside the artifacts folder, and only while the file's sha256 is the one recorded;
+    a held or rejected job's images only to review keys."""
     job = _load(session, job_id, tenant)
+    if job.status in ("held", "rejected") and getattr(request.state, "role", None) != "review":
+        why = "awaits human review" if job.status == "held" else "was rejected in human review"
+        raise HTTPException(status_code=403, detail=f"image {index} of job {job_id} {why}: not served")
     artifact = next((a for a in job.artifacts if a.path_index == index), None)
     if artifact is None:
         raise HTTPException(

@@ -16,7 +16,7 @@ from audit import db
 from audit.models import Base
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"jobs", "decisions", "artifacts", "api_keys", "webhook_deliveries", "replay_runs"}
+TABLES = {"jobs", "decisions", "reviews", "artifacts", "api_keys", "webhook_deliveries", "replay_runs"}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -26,7 +26,7 @@ from tests.services import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent / "emoe-gate"
-TERMINAL = {"completed", "halted", "failed", "cancelled"}
+TERMINAL = {"completed", "held", "rejected", "halted", "failed", "cancelled"}
 PROMPTS = [
     "a small red circle on the left",
     "a big blue square in the middle",

@@ -18,10 +18,10 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.e2e]
 def _assert_once_each(stack: Stack, jobs: list[dict]) -> None:
     """Every job ended well, with exactly one decision and, in fast mode, one image if it was rendered."""
     for job in jobs:
-        assert job["status"] in ("completed", "halted"), job
+        assert job["status"] in ("completed", "held", "halted"), job  # the bundled policy holds flags
         decisions, images = decision_and_image_counts(stack.db, job["id"])
         assert decisions == 1, job
-        assert images == (1 if job["status"] == "completed" else 0), job
+        assert images == (0 if job["status"] == "halted" else 1), job
 
 
 def _maps(pid: int) -> str:
@@ -32,7 +32,8 @@ def test_twelve_jobs_reach_terminal_states(stack: Stack) -> None:
     ids = stack.submit(PROMPTS)
     jobs = stack.wait_terminal(ids, timeout=300)
     _assert_once_each(stack, jobs)
-    assert {j["status"] for j in jobs} == {"completed", "halted"}  # the reference policy lets English through
+    # the reference policy lets English through (a flagged job is held for review)
+    assert {"completed", "halted"} <= {j["status"] for j in jobs} <= {"completed", "held", "halted"}
     # the cause of the old hang: the main process must not have loaded torch (its OpenMP pool) before forking
     worker = stack.workers[0]
     assert "libtorch" not in _maps(worker.pid)

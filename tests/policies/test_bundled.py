@@ -14,7 +14,7 @@ from policies import DecisionContext, bundled_policy_path, decide, load_policy
 RECALIBRATE = (
     "emoe-gate calibrate --prompts policies/bundled/calibration_prompts.txt --flag-quantile 0.75 "
     "--halt-quantile 0.95 --name default --version {version} --ensemble default "
-    "--out policies/bundled/default.yaml"
+    "--out policies/bundled/default.yaml --on-flag hold"
 )
 CALIBRATION_PROMPTS = Path(__file__).resolve().parents[2] / "policies" / "bundled" / "calibration_prompts.txt"
 
@@ -30,6 +30,7 @@ def default_ensemble():
 def test_bundled_policy_is_valid() -> None:
     policy = load_policy(bundled_policy_path())
     assert policy.name == "default" and policy.mode == "enforce"
+    assert policy.on_flag == "hold" and load_policy(bundled_policy_path("float16")).on_flag == "hold"
     assert policy.flag_at <= policy.halt_at
     lines = CALIBRATION_PROMPTS.read_text().splitlines()
     prompts = [line for line in lines if line.strip() and not line.startswith("#")]
@@ -117,3 +118,13 @@ def test_calibrate_refuses_too_few_prompts_before_scoring(tmp_path: Path) -> Non
         app, ["calibrate", "--prompts", str(empty), "--out", str(tmp_path / "p.yaml")]
     )
     assert result.exit_code == 2 and "holds no prompts" in result.output
+
+
+def test_calibrate_refuses_an_unknown_on_flag_before_scoring(tmp_path: Path) -> None:
+    from gateway.cli import app
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n" * 30)
+    args = ["calibrate", "--prompts", str(prompts), "--out", str(tmp_path / "p.yaml"), "--on-flag", "block"]
+    result = CliRunner().invoke(app, [*args, "--ensemble", "no-such-ensemble"])
+    assert result.exit_code == 2 and "--on-flag: must be one of release, hold" in result.output

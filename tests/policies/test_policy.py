@@ -37,6 +37,9 @@ def doc(**changes) -> dict:
         (doc(languages={"german": {"flag_at": 1.5}}), "languages", "language code"),
         (doc(languages={False: {"flag_at": 1.5}}), "languages", "quote"),
         (doc(notes=["a"]), "notes", "text"),
+        (doc(on_flag="block"), "on_flag", "release, hold"),
+        (doc(on_flag=True), "on_flag", "release, hold"),
+        (doc(on_halt="retry"), "on_halt", "final, review"),
     ],
 )
 def test_validation_errors_name_the_key(data: dict, key: str, problem: str) -> None:
@@ -102,3 +105,17 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
     path.write_text("- just\n- a list\n")
     with pytest.raises(PolicyError, match="mapping"):
         load_policy(path)
+
+
+def test_on_flag_and_on_halt_default_to_todays_behaviour_and_keep_old_hashes() -> None:
+    old = parse_policy(doc())
+    assert (old.on_flag, old.on_halt) == ("release", "final")
+    assert parse_policy(doc(on_flag="release", on_halt="final")).hash == old.hash  # defaults are not hashed
+    held = parse_policy(
+        "name: default\nversion: '3'\nfingerprint: " + FP + "\nflag_at: 1\nhalt_at: 2\n"
+        "on_flag: hold\non_halt: review\n"
+    )
+    assert (held.on_flag, held.on_halt) == ("hold", "review")
+    assert held.hash != old.hash
+    assert parse_policy(dump_policy(held)) == held
+    assert "on_flag: hold" in dump_policy(held) and "on_flag" not in dump_policy(old)

@@ -1,0 +1,314 @@
+"""Human review on PostgreSQL: held jobs, the review role, the queue, verdicts, overrides and their chain."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from audit import jobs as repo
+from audit.chain import append_decision
+from audit.db import session_scope
+from audit.models import Artifact, Review
+from audit.reviews import verify_reviews
+from policies import DecisionContext, decide, parse_policy
+from tests.audit.factories import FINGERPRINT, FakeScore
+from tests.gateway.helpers import new_key
+
+pytestmark = pytest.mark.postgres
+
+HOLD = parse_policy(
+    {
+        "name": "review",
+        "version": "1",
+        "fingerprint": FINGERPRINT,
+        "flag_at": 1.0,
+        "halt_at": 2.0,
+        "on_flag": "hold",
+        "on_halt": "review",
+    }
+)
+PNG = b"\x89PNG\r\n\x1a\n-not-really-but-served-as-stored"
+
+
+def gated(url: str, tmp_path: Path, tenant: str, score: float, *, language: str = "en", **labels: str):
+    """A job taken through the gate under HOLD (and, unless halted, 'rendered' into one stored image)."""
+    with session_scope(url) as session:
+        job, _ = repo.create_job(
+            session,
+            tenant=tenant,
+            prompt=f"a prompt scored {score}",
+            negative_prompt="",
+            mode="fast",
+            params={},
+            labels=labels,
+            language=language,
+            callback_url=None,
+        )
+        decision = decide(FakeScore(score), DecisionContext(language=language), HOLD)
+        repo.record_decision(job, decision.action, on_flag=HOLD.on_flag, on_halt=HOLD.on_halt)
+        append_decision(session, job, FakeScore(score), decision)
+        if job.status == "rendering":
+            path = tmp_path / "artifacts" / str(job.id) / "0.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(PNG)
+            session.add(
+                Artifact(
+                    job_id=job.id,
+                    path_index=0,
+                    storage_uri=f"file://{path}",
+                    sha256=hashlib.sha256(PNG).hexdigest(),
+                    size_bytes=len(PNG),
+                    width=32,
+                    height=32,
+                )
+            )
+            repo.complete(job)
+        return job.id
+
+
+@pytest.fixture
+def keys(module_pg_url: str) -> dict[str, dict[str, str]]:
+    tenant, submit = new_key(module_pg_url)
+    _, read = new_key(module_pg_url, tenant, "read")
+    _, review = new_key(module_pg_url, tenant, "review")
+    _, other = new_key(module_pg_url, None, "review")
+    return {"tenant": tenant, "submit": submit, "read": read, "review": review, "other": other}
+
+
+def test_a_flagged_job_under_hold_is_held_and_its_image_is_403_except_for_reviewers(
+    make_client, module_pg_url: str, tmp_path: Path, keys
+) -> None:
+    client = make_client()
+    continued = gated(module_pg_url, tmp_path, keys["tenant"], 0.5)
+    held = gated(module_pg_url, tmp_path, keys["tenant"], 1.5)
+    assert client.get(f"/v1/jobs/{continued}", headers=keys["read"]).json()["status"] == "completed"
+    job = client.get(f"/v1/jobs/{held}", headers=keys["read"]).json()
+    assert (job["status"], job["flagged"], job["review"]) == ("held", True, "pending")
+    for role in ("read", "submit"):
+        refused = client.get(f"/v1/jobs/{held}/images/0", headers=keys[role])
+        assert refused.status_code == 403 and "awaits human review" in refused.json()["detail"]
+    assert client.get(f"/v1/jobs/{held}/images/0", headers=keys["review"]).content == PNG
+    assert client.get(f"/v1/jobs/{continued}/images/0", headers=keys["read"]).content == PNG
+    # a review key reads its tenant's jobs, but cannot submit, and sees no other tenant's
+    assert client.get("/v1/jobs", headers=keys["review"]).status_code == 200
+    assert client.post("/v1/jobs", json={"prompt": "x"}, headers=keys["review"]).status_code == 403
+    assert client.get(f"/v1/jobs/{held}", headers=keys["other"]).status_code == 404
+    # and only review keys see the queue
+    assert client.get("/v1/reviews", headers=keys["read"]).status_code == 403
+    metrics = client.get("/metrics").text
+    assert 'emoe_jobs{status="held"}' in metrics
+
+
+def test_the_queue_lists_pending_first_oldest_first_and_filters(
+    make_client, module_pg_url: str, tmp_path: Path, keys
+) -> None:
+    client = make_client()
+    tenant = keys["tenant"]
+    first = gated(module_pg_url, tmp_path, tenant, 1.2, region="eu")
+    second = gated(module_pg_url, tmp_path, tenant, 1.8, language="de")
+    halted = gated(module_pg_url, tmp_path, tenant, 2.5)
+    gated(module_pg_url, tmp_path, tenant, 0.2)  # continued: not in review
+    escalated = client.post(
+        f"/v1/jobs/{first}/review", json={"verdict": "escalate", "note": "unsure"}, headers=keys["review"]
+    )
+    assert escalated.status_code == 200, escalated.text
+    assert escalated.json()["job"]["review"] == "escalated"
+
+    queue = client.get("/v1/reviews", headers=keys["review"]).json()
+    assert [i["job"]["id"] for i in queue["items"]] == [str(second), str(halted), str(first)]
+    assert queue["total"] == 3 and queue["oldest_waiting_s"] >= 0
+    assert [v["verdict"] for v in queue["items"][2]["verdicts"]] == ["escalate"]
+
+    def ids(**params) -> list[str]:
+        response = client.get("/v1/reviews", params=params, headers=keys["review"])
+        assert response.status_code == 200, response.text
+        return [i["job"]["id"] for i in response.json()["items"]]
+
+    assert ids(language="de") == [str(second)]
+    assert ids(min_score=1.5, max_score=2.0) == [str(second)]
+    assert ids(label="region:eu") == [str(first)]
+    assert ids(state="decided") == []
+    bad = client.get("/v1/reviews", params={"min_score": 2, "max_score": 1}, headers=keys["review"])
+    assert bad.status_code == 422 and "max_score" in str(bad.json())
+    assert client.get("/v1/reviews", headers=keys["other"]).json()["total"] == 0
+
+
+def test_approve_serves_the_images_reject_never_and_a_second_verdict_needs_an_override(
+    make_client, module_pg_url: str, tmp_path: Path, keys
+) -> None:
+    client = make_client()
+    approved = gated(module_pg_url, tmp_path, keys["tenant"], 1.5)
+    rejected = gated(module_pg_url, tmp_path, keys["tenant"], 1.6)
+    review = keys["review"]
+
+    result = client.post(f"/v1/jobs/{approved}/review", json={"verdict": "approve"}, headers=review).json()
+    assert (result["job"]["status"], result["job"]["review"]) == ("completed", "approved")
+    assert (
+        result["verdict"]["previous"] == "pending"
+        and result["verdict"]["reviewer"] == review["Authorization"].removeprefix("Bearer ")[:12]
+    )
+    assert client.get(f"/v1/jobs/{approved}/images/0", headers=keys["read"]).content == PNG
+
+    result = client.post(
+        f"/v1/jobs/{rejected}/review", json={"verdict": "reject", "note": "shows a weapon"}, headers=review
+    ).json()
+    assert (result["job"]["status"], result["job"]["review"]) == ("rejected", "rejected")
+    refused = client.get(f"/v1/jobs/{rejected}/images/0", headers=keys["read"])
+    assert refused.status_code == 403 and "rejected" in refused.json()["detail"]
+
+    # a decided job: 409 without an override, 422 for an override without a reason
+    again = client.post(f"/v1/jobs/{rejected}/review", json={"verdict": "approve"}, headers=review)
+    assert again.status_code == 409 and "override" in again.json()["detail"]
+    unexplained = client.post(
+        f"/v1/jobs/{rejected}/review", json={"verdict": "approve", "override": True}, headers=review
+    )
+    assert unexplained.status_code == 422 and "note" in str(unexplained.json())
+    overridden = client.post(
+        f"/v1/jobs/{rejected}/review",
+        json={"verdict": "approve", "override": True, "note": "a toy, on a second look"},
+        headers=review,
+    )
+    assert overridden.status_code == 200, overridden.text
+    assert overridden.json()["verdict"]["override"] is True
+    assert overridden.json()["verdict"]["previous"] == "rejected"
+    assert client.get(f"/v1/jobs/{rejected}/images/0", headers=keys["read"]).content == PNG
+
+    # bad input names the field; jobs not in review, or unknown, are refused
+    bad = client.post(f"/v1/jobs/{approved}/review", json={"verdict": "maybe"}, headers=review)
+    assert bad.status_code == 422 and "verdict" in str(bad.json())
+    plain = gated(module_pg_url, tmp_path, keys["tenant"], 0.1)
+    assert (
+        client.post(f"/v1/jobs/{plain}/review", json={"verdict": "approve"}, headers=review).status_code
+        == 409
+    )
+    missing = client.post(f"/v1/jobs/{uuid.uuid4()}/review", json={"verdict": "approve"}, headers=review)
+    assert missing.status_code == 404
+    other = client.post(f"/v1/jobs/{approved}/review", json={"verdict": "reject"}, headers=keys["other"])
+    assert other.status_code == 404
+    reader = client.post(f"/v1/jobs/{approved}/review", json={"verdict": "reject"}, headers=keys["read"])
+    assert reader.status_code == 403
+
+    with session_scope(module_pg_url) as session:
+        rows = session.scalars(sa.select(Review).where(Review.job_id == rejected).order_by(Review.id)).all()
+        assert [(r.verdict, r.previous, r.outcome, r.override) for r in rows] == [
+            ("reject", "pending", "rejected", False),
+            ("approve", "rejected", "approved", True),
+        ]
+        assert rows[0].note == "shows a weapon"
+        assert rows[0].note_sha256 == hashlib.sha256(b"shows a weapon").hexdigest()
+        assert verify_reviews(session).ok
+
+
+def test_approving_a_halted_job_sends_it_to_render(make_client, module_pg_url: str, tmp_path, keys) -> None:
+    client = make_client()
+    rendered: list[uuid.UUID] = []
+    client.app.state.dispatcher.render = rendered.append
+    halted = gated(module_pg_url, tmp_path, keys["tenant"], 3.0)
+    assert client.get(f"/v1/jobs/{halted}", headers=keys["read"]).json()["review"] == "pending"
+    result = client.post(
+        f"/v1/jobs/{halted}/review",
+        json={"verdict": "approve", "note": "a harmless prompt"},
+        headers=keys["review"],
+    ).json()
+    assert (result["job"]["status"], result["job"]["review"]) == ("rendering", "approved")
+    assert rendered == [halted]
+    # the render stage's completion then completes it (not held: it was approved)
+    with session_scope(module_pg_url) as session:
+        job = repo.get_job(session, halted)
+        assert repo.complete(job) == "completed"
+
+
+def test_two_reviewers_at_once_one_verdict_wins(make_client, module_pg_url: str, tmp_path, keys) -> None:
+    client = make_client()
+    job_id = gated(module_pg_url, tmp_path, keys["tenant"], 1.5)
+    _, second_key = new_key(module_pg_url, keys["tenant"], "review")
+    barrier = threading.Barrier(2)
+    codes: dict[str, int] = {}
+
+    def post(verdict: str, headers: dict[str, str]) -> None:
+        barrier.wait()
+        codes[verdict] = client.post(
+            f"/v1/jobs/{job_id}/review", json={"verdict": verdict}, headers=headers
+        ).status_code
+
+    threads = [
+        threading.Thread(target=post, args=("approve", keys["review"])),
+        threading.Thread(target=post, args=("reject", second_key)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes.values()) == [200, 409], codes
+    with session_scope(module_pg_url) as session:
+        assert session.scalar(sa.select(sa.func.count()).where(Review.job_id == job_id)) == 1
+
+
+def test_the_review_chain_detects_a_changed_note_and_refuses_edits(
+    module_pg_url: str, tmp_path, keys
+) -> None:
+    from audit.reviews import record_verdict
+
+    job_id = gated(module_pg_url, tmp_path, keys["tenant"], 1.5)
+    with session_scope(module_pg_url) as session:
+        record_verdict(session, job_id, keys["tenant"], verdict="reject", reviewer="emg_test", note="no")
+    with session_scope(module_pg_url) as session:
+        assert verify_reviews(session).ok
+    with pytest.raises(sa.exc.DBAPIError, match="append-only"), session_scope(module_pg_url) as session:
+        session.execute(sa.update(Review).where(Review.job_id == job_id).values(verdict="approve"))
+    with pytest.raises(sa.exc.DBAPIError, match="append-only"), session_scope(module_pg_url) as session:
+        session.execute(sa.delete(Review).where(Review.job_id == job_id))
+    with session_scope(module_pg_url) as session:  # redaction: the note may be nulled, the chain still holds
+        session.execute(sa.update(Review).where(Review.job_id == job_id).values(note=None))
+    with session_scope(module_pg_url) as session:
+        assert verify_reviews(session).ok
+
+
+def test_audit_verify_walks_the_review_chain_and_redact_nulls_old_notes(module_pg_url: str, tmp_path) -> None:
+    """On a database of its own: `audit verify` fails on a changed or removed verdict; `audit redact` nulls
+    old notes and the chain still verifies."""
+    from datetime import timedelta
+
+    from typer.testing import CliRunner
+
+    from audit import db
+    from audit.models import utcnow
+    from audit.retention import redact_notes
+    from audit.reviews import record_verdict
+    from gateway.cli import app
+    from tests.conftest import create_pg_database, drop_pg_database
+
+    url = create_pg_database("emoe_test_reviews")
+    try:
+        db.upgrade(url)
+        ids = [gated(url, tmp_path, "acme", 1.5) for _ in range(3)]
+        with session_scope(url) as session:
+            for job_id in ids:
+                record_verdict(session, job_id, "acme", verdict="reject", reviewer="emg_a", note="unsafe")
+        runner = CliRunner()
+        result = runner.invoke(app, ["audit", "verify", "--db", url])
+        assert result.exit_code == 0 and "review chain intact: 3 verdicts" in result.output, result.output
+
+        with session_scope(url) as session:
+            assert redact_notes(session, timedelta(days=1)) == 0  # recent notes stay
+            assert redact_notes(session, timedelta(0), now=utcnow() + timedelta(seconds=1)) == 3
+            assert verify_reviews(session).ok
+
+        engine = db.make_engine(url)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE reviews DISABLE TRIGGER reviews_no_update_delete")
+            conn.exec_driver_sql(f"UPDATE reviews SET verdict = 'approve' WHERE job_id = '{ids[1]}'")
+        result = runner.invoke(app, ["audit", "verify", "--db", url])
+        assert result.exit_code == 1 and "review chain BROKEN" in result.output and "altered" in result.output
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DELETE FROM reviews WHERE job_id = '{ids[1]}'")
+        result = runner.invoke(app, ["audit", "verify", "--db", url])
+        assert result.exit_code == 1 and "deleted" in result.output
+        engine.dispose()
+    finally:
+        drop_pg_database(url)

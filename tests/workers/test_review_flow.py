@@ -1,0 +1,94 @@
+"""Human review through the real stages (embedded worker, tiny ensemble): a policy with `on_flag: hold` and
+`on_halt: review` holds flagged jobs after rendering, and an approved halted job is rendered."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.gateway.helpers import make_settings, new_key
+from tests.workers.conftest import PROMPTS
+from tests.workers.receiver import Receiver
+
+
+@pytest.fixture
+def held_app(tiny_runtime, tmp_path):
+    """(client, url, submit auth, review auth): an embedded app whose policy holds flags and reviews halts."""
+    from gateway.app import create_app
+    from workers.embedded import InProcessWorker
+    from workers.runtime import Runtime
+
+    policy = dataclasses.replace(tiny_runtime.policy, on_flag="hold", on_halt="review")
+    runtime = Runtime(ensemble=tiny_runtime.ensemble, policy=policy, gate_config=tiny_runtime.gate_config)
+    url = f"sqlite:///{tmp_path / 'emoe.db'}"
+    settings = make_settings(url, tmp_path, webhook_allow="127.0.0.1/32", webhook_backoff_s=0.05)
+    client = TestClient(create_app(settings, dispatcher=InProcessWorker(settings, runtime=runtime)))
+    client.__enter__()
+    tenant, auth = new_key(url)
+    _, review = new_key(url, tenant, "review")
+    yield client, url, auth, review
+    client.__exit__(None, None, None)
+
+
+def _wait(client: TestClient, job_id: str, auth: dict[str, str], status: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}?wait=5", headers=auth).json()
+        if job["status"] == status or time.monotonic() > deadline:
+            return job
+        time.sleep(0.05)
+
+
+def test_flagged_jobs_are_held_and_approved_halts_are_rendered(held_app) -> None:
+    client, _url, auth, review = held_app
+    with Receiver() as receiver:
+        ids = [
+            client.post(
+                "/v1/jobs", json={"prompt": p, "steps": 2, "callback_url": receiver.url}, headers=auth
+            ).json()["id"]
+            for p in PROMPTS[:10]
+        ]
+        jobs = [client.get(f"/v1/jobs/{i}?wait=60", headers=auth).json() for i in ids]
+        by_action: dict[str, list[dict[str, Any]]] = {}
+        for job in jobs:
+            by_action.setdefault(job["decision"]["action"], []).append(job)
+        assert set(by_action) == {"continue", "flag", "halt"}
+        assert {(j["status"], j["review"]) for j in by_action["continue"]} == {("completed", None)}
+        assert {(j["status"], j["review"]) for j in by_action["flag"]} == {("held", "pending")}
+        assert {(j["status"], j["review"]) for j in by_action["halt"]} == {("halted", "pending")}
+        flagged, halted = by_action["flag"][0], by_action["halt"][0]
+        assert client.get(flagged["artifacts"][0]["url"], headers=auth).status_code == 403
+        assert client.get(flagged["artifacts"][0]["url"], headers=review).status_code == 200
+
+        queue = client.get("/v1/reviews", headers=review).json()
+        assert queue["total"] == len(by_action["flag"]) + len(by_action["halt"])
+
+        approved = client.post(
+            f"/v1/jobs/{flagged['id']}/review", json={"verdict": "approve"}, headers=review
+        )
+        assert approved.json()["job"]["status"] == "completed"
+        assert client.get(flagged["artifacts"][0]["url"], headers=auth).status_code == 200
+
+        overturned = client.post(
+            f"/v1/jobs/{halted['id']}/review",
+            json={"verdict": "approve", "note": "benign"},
+            headers=review,
+        )
+        assert overturned.json()["job"]["status"] == "rendering"
+        rendered = _wait(client, halted["id"], auth, "completed")
+        assert rendered["status"] == "completed" and len(rendered["artifacts"]) == 1
+        assert client.get(rendered["artifacts"][0]["url"], headers=auth).status_code == 200
+
+        deadline = time.monotonic() + 20
+        wanted = {(flagged["id"], "held"), (flagged["id"], "review.approved"), (halted["id"], "completed")}
+        while time.monotonic() < deadline:
+            events = {(json.loads(body)["job"]["id"], h["X-Emoe-Event"]) for h, body in receiver.requests}
+            if wanted <= events:
+                break
+            time.sleep(0.1)
+        assert wanted <= events, events
