@@ -312,3 +312,22 @@ def test_audit_verify_walks_the_review_chain_and_redact_nulls_old_notes(module_p
         engine.dispose()
     finally:
         drop_pg_database(url)
+
+
+def test_redaction_keeps_the_prompt_of_a_job_awaiting_review(module_pg_url: str, tmp_path, keys) -> None:
+    from datetime import timedelta
+
+    from audit.models import Job, utcnow
+    from audit.retention import redact_prompts
+    from audit.reviews import record_verdict
+
+    held = gated(module_pg_url, tmp_path, keys["tenant"], 1.5)
+    halted = gated(module_pg_url, tmp_path, keys["tenant"], 2.5)
+    later = utcnow() + timedelta(seconds=1)
+    with session_scope(module_pg_url) as session:
+        redact_prompts(session, timedelta(0), now=later)
+        assert all(session.get(Job, i).prompt for i in (held, halted))  # a reviewer still reads them
+        record_verdict(session, held, keys["tenant"], verdict="reject", reviewer="emg_t")
+    with session_scope(module_pg_url) as session:
+        redact_prompts(session, timedelta(0), now=later)
+        assert session.get(Job, held).prompt is None and session.get(Job, halted).prompt
