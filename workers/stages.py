@@ -252,7 +252,8 @@ def run_render(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outco
         job = repo.holds(session, c)
         if job is None:
             # cancelled meanwhile: leave no files; taken over: the new holder writes the same paths itself
-            if repo.get_job(session, job_id) is None or repo.get_job(session, job_id).status == "cancelled":
+            current = repo.get_job(session, job_id)
+            if current is None or current.status == "cancelled":
                 for _, path, *_ in written:
                     path.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
