@@ -33,8 +33,19 @@ for _area in (model, policy, audit, service, report, reference, webhooks):
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: a bad EMOE_* setting is one line and exit 2, not a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        app()
+    except ValidationError as exc:
+        if exc.title != "Settings":
+            raise
+        for error in exc.errors():
+            message = error["msg"].removeprefix("Value error, ")
+            name = f"EMOE_{'_'.join(str(part) for part in error['loc']).upper()}"
+            typer.echo(f"error: {message if message.startswith(name) else f'{name}: {message}'}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

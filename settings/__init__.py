@@ -8,6 +8,10 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+PLACEHOLDER_SECRETS = frozenset(
+    {"change-me", "changeme", "change_me", "secret", "password", "default", "none"}
+)
+
 
 class Settings(BaseSettings):
     """Runtime configuration, read from `EMOE_*` environment variables (and a `.env` file if present)."""
@@ -90,6 +94,11 @@ class Settings(BaseSettings):
         import base64
         import binascii
 
+        if value is not None and (not value.strip() or value.strip().lower() in PLACEHOLDER_SECRETS):
+            raise ValueError(
+                f"EMOE_WEBHOOK_SECRET: {value!r} is not a secret; make one with "
+                "`emoe-gate webhooks new-secret` (or unset it: one is then generated in EMOE_HOME)"
+            )
         if value is not None and value.startswith("whsec_"):
             try:
                 if not base64.b64decode(value[len("whsec_") :], validate=True):

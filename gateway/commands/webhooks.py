@@ -10,6 +10,13 @@ import typer
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     """Add this area's commands to the CLI."""
 
+    @groups["webhooks"].command("new-secret")
+    def new_secret() -> None:
+        """Print a fresh operator secret (`whsec_` + 32 random bytes) for EMOE_WEBHOOK_SECRET."""
+        from workers.webhooks import new_secret as make
+
+        typer.echo(make())
+
     @groups["webhooks"].command("secret")
     def secret(
         tenant: Annotated[str, typer.Option(help="The tenant whose receiver verifies the webhooks.")],

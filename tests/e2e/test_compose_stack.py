@@ -31,6 +31,12 @@ def compose_worker_environment(folder: Path) -> dict[str, str]:
     dockerfile = (ROOT / "docker" / "worker.Dockerfile").read_text()
     env = dict(re.findall(r"\b(EMOE_[A-Z_]+)=(\S+)", dockerfile))
     env.update({k: _defaults(str(v)) for k, v in _compose()["x-emoe-env"].items()})
+    # what compose requires the operator to set (`${VAR:?...}`), set as the README says
+    required = {k for k, v in env.items() if re.fullmatch(r"\$\{[A-Z_]+:\?[^}]*\}", v)}
+    assert required == {"EMOE_WEBHOOK_SECRET"}
+    from workers.webhooks import new_secret
+
+    env["EMOE_WEBHOOK_SECRET"] = new_secret()
     env = {k: v for k, v in env.items() if k not in LOCAL}
     assert env.pop("EMOE_DEVICE") == "cuda"
     env["EMOE_DEVICE"] = "cpu"

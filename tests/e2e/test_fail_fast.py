@@ -155,3 +155,19 @@ def test_the_embedded_worker_recovers_from_a_long_held_write_lock(tmp_path: Path
     finally:
         gateway.terminate()
         gateway.wait(30)
+
+
+@pytest.mark.parametrize("secret", ["change-me", "", "whsec_not base64!"])
+def test_a_placeholder_or_broken_webhook_secret_is_refused_in_one_line(tmp_path: Path, secret: str) -> None:
+    from tests.conftest import PG_ADMIN_URL
+
+    result = _run(
+        tmp_path,
+        "worker",
+        timeout=60,
+        database_url=PG_ADMIN_URL,
+        broker_url="redis://127.0.0.1:6379/9",
+        webhook_secret=secret,
+    )
+    assert result.returncode == 2
+    assert _one_error_line(result).startswith("error: EMOE_WEBHOOK_SECRET: ")

@@ -3,6 +3,7 @@ parses it without an engine)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -36,13 +37,24 @@ def test_gateway_image_installs_no_torch() -> None:
     assert "--no-deps ." in (DOCKER / "gateway.Dockerfile").read_text()
 
 
-def test_compose_file_validates_with_every_service() -> None:
-    proc = subprocess.run(
+def _compose_config(**env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("EMOE_")}
+    return subprocess.run(
         [_tool("docker-compose"), "-f", str(DOCKER / "compose.yaml"), "config"],
         capture_output=True,
         text=True,
         cwd=DOCKER,
+        env={**base, **env},
     )
+
+
+def test_compose_needs_a_webhook_secret_of_its_own() -> None:
+    proc = _compose_config()  # no default secret to fall back to (it used to be `change-me`)
+    assert proc.returncode != 0 and "EMOE_WEBHOOK_SECRET" in proc.stderr
+
+
+def test_compose_file_validates_with_every_service() -> None:
+    proc = _compose_config(EMOE_WEBHOOK_SECRET="whsec_" + "A" * 43 + "=")
     assert proc.returncode == 0, proc.stderr
     config = yaml.safe_load(proc.stdout)
     services = config["services"]
