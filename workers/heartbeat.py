@@ -38,7 +38,7 @@ def redis_client(settings: Settings) -> Any:
 
 
 def count_ready(client: Any) -> int:
-    return sum(1 for _ in client.scan_iter(match=READY_PREFIX + "*", count=100))
+    return len(live_workers(client))
 
 
 def worker_identity() -> str:
