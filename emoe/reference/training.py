@@ -10,6 +10,7 @@ Order of the build (`build_all`):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -17,7 +18,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -319,6 +320,18 @@ def train_unet(
     return unet
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Fine-tune on one thread: float sums in torch's kernels depend on the thread count, so one count for
+    every expert, in sequence or in parallel jobs, makes the build bit-identical on any machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _expert_job(out: Path, plan: TrainPlan, index: int) -> str:
     """One expert's fine-tuning in a worker process (one thread)."""
     torch.set_num_threads(1)
@@ -483,48 +496,49 @@ def build_all(
         timings["experts_parallel_s"] = time.perf_counter() - t0
         resume = True  # every expert is now on disk
     trainable = parts.moe_parameter_names(base)
-    for k, spec in enumerate(plan.experts):
-        t0 = time.perf_counter()
-        folder = out / "experts" / spec.name
-        done = _phases_done(folder) if resume else 0
-        wanted = 2 if plan.expert_more_steps > 0 else 1
-        if done >= wanted:
-            continue
-        desc = f"4/4 expert {k + 1}/{len(plan.experts)} {spec.name}"
-        if done == 0:
-            expert = UNet2DConditionModel.from_pretrained(out / "base" / "unet")
-            train_unet(
-                expert,
-                corpus,
-                spec.languages,
-                plan.expert_steps,
-                plan,
-                seed=spec.seed,
-                trainable=trainable,
-                desc=desc,
-                show=show,
-                scenes=spec.scenes(),
-            )
-            save_pipeline(folder, expert, vae, text_encoder, tokenizer)
-            _mark_phase(folder, 1)
-        if wanted == 2:
-            expert = UNet2DConditionModel.from_pretrained(folder / "unet")
-            train_unet(
-                expert,
-                corpus,
-                spec.languages,
-                plan.expert_more_steps,
-                plan,
-                seed=spec.seed + 1000,
-                trainable=trainable,
-                desc=f"{desc} (phase 2)",
-                show=show,
-                lr=plan.expert_more_lr,
-                scenes=spec.scenes(),
-            )
-            save_pipeline(folder, expert, vae, text_encoder, tokenizer)
-            _mark_phase(folder, 2)
-        timings[f"expert_{spec.name}_s"] = time.perf_counter() - t0
+    with one_thread():  # as in the parallel jobs: an expert then does not depend on `jobs` or the cores
+        for k, spec in enumerate(plan.experts):
+            t0 = time.perf_counter()
+            folder = out / "experts" / spec.name
+            done = _phases_done(folder) if resume else 0
+            wanted = 2 if plan.expert_more_steps > 0 else 1
+            if done >= wanted:
+                continue
+            desc = f"4/4 expert {k + 1}/{len(plan.experts)} {spec.name}"
+            if done == 0:
+                expert = UNet2DConditionModel.from_pretrained(out / "base" / "unet")
+                train_unet(
+                    expert,
+                    corpus,
+                    spec.languages,
+                    plan.expert_steps,
+                    plan,
+                    seed=spec.seed,
+                    trainable=trainable,
+                    desc=desc,
+                    show=show,
+                    scenes=spec.scenes(),
+                )
+                save_pipeline(folder, expert, vae, text_encoder, tokenizer)
+                _mark_phase(folder, 1)
+            if wanted == 2:
+                expert = UNet2DConditionModel.from_pretrained(folder / "unet")
+                train_unet(
+                    expert,
+                    corpus,
+                    spec.languages,
+                    plan.expert_more_steps,
+                    plan,
+                    seed=spec.seed + 1000,
+                    trainable=trainable,
+                    desc=f"{desc} (phase 2)",
+                    show=show,
+                    lr=plan.expert_more_lr,
+                    scenes=spec.scenes(),
+                )
+                save_pipeline(folder, expert, vae, text_encoder, tokenizer)
+                _mark_phase(folder, 2)
+            timings[f"expert_{spec.name}_s"] = time.perf_counter() - t0
     if stop_after == "experts":
         return {"timings_s": timings}
 
