@@ -78,7 +78,6 @@ def test_knowledge_note() -> None:
 def test_eval_multilingual_command_scores_resumes_and_reports(tmp_path, monkeypatch) -> None:
     from gateway.cli import app
 
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "ml"
     args = ["eval", "multilingual", "--ensemble", "tiny", "--per-language", "1", "--out", str(out),
             "--languages", ",".join(LANGS_20), "--no-progress"]  # fmt: skip

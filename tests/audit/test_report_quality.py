@@ -114,7 +114,6 @@ def test_eval_multilingual_with_quality_model(clip_folder, tmp_path, monkeypatch
 
     from gateway.cli import app
 
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "ml"
     args = ["eval", "multilingual", "--ensemble", "tiny", "--per-language", "1", "--languages", "en,fi,de,ja",
             "--quality-model", str(clip_folder), "--out", str(out), "--no-progress"]  # fmt: skip

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -25,11 +22,9 @@ def tiny_folder(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFa
 @pytest.fixture(scope="session")
 def tiny(tiny_folder: Path):
     """The tiny ensemble, loaded once per session: tests must not change its weights (use `fresh_tiny`)."""
-    import torch
 
     from emoe import load_ensemble
 
-    torch.set_num_threads(1)
     return load_ensemble(tiny_folder)
 
 

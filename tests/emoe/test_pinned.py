@@ -185,11 +185,9 @@ def test_pinned_pixels_default(reference) -> None:
 
 if __name__ == "__main__":  # print the current numbers, to paste above once a move is understood
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    import torch
 
     from emoe import load_ensemble
 
-    torch.set_num_threads(1)
     for spec in ("tiny", "default"):
         print(f"{spec!r}: {current_scores(load_ensemble(spec))},")
     fast_now, full_now = current_slices(load_ensemble("default"))

@@ -15,7 +15,6 @@ from emoe.segmoe_adapter import read_segmoe_yaml
 
 @pytest.fixture(scope="module")
 def smoke_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("reference-smoke")
     build_all(out, TrainPlan.smoke(), show=False)
     return out

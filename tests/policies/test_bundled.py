@@ -3,7 +3,6 @@ changes), and `emoe-gate calibrate` writes policies from reference prompts."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ CALIBRATION_PROMPTS = Path(__file__).resolve().parents[2] / "policies" / "bundle
 
 @pytest.fixture(scope="module")
 def default_ensemble():
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     import emoe
 
     return emoe.load_ensemble("default")
