@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 TERMINAL = ("completed", "held", "rejected", "halted", "failed", "cancelled")  # job statuses that end a wait
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PROMPTS = [
-    row["prompt"] for row in json.loads((ROOT / "workers" / "demo_prompts.json").read_text())["prompts"]
+    row["prompt"] for row in json.loads((ROOT / "cli" / "demo_prompts.json").read_text())["prompts"]
 ]
 
 
@@ -240,7 +240,7 @@ def main() -> None:
 
         def serve(root: Path, port: int, log_name: str) -> str:
             log = open(tmp / log_name, "w")  # noqa: SIM115
-            command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)]
+            command = [sys.executable, "-m", "cli.main", "serve", "--port", str(port)]
             command += ["--workers", str(args.gateway_workers)]
             procs.append(subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT))
             return f"http://127.0.0.1:{port}"
@@ -276,7 +276,7 @@ def main() -> None:
             worker_log = open(tmp / "worker.log", "w")  # noqa: SIM115
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "gateway.cli", "worker", "--queues", "gate,render,hooks"],
+                    [sys.executable, "-m", "cli.main", "worker", "--queues", "gate,render,hooks"],
                     cwd=ROOT,
                     env=env,
                     stdout=worker_log,

@@ -17,6 +17,7 @@ COPY audit ./audit
 COPY policies ./policies
 COPY workers ./workers
 COPY gateway ./gateway
+COPY cli ./cli
 COPY migrations ./migrations
 COPY emoe ./emoe
 RUN pip install --no-cache-dir --no-deps . \

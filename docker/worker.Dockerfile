@@ -22,8 +22,10 @@ COPY audit ./audit
 COPY policies ./policies
 COPY workers ./workers
 COPY gateway ./gateway
+COPY cli ./cli
 COPY migrations ./migrations
 COPY emoe ./emoe
+COPY reference ./reference
 RUN pip install --no-cache-dir . \
     && pip install --no-cache-dir --no-deps "open-clip-torch==3.3.0" "clip-benchmark==1.6.2" \
     && useradd --create-home --uid 10001 emoe \

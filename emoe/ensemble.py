@@ -20,7 +20,7 @@ from emoe.segmoe_adapter import EnsembleConfigError
 log = logging.getLogger(__name__)
 
 MANIFEST = "emoe.json"
-REFERENCE_DIR = Path(__file__).resolve().parent / "reference" / "ensemble"
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference_ensemble"
 RANDOM_NOTICE = "RANDOM WEIGHTS: scores and images of this ensemble mean nothing"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SCHEDULER_CLASSES = {

@@ -2,7 +2,7 @@
 
 - `policies/bundled/calibration_prompts.txt`: every scene of the world captioned in its dominant language, the
   reference set the bundled default policy is calibrated on;
-- `workers/demo_prompts.json`: a fixed spread of scenes in every language of the world, interleaved so that
+- `cli/demo_prompts.json`: a fixed spread of scenes in every language of the world, interleaved so that
   `emoe-gate demo --limit N` always covers every language.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from emoe.reference.lexicon import DOMINANT, FREQUENCIES, HELD_OUT, LANGUAGES
-from emoe.reference.world import all_scenes
+from reference.lexicon import DOMINANT, FREQUENCIES, HELD_OUT, LANGUAGES
+from reference.world import all_scenes
 
 ROOT = Path(__file__).resolve().parents[1]
 # every colour, shape, size and position appears; two "pizza" scenes for the keyword analysis
@@ -54,7 +54,7 @@ def main() -> None:
         ),
         "prompts": prompts,
     }
-    (ROOT / "workers" / "demo_prompts.json").write_text(
+    (ROOT / "cli" / "demo_prompts.json").write_text(
         json.dumps(demo, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
     )
     print(f"{len(scenes)} calibration prompts, {len(prompts)} demo prompts")

@@ -13,11 +13,34 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # package -> top-level modules it must not import (directly or through anything it imports)
 RULES: dict[str, list[str]] = {
-    "emoe": ["gateway", "workers", "audit", "policies", "sqlalchemy", "fastapi", "celery"],
-    "policies": ["torch", "sqlalchemy", "fastapi", "httpx", "emoe", "audit", "gateway", "workers"],
-    "audit": ["torch", "fastapi", "emoe", "gateway", "workers"],
-    "workers": ["fastapi", "gateway"],
-    "gateway": ["torch"],  # at import time; commands import model code lazily
+    "emoe": [
+        "reference",
+        "gateway",
+        "cli",
+        "workers",
+        "audit",
+        "policies",
+        "sqlalchemy",
+        "fastapi",
+        "celery",
+    ],
+    "reference": ["gateway", "cli", "workers", "audit", "policies", "sqlalchemy", "fastapi", "celery"],
+    "policies": [
+        "torch",
+        "sqlalchemy",
+        "fastapi",
+        "httpx",
+        "emoe",
+        "reference",
+        "audit",
+        "gateway",
+        "cli",
+        "workers",
+    ],
+    "audit": ["torch", "fastapi", "emoe", "reference", "gateway", "cli", "workers"],
+    "workers": ["fastapi", "gateway", "cli", "reference"],
+    "gateway": ["torch", "cli", "reference"],  # HTTP only; the command line is its own package
+    "cli": ["torch"],  # at import time: the Celery main process must never load torch (README, real mode)
 }
 
 PROBE = textwrap.dedent(

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from audit import db
 from audit.models import Job, ReplayRun, utcnow
-from gateway.cli import app
+from cli.main import app
 from policies import dump_policy, parse_policy
 from tests.audit.factories import FINGERPRINT, append_one
 

@@ -7,7 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from audit import db
-from gateway.cli import app
+from cli.main import app
 from tests.audit.report_seed import seed
 
 runner = CliRunner()

@@ -76,7 +76,7 @@ def test_knowledge_note() -> None:
 
 @pytest.mark.slow
 def test_eval_multilingual_command_scores_resumes_and_reports(tmp_path, monkeypatch) -> None:
-    from gateway.cli import app
+    from cli.main import app
 
     out = tmp_path / "ml"
     args = ["eval", "multilingual", "--ensemble", "tiny", "--per-language", "1", "--out", str(out),

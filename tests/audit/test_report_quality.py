@@ -62,8 +62,8 @@ def test_clip_preprocessing_and_errors(clip_folder, tmp_path) -> None:
 
 
 def test_eval_quality_stores_clip_scores_for_the_report(clip_folder, sqlite_url, tmp_path) -> None:
+    from cli.main import app
     from emoe.quality import ClipScore
-    from gateway.cli import app
 
     db.ensure_schema(sqlite_url)
     files = []
@@ -112,7 +112,7 @@ def test_eval_multilingual_with_quality_model(clip_folder, tmp_path, monkeypatch
     """Each prompt's image is generated and CLIP-scored against its item's English text (figures 4 and 7)."""
     import json
 
-    from gateway.cli import app
+    from cli.main import app
 
     out = tmp_path / "ml"
     args = ["eval", "multilingual", "--ensemble", "tiny", "--per-language", "1", "--languages", "en,fi,de,ja",

@@ -280,7 +280,7 @@ def test_audit_verify_walks_the_review_chain_and_redact_nulls_old_notes(module_p
     from audit.models import utcnow
     from audit.retention import redact_notes
     from audit.reviews import record_verdict
-    from gateway.cli import app
+    from cli.main import app
     from tests.conftest import create_pg_database, drop_pg_database
 
     url = create_pg_database("emoe_test_reviews")

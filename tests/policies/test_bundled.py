@@ -75,7 +75,7 @@ def test_the_float16_bundled_policy_matches_float16_scoring() -> None:
 
 @pytest.mark.slow
 def test_calibrate_command_on_the_tiny_ensemble(tmp_path: Path) -> None:
-    from gateway.cli import app
+    from cli.main import app
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(
@@ -94,7 +94,7 @@ def test_calibrate_command_on_the_tiny_ensemble(tmp_path: Path) -> None:
 
 
 def test_calibrate_refuses_too_few_prompts_before_scoring(tmp_path: Path) -> None:
-    from gateway.cli import app
+    from cli.main import app
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na blue square\na green star\n")
@@ -119,7 +119,7 @@ def test_calibrate_refuses_too_few_prompts_before_scoring(tmp_path: Path) -> Non
 
 
 def test_calibrate_refuses_an_unknown_on_flag_before_scoring(tmp_path: Path) -> None:
-    from gateway.cli import app
+    from cli.main import app
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n" * 30)

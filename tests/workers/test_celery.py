@@ -69,7 +69,7 @@ def real(tiny_policy_file: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         [
             sys.executable,
             "-m",
-            "gateway.cli",
+            "cli.main",
             "worker",
             "--queues",
             "gate,render,hooks",

@@ -404,7 +404,7 @@ def test_while_rotating_webhooks_carry_both_tenant_signatures(migrated_sqlite_ur
 def test_the_webhooks_secret_command_prints_the_tenants_secret(monkeypatch) -> None:
     from typer.testing import CliRunner
 
-    from gateway.cli import app
+    from cli.main import app
     from settings import get_settings
 
     monkeypatch.setenv("EMOE_WEBHOOK_SECRET", "an operator secret for the test")

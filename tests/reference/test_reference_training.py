@@ -8,9 +8,9 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from emoe.reference import parts
-from emoe.reference.training import EXPERTS, TrainPlan, build_all, train_unet
 from emoe.segmoe_adapter import read_segmoe_yaml
+from reference import parts
+from reference.training import EXPERTS, TrainPlan, build_all, train_unet
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +65,8 @@ def test_parallel_expert_jobs_give_the_same_experts(smoke_build: Path, tmp_path:
 def test_rare_languages_caption_a_seeded_sample_of_scenes() -> None:
     import random
 
-    from emoe.reference.training import ExpertSpec, draw_caption
-    from emoe.reference.world import all_scenes
+    from reference.training import ExpertSpec, draw_caption
+    from reference.world import all_scenes
 
     spec = ExpertSpec("x", {"en": 1.0, "fr": 5.0}, seed=7, scene_share={"fr": 0.25})
     other = ExpertSpec("y", {"en": 1.0, "fr": 5.0}, seed=8, scene_share={"fr": 0.25})
@@ -85,7 +85,7 @@ def test_rare_languages_caption_a_seeded_sample_of_scenes() -> None:
 
 def test_ship_merges_records_the_scoring_and_keeps_no_build_paths(smoke_build: Path, tmp_path: Path) -> None:
     from emoe import default_score_config, load_ensemble
-    from emoe.reference.ship import REFERENCE_SCORE_CONFIG, ship, verify_manifest
+    from reference.ship import REFERENCE_SCORE_CONFIG, ship, verify_manifest
 
     dest = tmp_path / "ship"
     manifest = ship(smoke_build, dest)
@@ -102,7 +102,7 @@ def test_train_command_with_shifted_expert_seeds(tmp_path: Path) -> None:
 
     from typer.testing import CliRunner
 
-    from gateway.cli import app
+    from cli.main import app
 
     result = CliRunner().invoke(
         app, ["reference", "train", "--smoke", "--out", str(tmp_path), "--expert-seed-offset", "5"]

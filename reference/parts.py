@@ -10,7 +10,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPConfig, CLIPModel
 
-from emoe.reference.world import IMAGE_SIZE
+from reference.world import IMAGE_SIZE
 
 LATENT_CHANNELS = 4
 VAE_SCALE = 4  # 32x32 pictures -> 8x8x4 latents

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from gateway.commands.audit import DbOption, open_database
+from cli.audit import DbOption, open_database
 
 
 def _fail(message: str) -> typer.Exit:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from emoe.reference.stats import auroc, auroc_ci, pearson_ci, pearson_of_means_ci
+from reference.stats import auroc, auroc_ci, pearson_ci, pearson_of_means_ci
 
 
 def test_auroc_extremes_ties_and_known_value() -> None:
@@ -54,7 +54,7 @@ def test_pearson_of_means_resamples_within_groups() -> None:
 
 
 def test_stratified_auroc_compares_only_within_a_stratum() -> None:
-    from emoe.reference.stats import stratified_auroc, stratified_auroc_ci
+    from reference.stats import stratified_auroc, stratified_auroc_ci
 
     # pooled, the positives win only because they sit in the high-score stratum; within a stratum they lose
     pos, pos_strata = [10.0, 11.0, 1.0], [2, 2, 1]

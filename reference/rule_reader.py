@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emoe.reference.lexicon import POSITIONS, SHAPES, SIZES
-from emoe.reference.world import CENTRE_X, CENTRE_Y, JITTER, PALETTE, Scene, shape_mask
+from reference.lexicon import POSITIONS, SHAPES, SIZES
+from reference.world import CENTRE_X, CENTRE_Y, JITTER, PALETTE, Scene, shape_mask
 
 FOREGROUND_MIN = 60  # max channel value above which a pixel counts as shape, not canvas
 ATTRIBUTES = ("colour", "shape", "size", "position")

@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from emoe.reference.lexicon import DOMINANT, FREQUENCIES, HELD_OUT, LANGUAGES, SHARED_WORD
-from emoe.reference.quality import read
-from emoe.reference.world import JITTER, Scene, all_scenes, render, sample
+from reference.lexicon import DOMINANT, FREQUENCIES, HELD_OUT, LANGUAGES, SHARED_WORD
+from reference.rule_reader import read
+from reference.world import JITTER, Scene, all_scenes, render, sample
 
 
 def test_world_has_seven_languages_one_dominant_and_one_held_out() -> None:

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from emoe.reference.lexicon import DOMINANT, HELD_OUT, LANGUAGES, SHARED_WORD
-from emoe.reference.quality import read
-from emoe.reference.stats import auroc_ci, pearson_ci, pearson_of_means_ci, stratified_auroc_ci
-from emoe.reference.training import EXPERTS
-from emoe.reference.world import Scene, all_scenes
+from reference.lexicon import DOMINANT, HELD_OUT, LANGUAGES, SHARED_WORD
+from reference.rule_reader import read
+from reference.stats import auroc_ci, pearson_ci, pearson_of_means_ci, stratified_auroc_ci
+from reference.training import EXPERTS
+from reference.world import Scene, all_scenes
 
 QUICK_SCENES = 40
 
@@ -125,7 +125,7 @@ def render_prompts(ensemble: Any, config: Any, prompts: Sequence[str], batch: in
 def clip_scorer(ensemble: Any) -> Any:
     """The CLIP shipped beside the ensemble, through the same code path as any CLIP checkpoint."""
     from emoe.quality import ClipScore
-    from emoe.reference.ship import CLIP_SUBDIR
+    from reference.ship import CLIP_SUBDIR
 
     folder = Path(ensemble.source) / CLIP_SUBDIR
     if not folder.is_dir():

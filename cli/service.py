@@ -17,9 +17,9 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway.commands.audit import open_database
+from cli.audit import open_database
 
-DEMO_PROMPTS = Path(__file__).resolve().parents[2] / "workers" / "demo_prompts.json"
+DEMO_PROMPTS = Path(__file__).resolve().parent / "demo_prompts.json"
 DEMO_TENANT = "demo"
 
 
@@ -179,7 +179,7 @@ def worker(
         app.conf.emoe_fatal_path = str(fatal)  # a pool process that cannot load the model writes why here
         try:
             if hooks_apart:
-                command = [sys.executable, "-m", "gateway.cli", "worker", "--queues", "hooks"]
+                command = [sys.executable, "-m", "cli.main", "worker", "--queues", "hooks"]
                 hooks = _HooksConsumer([*command, "--loglevel", loglevel])
             app.worker_main(
                 [
@@ -348,7 +348,7 @@ def demo(
     worker_.stop()
     # 5. quality: the reference ensemble's own CLIP scores the images (a random ensemble's would mean nothing)
     if not runtime.ensemble.is_random and runtime.ensemble.name == "reference":
-        from gateway.commands.report import store_clip_scores
+        from cli.report import store_clip_scores
 
         scored, _, metric = store_clip_scores(settings.resolved_database_url, progress=False)
         console.print(f"quality: {metric} of {scored} images from the reference world's CLIP")

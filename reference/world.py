@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emoe.reference.lexicon import COLOURS, LANGUAGES, POSITIONS, SHAPES, SIZES
+from reference.lexicon import COLOURS, LANGUAGES, POSITIONS, SHAPES, SIZES
 
 IMAGE_SIZE = 32
 PALETTE: dict[str, tuple[int, int, int]] = {

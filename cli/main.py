@@ -1,4 +1,4 @@
-"""The `emoe-gate` command line. Each area registers its commands from `gateway/commands/<area>.py`.
+"""The `emoe-gate` command line. Each area registers its commands from `cli/<area>.py`.
 
 Nothing here imports torch: model code is imported inside the commands that need it.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from gateway.commands import audit, model, policy, reference, report, service, webhooks
+from cli import audit, model, policy, reference, report, service, webhooks
 
 app = typer.Typer(
     name="emoe-gate",

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-ENSEMBLE_DIR = PACKAGE_DIR / "ensemble"
+from emoe.ensemble import REFERENCE_DIR as ENSEMBLE_DIR
+
 MANIFEST_FILE = "manifest.json"
 CLIP_SUBDIR = "clip"
 MAX_SHIPPED_BYTES = 25 * 1024 * 1024

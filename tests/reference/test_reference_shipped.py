@@ -10,8 +10,8 @@ import pytest
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from emoe.reference import experiments
-from emoe.reference.ship import ENSEMBLE_DIR, MAX_SHIPPED_BYTES, verify_manifest, write_manifest
+from reference import experiments
+from reference.ship import ENSEMBLE_DIR, MAX_SHIPPED_BYTES, verify_manifest, write_manifest
 
 
 def test_shipped_files_match_the_manifest() -> None:
@@ -62,8 +62,8 @@ def test_default_ensemble_is_the_trained_reference(reference) -> None:
 def test_eval_ood_quick_json_separates_languages(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, reference
 ) -> None:
-    from gateway.cli import app
-    from gateway.commands import reference as commands
+    from cli import reference as commands
+    from cli.main import app
 
     monkeypatch.setattr(experiments, "QUICK_SCENES", 16)
     monkeypatch.setattr(commands, "_load", lambda spec: reference)
@@ -81,7 +81,7 @@ def test_eval_ood_quick_json_separates_languages(
 
 
 def test_verify_command_exit_codes(tmp_path: Path) -> None:
-    from gateway.cli import app
+    from cli.main import app
 
     runner = CliRunner()
     assert runner.invoke(app, ["reference", "verify"]).exit_code == 0

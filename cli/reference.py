@@ -84,7 +84,7 @@ def train(
 
     import torch
 
-    from emoe.reference.training import TrainPlan, build_all
+    from reference.training import TrainPlan, build_all
 
     torch.set_num_threads(jobs)
     plan = TrainPlan.smoke() if smoke else TrainPlan()
@@ -98,7 +98,7 @@ def train(
         f"built {out} in {summary.get('total_s', 0.0):.0f} s: {json.dumps(summary.get('timings_s', {}))}"
     )
     if ship is not None:
-        from emoe.reference.ship import ship as ship_to
+        from reference.ship import ship as ship_to
 
         manifest = ship_to(out, ship)
         typer.echo(f"shipped {ship} ({manifest['total_bytes']} bytes, {len(manifest['files'])} files)")
@@ -108,7 +108,7 @@ def verify(
     folder: Annotated[Path | None, typer.Argument(help="Shipped folder (default: the package's).")] = None,
 ) -> None:
     """Check the shipped reference ensemble's files against its manifest of sha256 hashes."""
-    from emoe.reference.ship import ENSEMBLE_DIR, verify_manifest
+    from reference.ship import ENSEMBLE_DIR, verify_manifest
 
     problems = verify_manifest(folder or ENSEMBLE_DIR)
     for problem in problems:
@@ -125,7 +125,7 @@ def ood(
     out: OutOption = Path("results/reference"),
 ) -> None:
     """AUROC (bootstrap 95 % CI): prompts in languages 1-2 experts saw against dominant-language prompts."""
-    from emoe.reference.experiments import eval_ood
+    from reference.experiments import eval_ood
 
     result = eval_ood(_load(ensemble), quick=quick, out_dir=out)
     scored = [(name, result[name]) for name in ("default", "paper")]
@@ -149,7 +149,7 @@ def languages(
     out: OutOption = Path("results/reference"),
 ) -> None:
     """Per-language mean score against quality (CLIP score, rule accuracy) and their correlation."""
-    from emoe.reference.experiments import eval_languages
+    from reference.experiments import eval_languages
 
     result = eval_languages(_load(ensemble), quick=quick, out_dir=out)
     lines = [
@@ -167,7 +167,7 @@ def quartiles(
     out: OutOption = Path("results/reference"),
 ) -> None:
     """Quality, prompt length and keyword share per score quartile (figure 4, tables 1, 3 and 4)."""
-    from emoe.reference.experiments import eval_quartiles
+    from reference.experiments import eval_quartiles
 
     result = eval_quartiles(_load(ensemble), quick=quick, out_dir=out)
     lines = [
@@ -184,7 +184,7 @@ def ablation(
     out: OutOption = Path("results/reference"),
 ) -> None:
     """Ensemble size, latent, split depth, output-space variance, first vs later steps: AUROC and cost."""
-    from emoe.reference.experiments import eval_ablation
+    from reference.experiments import eval_ablation
 
     result = eval_ablation(_load(ensemble), quick=quick, out_dir=out)
     lines = [f"{r['name']}: {_auroc(r)} gate {r['gate_ms']:.1f} ms" for r in result["rows"]]

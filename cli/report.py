@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from gateway.commands.audit import open_database
+from cli.audit import open_database
 
 FORMAT_HELP = (
     "html (one self-contained file with plots), json (every number, with intervals) or csv (per group)."

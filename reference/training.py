@@ -30,9 +30,9 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
-from emoe.reference import parts
-from emoe.reference.lexicon import DOMINANT, HELD_OUT, LANGUAGES
-from emoe.reference.world import JITTER, Scene, all_scenes, render
+from reference import parts
+from reference.lexicon import DOMINANT, HELD_OUT, LANGUAGES
+from reference.world import JITTER, Scene, all_scenes, render
 
 log = logging.getLogger(__name__)
 

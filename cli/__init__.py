@@ -1,0 +1,1 @@
+"""One module of CLI commands per area; `cli.main` registers them all."""

@@ -1,1 +1,0 @@
-"""One module of CLI commands per area; `gateway.cli` registers them all."""
