@@ -464,6 +464,7 @@ class FairnessTable:
     seed: int
     min_group_size: int
     notes: list[str] = field(default_factory=list)
+    parity: dict[str, ParitySummary] = field(default_factory=dict)
 
     def group(self, name: str) -> GroupStats:
         for g in self.groups:
@@ -481,6 +482,7 @@ class FairnessTable:
             "min_group_size": self.min_group_size,
             "notes": list(self.notes),
             "groups": [g.to_dict() for g in self.groups],
+            "parity": {k: v.to_dict() for k, v in self.parity.items()},
         }
 
 
@@ -602,6 +604,8 @@ def group_stats(
                 warnings=r["warnings"],
             )
         )
+    counts = {name: (r["halts"], r["n"]) for name, r in rows.items()}
+    parity_kw = {"confidence": confidence, "n_boot": n_boot, "seed": seed}
     return FairnessTable(
         groups=out,
         reference=reference,
@@ -611,7 +615,94 @@ def group_stats(
         seed=seed,
         min_group_size=min_group_size,
         notes=notes,
+        parity={
+            "halt": demographic_parity(counts, outcome="halt", **parity_kw),
+            "acceptance": demographic_parity(
+                {name: (n - k, n) for name, (k, n) in counts.items()}, outcome="acceptance", **parity_kw
+            ),
+        },
     )
+
+
+# ------------------------------------------------------------------------------------------------------
+# disparity summaries over all groups, and the choice of the reference group
+# ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParitySummary:
+    """Demographic parity of one outcome: the highest group rate minus the lowest (`difference`) and the
+    lowest over the highest (`ratio`), as fairlearn's `demographic_parity_difference`/`_ratio` define them."""
+
+    outcome: str  # "halt" (halted) or "acceptance" (continued or flagged: not halted)
+    difference: Estimate
+    ratio: Estimate
+    highest: str | None
+    lowest: str | None
+    n_groups: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "difference": self.difference.to_dict(),
+            "ratio": self.ratio.to_dict(),
+            "highest": self.highest,
+            "lowest": self.lowest,
+            "n_groups": self.n_groups,
+        }
+
+
+def demographic_parity(
+    counts: Mapping[str, tuple[int, int]],
+    *,
+    outcome: str,
+    confidence: float = 0.95,
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = 0,
+) -> ParitySummary:
+    """Max − min and min / max of the groups' rates k/n (`counts`: group → (k, n)), with intervals.
+
+    The intervals are percentiles of `n_boot` seeded draws in which each group's rate is drawn on its own
+    from Beta(k + ½, n − k + ½) (the Jeffreys interval's distribution): unlike resampling each group's
+    records, a group of 0/n or n/n still varies, so two small groups at 0 % and 100 % do not get [1, 1].
+    """
+    names = sorted(name for name, (_, n) in counts.items() if n > 0)
+    if len(names) < 2:
+        why = "undefined: fewer than 2 groups to compare"
+        none = Estimate(None, None, None, why)
+        return ParitySummary(outcome, none, none, None, None, len(names))
+    k = np.array([counts[name][0] for name in names], dtype=np.int64)
+    n = np.array([counts[name][1] for name in names], dtype=np.int64)
+    rates = k / n
+    hi_i, lo_i = int(np.argmax(rates)), int(np.argmin(rates))
+    draws = _rng(seed, "parity", outcome).beta(k + 0.5, n - k + 0.5, size=(n_boot, len(names)))
+    top, bottom = draws.max(axis=1), draws.min(axis=1)
+    method = "jeffreys draws per group"
+    difference = _draw_estimate(float(rates[hi_i] - rates[lo_i]), top - bottom, confidence, method)
+    if rates[hi_i] == 0:
+        ratio = Estimate(None, None, None, f"undefined: every group's {outcome} rate is 0")
+    else:
+        ratio_draws = bottom / top  # Beta draws are never 0
+        ratio = _draw_estimate(float(rates[lo_i] / rates[hi_i]), ratio_draws, confidence, method)
+    return ParitySummary(outcome, difference, ratio, names[hi_i], names[lo_i], len(names))
+
+
+def choose_reference(
+    sizes: Mapping[str, int], requested: str | None = None, default: str = DEFAULT_REFERENCE
+) -> tuple[str, str | None]:
+    """The reference group and, when it is not the one asked for, a note saying why.
+
+    `requested` is used when it is a group; otherwise `default` when it is one, else the largest group
+    ("unknown" only when nothing else exists). With no groups at all the request stands (nothing to compare).
+    """
+    wanted = requested or default
+    if wanted in sizes or not sizes:
+        return wanted, None
+    if requested is None and default in sizes:
+        return default, None
+    ranked = sorted(sizes, key=lambda g: (g == UNKNOWN_GROUP, -sizes[g], g))
+    chosen = ranked[0]
+    return chosen, f"{wanted!r} is not one of these groups: compared with {chosen!r}, the largest group"
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -356,3 +356,99 @@ def test_every_interval_contains_its_estimate_on_random_records(seed: int) -> No
                 assert est.ci_low <= est.value <= est.ci_high
                 checked += 1
     assert checked > 20
+
+
+# --- demographic parity over all groups (checked against fairlearn) ------------------------------------
+
+
+def _parity_records(seed: int) -> Records:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g, n, p_halt in (("en", 40, 0.1), ("es", 17, 0.4), ("fi", 9, 0.8), ("de", 3, 0.0), ("nl", 1, 1.0)):
+        for _ in range(n):
+            u = rng.random()
+            action = "halt" if u < p_halt else ("flag" if u < p_halt + 0.2 else "continue")
+            rows.append((g, float(rng.random()), action))
+    return recs(rows)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_demographic_parity_equals_fairlearn_exactly(seed: int) -> None:
+    from fairlearn.metrics import demographic_parity_difference, demographic_parity_ratio
+
+    rec = _parity_records(seed)
+    parity = group_stats(rec).parity
+    sensitive = rec.group.astype(str)
+    for outcome, selected in (("halt", rec.action == "halt"), ("acceptance", rec.action != "halt")):
+        y_pred = selected.astype(int)
+        y_true = np.zeros_like(y_pred)  # selection rate does not look at the truth
+        fl_diff = demographic_parity_difference(y_true, y_pred, sensitive_features=sensitive)
+        fl_ratio = demographic_parity_ratio(y_true, y_pred, sensitive_features=sensitive)
+        summary = parity[outcome]
+        assert summary.difference.value == fl_diff
+        assert summary.ratio.value == fl_ratio
+        assert summary.n_groups == 5
+        for est in (summary.difference, summary.ratio):
+            assert est.contains_value and est.ci_low < est.ci_high
+    # nl (1/1 halted, or fi when all 9 of its halted: ties go to the first name) and de (0/3) are the extremes
+    rates = {g.group: g.halt_rate.value for g in group_stats(rec).groups}
+    assert parity["halt"].lowest == "de" and parity["acceptance"].highest == "de"
+    assert parity["halt"].highest == parity["acceptance"].lowest == min(g for g in rates if rates[g] == 1.0)
+
+
+def test_demographic_parity_interval_shrinks_with_n_and_is_seeded() -> None:
+    from audit.fairness import demographic_parity
+
+    small = demographic_parity({"a": (2, 10), "b": (5, 10)}, outcome="halt")
+    large = demographic_parity({"a": (200, 1000), "b": (500, 1000)}, outcome="halt")
+    assert small.difference.value == pytest.approx(0.3) and large.difference.value == pytest.approx(0.3)
+    width = lambda e: e.ci_high - e.ci_low  # noqa: E731
+    assert width(large.difference) < width(small.difference) / 3
+    normal_half = Z * math.sqrt(0.2 * 0.8 / 1000 + 0.5 * 0.5 / 1000)
+    assert large.difference.ci_low == pytest.approx(0.3 - normal_half, abs=0.01)
+    assert demographic_parity({"a": (2, 10), "b": (5, 10)}, outcome="halt") == small
+    assert demographic_parity({"a": (2, 10), "b": (5, 10)}, outcome="halt", seed=1) != small
+
+
+def test_demographic_parity_undefined_cases_say_why() -> None:
+    from audit.fairness import demographic_parity
+
+    one = demographic_parity({"en": (3, 10)}, outcome="halt")
+    assert one.difference.value is None and "fewer than 2 groups" in one.difference.method
+    zero = demographic_parity({"en": (0, 10), "fi": (0, 4)}, outcome="halt")
+    assert zero.difference.value == 0.0
+    assert zero.ratio.value is None and zero.ratio.method == "undefined: every group's halt rate is 0"
+
+
+def test_choose_reference() -> None:
+    from audit.fairness import choose_reference
+
+    sizes = {"en": 5, "fi": 9, "unknown": 20}
+    assert choose_reference(sizes) == ("en", None)
+    assert choose_reference(sizes, "fi") == ("fi", None)
+    assert choose_reference({"eu": 3, "us": 7, "unknown": 50}) == (
+        "us",
+        "'en' is not one of these groups: compared with 'us', the largest group",
+    )
+    assert choose_reference({"eu": 3, "us": 7}, "xx")[0] == "us"
+    assert choose_reference({"unknown": 4})[0] == "unknown"
+    assert choose_reference({}, "fi") == ("fi", None)
+
+
+# --- the interval methods against statsmodels ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("k1", "n1", "k2", "n2"), [(3, 17, 9, 40), (0, 12, 5, 20), (7, 7, 2, 9)])
+def test_rate_intervals_equal_statsmodels(k1: int, n1: int, k2: int, n2: int) -> None:
+    from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
+
+    assert wilson_interval(k1, n1) == pytest.approx(proportion_confint(k1, n1, method="wilson"), abs=1e-12)
+    d = rate_difference(k1, n1, k2, n2)
+    assert (d.ci_low, d.ci_high) == pytest.approx(
+        confint_proportions_2indep(k1, n1, k2, n2, method="newcomb", compare="diff"), abs=1e-12
+    )
+    if 0 < k1 < n1 and 0 < k2 < n2:  # no zero-cell correction: the plain Katz log interval
+        r = rate_ratio(k1, n1, k2, n2)
+        assert (r.ci_low, r.ci_high) == pytest.approx(
+            confint_proportions_2indep(k1, n1, k2, n2, method="log", compare="ratio"), abs=1e-12
+        )
