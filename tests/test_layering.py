@@ -41,6 +41,8 @@ RULES: dict[str, list[str]] = {
     "workers": ["fastapi", "gateway", "cli", "reference"],
     "gateway": ["torch", "cli", "reference"],  # HTTP only; the command line is its own package
     "cli": ["torch"],  # at import time: the Celery main process must never load torch (README, real mode)
+    # the client and the in-process gate's module: httpx and the pure policies; emoe loads on first use
+    "emoe_gate": ["torch", "sqlalchemy", "fastapi", "celery", "gateway", "cli", "workers", "audit"],
 }
 
 PROBE = textwrap.dedent(
