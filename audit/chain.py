@@ -1,11 +1,20 @@
-"""The hash chain over `decisions`: `row_hash = sha256(prev_hash ‖ canonical record)`, one writer at a time.
+"""The hash chains over `decisions` and `artifacts`: `row_hash = sha256(prev_hash ‖ canonical record)`, one
+writer at a time per chain.
 
-The canonical record is sorted-key, compact JSON of every decision column except `id`, `prev_hash` and
-`row_hash`: floats as Python's shortest round-trip repr, the job id as a hyphenated UUID, `created_at` as
-ISO-8601 UTC with microseconds, JSON columns as stored. Both SQLite and PostgreSQL give these values back bit
-for bit, so a chain written on one verifies the same way on the other. It covers the prompt's sha256, not its
-text, so redacting prompts (`audit.retention`) leaves the chain valid; the negative prompt in the scoring
-record is likewise stored as its sha256 only.
+A decision's canonical record is sorted-key, compact JSON of every decision column except `id`, `prev_hash`,
+`row_hash` and `chain_version`: floats as Python's shortest round-trip repr, the job id as a hyphenated UUID,
+`created_at` as ISO-8601 UTC with microseconds, JSON columns as stored. Each row names the format it was
+hashed in (`chain_version`; 1: before labels were covered, 2: with the job's labels), and versions never go
+down along the chain. Verify also checks that each decision's job still has the prompt hash, language and
+labels the decision recorded. An artifact's record covers its job, path index, storage URI, the image's
+sha256, size and dimensions (not its quality score, which is computed later).
+
+Both SQLite and PostgreSQL give these values back bit for bit, so a chain written on one verifies the same way
+on the other. It covers the prompt's sha256, not its text, so redacting prompts (`audit.retention`) leaves the
+chain valid; the negative prompt in the scoring record is likewise stored as its sha256 only.
+
+A chain that lives in one database can be recomputed by whoever can write it: `audit.checkpoint` anchors the
+heads outside it (`verify_chain(at=...)` proves the log still extends a checkpoint).
 
 Appends are serialised so that concurrent writers never fork the chain: on PostgreSQL with a
 transaction-scoped advisory lock (held until the caller commits, so commit soon after appending); on
@@ -26,12 +35,16 @@ from typing import Any
 from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
-from audit.models import ACTIONS, Decision, Job, utcnow
+from audit.models import ACTIONS, Artifact, Decision, Job, utcnow
 
 GENESIS_HASH = "0" * 64
-CHAIN_VERSION = 1
-# pg_advisory_xact_lock key of the decisions chain (ASCII "emoechai").
+# 1: the first format; 2: also covers the job's labels. New rows are written in the newest.
+CHAIN_VERSION = 2
+CHAIN_VERSIONS = (1, 2)
+ARTIFACT_CHAIN_VERSION = 1
+# pg_advisory_xact_lock keys of the decisions chain (ASCII "emoechai") and the artifacts chain ("emoeartf").
 CHAIN_LOCK_KEY = int.from_bytes(b"emoechai", "big") & 0x7FFF_FFFF_FFFF_FFFF
+ARTIFACT_LOCK_KEY = int.from_bytes(b"emoeartf", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 FLOAT_FIELDS = ("score", "eu", "flag_at", "halt_at")
 TEXT_FIELDS = (
@@ -49,6 +62,10 @@ TEXT_FIELDS = (
     "reason",
 )
 JSON_FIELDS = ("scoring", "expert_deviation", "timings")
+# what each chain version adds to the record
+VERSION_FIELDS = {1: (), 2: ("labels",)}
+ARTIFACT_INT_FIELDS = ("path_index", "size_bytes", "width", "height")
+ARTIFACT_TEXT_FIELDS = ("storage_uri", "sha256")
 
 
 class ChainError(ValueError):
@@ -57,7 +74,8 @@ class ChainError(ValueError):
 
 @dataclass(frozen=True)
 class ChainReport:
-    """The outcome of `verify_chain`: ok, how many rows were checked, and the first bad row if any."""
+    """The outcome of `verify_chain` / `verify_artifacts`: ok, how many rows were checked, the head, and the
+    first bad row if any."""
 
     ok: bool
     rows: int
@@ -65,14 +83,18 @@ class ChainReport:
     first_bad_id: int | None = None
     first_bad_job_id: str | None = None
     problem: str | None = None
+    chain: str = "decisions"
 
     def __str__(self) -> str:
+        title, noun = {"decisions": ("audit chain", "decision"), "artifacts": ("artifact chain", "artifact")}[
+            self.chain
+        ]
         if self.ok:
-            return f"audit chain intact: {self.rows} decisions, head {self.head_hash}"
+            return f"{title} intact: {self.rows} {noun}s, head {self.head_hash}"
         if self.first_bad_id is None:
-            return f"audit chain BROKEN: {self.problem} ({self.rows} rows verified, head {self.head_hash})"
+            return f"{title} BROKEN: {self.problem} ({self.rows} rows verified, head {self.head_hash})"
         return (
-            f"audit chain BROKEN at decision id {self.first_bad_id} (job {self.first_bad_job_id}): "
+            f"{title} BROKEN at {noun} id {self.first_bad_id} (job {self.first_bad_job_id}): "
             f"{self.problem} ({self.rows} rows verified before it)"
         )
 
@@ -110,20 +132,28 @@ def _iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical_record(row: Decision | Mapping[str, Any]) -> str:
-    """The exact text the row's hash covers (`row`: a `Decision` or a mapping of its column values)."""
+    """The exact text the row's hash covers, in the row's `chain_version` (`row`: a `Decision` or a mapping
+    of its column values)."""
     get = row.__getattribute__ if isinstance(row, Decision) else row.__getitem__
+    version = get("chain_version")
+    if version not in VERSION_FIELDS:
+        raise ChainError(f"chain_version: {version!r} is not one of {', '.join(map(str, CHAIN_VERSIONS))}")
     record: dict[str, Any] = {
-        "v": CHAIN_VERSION,
+        "v": version,
         "job_id": str(uuid.UUID(str(get("job_id")))),
         "created_at": _iso_utc(get("created_at")),
         "num_experts": int(get("num_experts")),
     }
     for name in FLOAT_FIELDS:
         record[name] = float(get(name))
-    for name in TEXT_FIELDS + JSON_FIELDS:
+    for name in TEXT_FIELDS + JSON_FIELDS + VERSION_FIELDS[version]:
         record[name] = get(name)
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _dumps(record)
 
 
 def row_hash(prev_hash: str, row: Decision | Mapping[str, Any]) -> str:
@@ -153,8 +183,8 @@ def decision_values(
 ) -> dict[str, Any]:
     """The column values of a decision row, chain fields aside.
 
-    `job`: a `Job` (or anything with its id, tenant, prompt_sha256 and language); `score`: an `emoe.Score` or
-    anything with its fields; `decision`: a `policies.Decision`.
+    `job`: a `Job` (or anything with its id, tenant, prompt_sha256, language and labels); `score`: an
+    `emoe.Score` or anything with its fields; `decision`: a `policies.Decision`.
     """
     action = _field(decision, "action")
     if action not in ACTIONS:
@@ -162,10 +192,12 @@ def decision_values(
     if job.id is None:
         raise ChainError("job: has no id yet (flush the session first)")
     return {
+        "chain_version": CHAIN_VERSION,
         "job_id": job.id,
         "tenant": job.tenant,
         "prompt_sha256": job.prompt_sha256,
         "language": job.language,
+        "labels": _plain_json(dict(job.labels or {}), "labels"),
         "score": _finite(_field(score, "score"), "score"),
         "eu": _finite(_field(score, "eu"), "eu"),
         "num_experts": int(_field(score, "num_experts")),
@@ -258,6 +290,7 @@ def append_decisions(session: Session, values: Sequence[dict[str, Any]]) -> str:
 
 
 _COPY_COLUMNS = [c.name for c in Decision.__table__.columns if c.name != "id"]
+_JSON_COLUMNS = frozenset((*JSON_FIELDS, "labels"))
 
 
 def _copy_rows(session: Session, rows: list[dict[str, Any]]) -> None:
@@ -270,48 +303,179 @@ def _copy_rows(session: Session, rows: list[dict[str, Any]]) -> None:
     columns = ", ".join(_COPY_COLUMNS)
     with cursor.copy(f"COPY decisions ({columns}) FROM STDIN") as copy:
         for row in rows:
-            copy.write_row([json.dumps(row[c]) if c in JSON_FIELDS else row[c] for c in _COPY_COLUMNS])
+            copy.write_row([json.dumps(row[c]) if c in _JSON_COLUMNS else row[c] for c in _COPY_COLUMNS])
+
+
+# --- the artifacts' chain -----------------------------------------------------------------------------------
+
+
+def artifact_record(row: Artifact | Mapping[str, Any]) -> str:
+    """The exact text an artifact row's hash covers (`row`: an `Artifact` or a mapping of its columns)."""
+    get = row.__getattribute__ if isinstance(row, Artifact) else row.__getitem__
+    record: dict[str, Any] = {
+        "v": ARTIFACT_CHAIN_VERSION,
+        "job_id": str(uuid.UUID(str(get("job_id")))),
+        "created_at": _iso_utc(get("created_at")),
+    }
+    for name in ARTIFACT_INT_FIELDS:
+        record[name] = int(get(name))
+    for name in ARTIFACT_TEXT_FIELDS:
+        record[name] = get(name)
+    return _dumps(record)
+
+
+def artifact_hash(prev_hash: str, row: Artifact | Mapping[str, Any]) -> str:
+    """sha256(prev_hash ‖ artifact record), hex."""
+    return hashlib.sha256((prev_hash + artifact_record(row)).encode("utf-8")).hexdigest()
+
+
+def artifacts_head(session: Session) -> str:
+    """The row_hash of the newest artifact (the genesis hash when there is none)."""
+    head = session.scalar(select(Artifact.row_hash).order_by(Artifact.id.desc()).limit(1))
+    return head or GENESIS_HASH
+
+
+def append_artifacts(session: Session, rows: Sequence[Artifact]) -> list[Artifact]:
+    """Chain new `Artifact` rows (in order) after the artifacts' head and add them to the session (the caller
+    commits, soon: PostgreSQL holds the chain's lock until then)."""
+    rows = list(rows)
+    if not rows:
+        return rows
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ARTIFACT_LOCK_KEY})
+    session.flush()
+    prev = artifacts_head(session)
+    for row in rows:
+        row.created_at, row.prev_hash = utcnow(), prev
+        row.row_hash = prev = artifact_hash(prev, row)
+    session.add_all(rows)
+    session.flush()
+    return rows
 
 
 # --- verifying ----------------------------------------------------------------------------------------------
 
 
-def verify_chain(session: Session, *, expect_head: str | None = None, batch_size: int = 2000) -> ChainReport:
-    """Walk the decisions in id order and recompute every link; stop at the first bad row.
+@dataclass(frozen=True)
+class Position:
+    """A chain's length and head at some moment (what a checkpoint records)."""
 
-    A chain cut off at its end still links up; `expect_head` (a row_hash recorded earlier, or a prefix of one
-    of at least 8 hex digits) catches that: the report fails unless some row still has that hash.
-    """
-    if expect_head is not None and len(expect_head) < 8:
-        raise ValueError(f"expect_head: give at least 8 hex digits of a row_hash, got {expect_head!r}")
-    prev = GENESIS_HASH
-    rows = 0
+    rows: int
+    head: str
+
+
+def _walk(
+    rows: Any,
+    chain: str,
+    link: Any,
+    check: Any,
+    *,
+    at: Position | None,
+    expect_head: str | None = None,
+) -> ChainReport:
+    """Recompute every link of `rows` (mappings in id order); stop at the first bad row. `link(prev, row)`
+    is the row's hash, `check(row, state)` a further problem with it (or None). `at`: the row at that count
+    must have that hash (the log still extends a checkpoint); `expect_head`: some row has that hash."""
+    prev, count, state = GENESIS_HASH, 0, {}
     seen_head = expect_head is None
-    # Plain column values straight from the database (no ORM identity map that could hold in-memory copies),
-    # streamed in batches so a long log does not sit in memory.
-    query = select(*Decision.__table__.columns).order_by(Decision.id)
-    result = session.execute(query, execution_options={"yield_per": batch_size, "stream_results": True})
-    for row in result.mappings():
+    for row in rows:
         bad = None
         if row["prev_hash"] != prev:
             bad = (
                 "prev_hash does not match the previous row's row_hash (a row before it was deleted, inserted "
                 "or rewritten)"
-                if rows
+                if count
                 else "the first row's prev_hash is not the genesis hash (earlier rows were deleted)"
             )
         else:
             try:
-                if row["row_hash"] != row_hash(prev, row):
+                if row["row_hash"] != link(prev, row):
                     bad = "row_hash does not match the row's content (altered)"
+                else:
+                    bad = check(row, state)
             except (TypeError, ValueError) as exc:
                 bad = f"row cannot be read canonically: {exc}"
         if bad:
-            return ChainReport(False, rows, prev, row["id"], str(row["job_id"]), bad)
+            return ChainReport(False, count, prev, row["id"], str(row["job_id"]), bad, chain)
         prev = row["row_hash"]
-        rows += 1
+        count += 1
+        if at is not None and count == at.rows and prev != at.head:
+            problem = (
+                f"row {count} has hash {prev}, the checkpoint recorded {at.head} (the log was rewritten up "
+                "to there)"
+            )
+            return ChainReport(False, count, prev, row["id"], str(row["job_id"]), problem, chain)
         seen_head = seen_head or prev.startswith(expect_head)
+    if at is not None and count < at.rows:
+        problem = (
+            f"the checkpoint recorded {at.rows} rows, the log has {count} (rows at the end were deleted)"
+        )
+        return ChainReport(False, count, prev, None, None, problem, chain)
     if not seen_head:
         problem = f"no row has the expected head hash {expect_head} (rows at the end were deleted)"
-        return ChainReport(False, rows, prev, None, None, problem)
-    return ChainReport(True, rows, prev)
+        return ChainReport(False, count, prev, None, None, problem, chain)
+    return ChainReport(True, count, prev, chain=chain)
+
+
+def _sha256_text(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def _decision_problem(row: Mapping[str, Any], state: dict[str, Any]) -> str | None:
+    """What else is wrong with a decision whose link holds: its format went back, or its job no longer says
+    what the decision recorded."""
+    version = row["chain_version"]
+    if version < state.get("version", 0):
+        return f"chain_version {version} after a row of version {state['version']} (formats never go back)"
+    state["version"] = version
+    if row["job_prompt_sha256"] is None:
+        return "its job is missing"
+    if row["job_prompt_sha256"] != row["prompt_sha256"]:
+        return "the job's prompt_sha256 differs from the decision's (altered)"
+    if row["job_language"] != row["language"]:
+        return "the job's language differs from the decision's (altered)"
+    if version >= 2 and (row["job_labels"] or {}) != row["labels"]:
+        return "the job's labels differ from the decision's (altered)"
+    if row["job_prompt"] is not None and _sha256_text(row["job_prompt"]) != row["prompt_sha256"]:
+        return "the job's prompt does not match its recorded sha256 (altered)"
+    return None
+
+
+def verify_chain(
+    session: Session,
+    *,
+    expect_head: str | None = None,
+    at: Position | None = None,
+    batch_size: int = 2000,
+) -> ChainReport:
+    """Walk the decisions in id order and recompute every link; stop at the first bad row.
+
+    Each decision's job must still hold the prompt hash, language (and, from chain version 2, labels) the
+    decision recorded. A chain cut off at its end still links up; `expect_head` (a row_hash recorded earlier,
+    or a prefix of one of at least 8 hex digits) or `at` (a checkpoint's position) catches that.
+    """
+    if expect_head is not None and len(expect_head) < 8:
+        raise ValueError(f"expect_head: give at least 8 hex digits of a row_hash, got {expect_head!r}")
+    # Plain column values straight from the database (no ORM identity map that could hold in-memory copies),
+    # streamed in batches so a long log does not sit in memory.
+    query = (
+        select(
+            *Decision.__table__.columns,
+            Job.prompt_sha256.label("job_prompt_sha256"),
+            Job.language.label("job_language"),
+            Job.labels.label("job_labels"),
+            Job.prompt.label("job_prompt"),
+        )
+        .outerjoin(Job, Job.id == Decision.job_id)
+        .order_by(Decision.id)
+    )
+    result = session.execute(query, execution_options={"yield_per": batch_size, "stream_results": True})
+    return _walk(result.mappings(), "decisions", row_hash, _decision_problem, at=at, expect_head=expect_head)
+
+
+def verify_artifacts(session: Session, *, at: Position | None = None, batch_size: int = 2000) -> ChainReport:
+    """Walk the artifacts in id order and recompute every link (an edited storage URI or image hash, a
+    deleted or inserted image row); stop at the first bad row."""
+    query = select(*Artifact.__table__.columns).order_by(Artifact.id)
+    result = session.execute(query, execution_options={"yield_per": batch_size, "stream_results": True})
+    return _walk(result.mappings(), "artifacts", artifact_hash, lambda row, state: None, at=at)

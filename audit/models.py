@@ -100,6 +100,9 @@ class Job(Base):
     redacted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # human review (policy on_flag: hold / on_halt: review): pending, escalated, approved, rejected
     review: Mapped[str | None] = mapped_column(String(16), index=True)
+    # a reviewer's lease on the job (audit.reviews.take_lease): whose key prefix, and until when
+    review_lease_by: Mapped[str | None] = mapped_column(String(16))
+    review_lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     decision: Mapped[Decision | None] = relationship(back_populates="job", uselist=False)
     artifacts: Mapped[list[Artifact]] = relationship(back_populates="job", order_by="Artifact.path_index")
@@ -114,11 +117,15 @@ class Decision(Base):
     __tablename__ = "decisions"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # the format of the canonical record this row was hashed in (`audit.chain.CHAIN_VERSIONS`)
+    chain_version: Mapped[int] = mapped_column(Integer, server_default="1")
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id"), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     tenant: Mapped[str] = mapped_column(String(64))
+    # what the decision was about, copied from the job (labels: from chain version 2; null before)
     prompt_sha256: Mapped[str] = mapped_column(String(64))
     language: Mapped[str | None] = mapped_column(String(16), index=True)
+    labels: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # the score and how it was measured
     score: Mapped[float] = mapped_column(Float)
     eu: Mapped[float] = mapped_column(Float)
@@ -172,7 +179,11 @@ class Review(Base):
 
 
 class Artifact(Base):
-    """One image of a job (path 0 for Fast EMoE; 0..M-1 for full EMoE), stored by URI with its sha256."""
+    """One image of a job (path 0 for Fast EMoE; 0..M-1 for full EMoE), stored by URI with its sha256.
+
+    Append-only and hash-chained (`audit.chain.append_artifacts`); only the quality score, computed later,
+    may be set afterwards.
+    """
 
     __tablename__ = "artifacts"
     __table_args__ = (UniqueConstraint("job_id", "path_index", name="uq_artifacts_job_id_path_index"),)
@@ -188,6 +199,8 @@ class Artifact(Base):
     quality: Mapped[float | None] = mapped_column(Float)
     quality_metric: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64), unique=True)
 
     job: Mapped[Job] = relationship(back_populates="artifacts")
 

@@ -102,7 +102,9 @@ def write(url: str, jobs: list[tuple], batch: int, start_at: float) -> tuple[int
         with db.session_scope(url) as session:
             rows = []
             for i, (job_id, tenant, sha, language) in enumerate(jobs[lo : lo + batch], start=lo):
-                job = SimpleNamespace(id=job_id, tenant=tenant, prompt_sha256=sha, language=language)
+                job = SimpleNamespace(
+                    id=job_id, tenant=tenant, prompt_sha256=sha, language=language, labels={}
+                )
                 score = BenchScore(i)
                 decision = decide(score, DecisionContext(language=language), POLICY)
                 rows.append(decision_values(job, score, decision, {"gate_ms": 41.5, "queue_ms": 2.0}))

@@ -260,8 +260,11 @@ def run_render(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outco
                     folder.rmdir()
             outcome.note = "stopped"
             return outcome
-        for index, path, digest, size, width, height in written:
-            session.add(
+        from audit.chain import append_artifacts
+
+        append_artifacts(
+            session,
+            [
                 Artifact(
                     job_id=job.id,
                     path_index=index,
@@ -271,7 +274,9 @@ def run_render(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outco
                     width=width,
                     height=height,
                 )
-            )
+                for index, path, digest, size, width, height in written
+            ],
+        )
         _hook(job, repo.complete(job), outcome)  # completed, or held for review
     return outcome
 

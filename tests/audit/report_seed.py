@@ -106,6 +106,8 @@ def seed(engine: Engine, rows: Iterable[Mapping[str, Any]], *, chunk: int = 5000
                         "quality_metric", "clip_score" if row.get("quality") is not None else None
                     ),
                     "created_at": created,
+                    "prev_hash": "0" * 64,
+                    "row_hash": uuid.uuid4().hex * 2,
                 }
             )
         total += 1

@@ -33,7 +33,8 @@ def test_sqlite_enforces_foreign_keys(migrated_sqlite_url: str) -> None:
         s.execute(
             sa.text(
                 "INSERT INTO artifacts (job_id, path_index, storage_uri, sha256, size_bytes, width, height, "
-                "created_at) VALUES (:j, 0, 'file:///x', 'x', 1, 1, 1, '2026-01-01')"
+                "created_at, prev_hash, row_hash) "
+                "VALUES (:j, 0, 'file:///x', 'x', 1, 1, 1, '2026-01-01', 'p', 'r')"
             ),
             {"j": uuid.uuid4().hex},
         )

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from audit import jobs as repo
-from audit.chain import append_decision
+from audit.chain import append_artifacts, append_decision
 from audit.db import session_scope
 from audit.models import Artifact, Review
 from audit.reviews import verify_reviews
@@ -56,16 +56,19 @@ def gated(url: str, tmp_path: Path, tenant: str, score: float, *, language: str 
             path = tmp_path / "artifacts" / str(job.id) / "0.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(PNG)
-            session.add(
-                Artifact(
-                    job_id=job.id,
-                    path_index=0,
-                    storage_uri=f"file://{path}",
-                    sha256=hashlib.sha256(PNG).hexdigest(),
-                    size_bytes=len(PNG),
-                    width=32,
-                    height=32,
-                )
+            append_artifacts(
+                session,
+                [
+                    Artifact(
+                        job_id=job.id,
+                        path_index=0,
+                        storage_uri=f"file://{path}",
+                        sha256=hashlib.sha256(PNG).hexdigest(),
+                        size_bytes=len(PNG),
+                        width=32,
+                        height=32,
+                    )
+                ],
             )
             repo.complete(job)
         return job.id
@@ -331,3 +334,210 @@ def test_redaction_keeps_the_prompt_of_a_job_awaiting_review(module_pg_url: str,
     with session_scope(module_pg_url) as session:
         redact_prompts(session, timedelta(0), now=later)
         assert session.get(Job, held).prompt is None and session.get(Job, halted).prompt
+
+
+# --- leases -------------------------------------------------------------------------------------------------
+
+
+def _prefix(headers: dict[str, str]) -> str:
+    return headers["Authorization"].removeprefix("Bearer ")[:12]
+
+
+def test_a_lease_keeps_a_second_reviewer_out_until_the_holder_decides(
+    make_client, module_pg_url: str, tmp_path: Path, keys
+) -> None:
+    client = make_client()
+    a = keys["review"]
+    _, b = new_key(module_pg_url, keys["tenant"], "review")
+    job_id = gated(module_pg_url, tmp_path, keys["tenant"], 1.5)
+
+    leased = client.post(f"/v1/reviews/{job_id}/lease", headers=a)
+    assert leased.status_code == 200, leased.text
+    body = leased.json()
+    assert body["holder"] == _prefix(a) and 0 < body["seconds"] <= 120
+    # B can neither lease it nor decide it while A's lease runs; the 409 names A and the lease's end
+    for response in (
+        client.post(f"/v1/reviews/{job_id}/lease", headers=b),
+        client.post(f"/v1/jobs/{job_id}/review", json={"verdict": "reject"}, headers=b),
+        client.delete(f"/v1/reviews/{job_id}/lease", headers=b),
+    ):
+        assert response.status_code == 409, response.text
+        detail = response.json()["detail"]
+        assert _prefix(a) in detail and body["until"][:19] in detail, detail
+    # A renews and decides; the verdict releases the lease
+    assert client.post(f"/v1/reviews/{job_id}/lease", headers=a).status_code == 200
+    decided = client.post(f"/v1/jobs/{job_id}/review", json={"verdict": "approve"}, headers=a)
+    assert decided.status_code == 200, decided.text
+    with session_scope(module_pg_url) as session:
+        job = repo.get_job(session, job_id)
+        assert (job.review_lease_by, job.review_lease_until) == (None, None)
+    # a decided job cannot be leased (it awaits no verdict)
+    again = client.post(f"/v1/reviews/{job_id}/lease", headers=b)
+    assert again.status_code == 409 and "not awaiting a verdict" in again.json()["detail"]
+    assert client.post(f"/v1/reviews/{uuid.uuid4()}/lease", headers=b).status_code == 404
+    assert client.post(f"/v1/reviews/{job_id}/lease", headers=keys["read"]).status_code == 403
+
+
+def test_an_expired_lease_can_be_taken_and_a_released_one_too(module_pg_url: str, tmp_path, keys) -> None:
+    from datetime import timedelta
+
+    from audit.models import utcnow
+    from audit.reviews import LeaseHeld, lease_of, release_lease, take_lease
+
+    tenant = keys["tenant"]
+    job_id = gated(module_pg_url, tmp_path, tenant, 1.5)
+    past = utcnow() - timedelta(seconds=300)
+    with session_scope(module_pg_url) as session:
+        lease = take_lease(session, job_id, tenant, reviewer="emg_a", seconds=60, now=past)
+        assert lease.holder == "emg_a" and lease.until == past + timedelta(seconds=60)
+    with session_scope(module_pg_url) as session:  # it ended four minutes ago: B takes it
+        lease = take_lease(session, job_id, tenant, reviewer="emg_b", seconds=60)
+        assert lease.holder == "emg_b"
+    with pytest.raises(LeaseHeld) as held, session_scope(module_pg_url) as session:
+        take_lease(session, job_id, tenant, reviewer="emg_a", seconds=60)
+    assert held.value.holder == "emg_b" and held.value.until == lease.until
+    with session_scope(module_pg_url) as session:
+        assert release_lease(session, job_id, tenant, reviewer="emg_b") is True
+        assert lease_of(repo.get_job(session, job_id)) is None
+    with session_scope(module_pg_url) as session:
+        assert take_lease(session, job_id, tenant, reviewer="emg_a", seconds=60).holder == "emg_a"
+
+
+def test_two_reviewers_leasing_one_job_at_once_one_gets_it(module_pg_url: str, tmp_path, keys) -> None:
+    """On PostgreSQL, two transactions at once: exactly one lease, the other sees it (FOR UPDATE)."""
+    from audit.reviews import LeaseHeld, take_lease
+
+    tenant = keys["tenant"]
+    for _ in range(5):
+        job_id = gated(module_pg_url, tmp_path, tenant, 1.5)
+        barrier = threading.Barrier(2)
+        outcome: dict[str, str] = {}
+
+        def lease(
+            reviewer: str,
+            job_id: uuid.UUID = job_id,
+            barrier: threading.Barrier = barrier,
+            outcome: dict[str, str] = outcome,
+        ) -> None:
+            with session_scope(module_pg_url) as session:
+                barrier.wait()
+                try:
+                    take_lease(session, job_id, tenant, reviewer=reviewer, seconds=60)
+                    outcome[reviewer] = "leased"
+                except LeaseHeld as exc:
+                    outcome[reviewer] = f"held by {exc.holder}"
+
+        threads = [threading.Thread(target=lease, args=(r,)) for r in ("emg_a", "emg_b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        winner = next(r for r, o in outcome.items() if o == "leased")
+        loser = "emg_b" if winner == "emg_a" else "emg_a"
+        assert outcome == {winner: "leased", loser: f"held by {winner}"}, outcome
+        with session_scope(module_pg_url) as session:
+            assert repo.get_job(session, job_id).review_lease_by == winner
+
+
+def test_next_leases_the_oldest_free_job_and_two_reviewers_get_different_ones(
+    make_client, module_pg_url: str, tmp_path, keys
+) -> None:
+    from audit.reviews import lease_next
+
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    _, a = new_key(module_pg_url, tenant, "review")
+    _, b = new_key(module_pg_url, tenant, "review")
+    client = make_client()
+    first = gated(module_pg_url, tmp_path, tenant, 1.2)
+    second = gated(module_pg_url, tmp_path, tenant, 1.8, language="de")
+    got_a = client.post("/v1/reviews/next", headers=a)
+    assert got_a.status_code == 200, got_a.text
+    assert got_a.json()["job_id"] == str(first) and got_a.json()["item"]["job"]["id"] == str(first)
+    assert client.post("/v1/reviews/next", headers=a).json()["job_id"] == str(first)  # A's own lease again
+    assert client.post("/v1/reviews/next", headers=b).json()["job_id"] == str(second)
+    assert client.post("/v1/reviews/next", headers=b, params={"language": "en"}).status_code == 204
+    # many reviewers at once on PostgreSQL: SKIP LOCKED hands each its own job
+    ids = {gated(module_pg_url, tmp_path, tenant, 1.5) for _ in range(6)}
+    got: list[uuid.UUID | None] = []
+    barrier = threading.Barrier(6)
+
+    def take(reviewer: str) -> None:
+        with session_scope(module_pg_url) as session:
+            barrier.wait()
+            lease = lease_next(session, tenant, reviewer=reviewer, seconds=60)
+            got.append(lease.job.id if lease else None)
+
+    threads = [threading.Thread(target=take, args=(f"emg_r{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(map(str, got)) == sorted(map(str, ids)), got
+
+
+# --- bulk verdicts ------------------------------------------------------------------------------------------
+
+
+def test_bulk_reject_of_a_filtered_selection_needs_the_count_and_chains_each_verdict(
+    make_client, module_pg_url: str, tmp_path, keys
+) -> None:
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    _, review = new_key(module_pg_url, tenant, "review")
+    _, read = new_key(module_pg_url, tenant, "read")
+    _, other = new_key(module_pg_url, tenant, "review")
+    client = make_client()
+    german = [gated(module_pg_url, tmp_path, tenant, s, language="de") for s in (1.2, 1.4, 2.5)]
+    english = gated(module_pg_url, tmp_path, tenant, 1.3)
+    selection = {"language": "de", "max_score": 2.0}
+    listed = client.get("/v1/reviews", params=selection, headers=review).json()
+    assert listed["total"] == 2
+
+    # a count that is not the selection's is refused, and nothing is decided
+    stale = client.post(
+        "/v1/reviews/bulk", json={"verdict": "reject", "confirm": 3, **selection}, headers=review
+    )
+    assert stale.status_code == 409 and "holds 2 job(s), not the 3 confirmed" in stale.json()["detail"]
+    # a job in the selection leased by another reviewer: 409 naming the holder, nothing decided
+    assert client.post(f"/v1/reviews/{german[0]}/lease", headers=other).status_code == 200
+    leased = client.post(
+        "/v1/reviews/bulk", json={"verdict": "reject", "confirm": 2, **selection}, headers=review
+    )
+    assert leased.status_code == 409 and _prefix(other) in leased.json()["detail"]
+    assert client.delete(f"/v1/reviews/{german[0]}/lease", headers=other).status_code == 204
+    assert client.get("/v1/reviews", params=selection, headers=review).json()["total"] == 2
+
+    done = client.post(
+        "/v1/reviews/bulk",
+        json={"verdict": "reject", "confirm": 2, "note": "bulk: weapons", **selection},
+        headers=review,
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["count"] == 2
+    assert {i["job_id"] for i in done.json()["items"]} == {str(j) for j in german[:2]}
+    assert {i["status"] for i in done.json()["items"]} == {"rejected"}
+    for job_id in german[:2]:
+        assert client.get(f"/v1/jobs/{job_id}/images/0", headers=read).status_code == 403
+    left = client.get("/v1/reviews", headers=review).json()
+    assert {i["job"]["id"] for i in left["items"]} == {str(german[2]), str(english)}
+    with session_scope(module_pg_url) as session:
+        rows = session.scalars(sa.select(Review).where(Review.tenant == tenant).order_by(Review.id)).all()
+        assert sorted(str(r.job_id) for r in rows) == sorted(str(j) for j in german[:2])
+        assert {(r.verdict, r.note, r.reviewer) for r in rows} == {
+            ("reject", "bulk: weapons", _prefix(review))
+        }
+        assert rows[1].prev_hash == rows[0].row_hash
+        assert verify_reviews(session).ok
+
+    # bad input names the field
+    for body, field in (
+        ({"verdict": "escalate", "confirm": 1}, "verdict"),
+        ({"verdict": "approve", "confirm": 0}, "confirm"),
+        ({"verdict": "approve", "confirm": 1, "min_score": 2, "max_score": 1}, "max_score"),
+        ({"verdict": "approve", "confirm": 1, "label": "nocolon"}, "label"),
+    ):
+        bad = client.post("/v1/reviews/bulk", json=body, headers=review)
+        assert bad.status_code == 422 and field in str(bad.json()), (body, bad.text)
+    assert (
+        client.post("/v1/reviews/bulk", json={"verdict": "approve", "confirm": 1}, headers=read).status_code
+        == 403
+    )
