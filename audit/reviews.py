@@ -13,6 +13,12 @@ A verdict on a decided job (approved or rejected) is refused unless it is an exp
 Each verdict is a `reviews` row in a chain of its own, `row_hash = sha256(prev_hash ‖ canonical record)`,
 serialised like the decisions' chain (PostgreSQL: advisory lock; SQLite: `BEGIN IMMEDIATE`). The record
 covers the note's sha256, not its text (redaction nulls the text), and the hash of the decision it reviews.
+
+Leases: opening a job for review (`take_lease`, `lease_next`) records who reviews it until when
+(`jobs.review_lease_by`/`review_lease_until`); while the lease runs, another reviewer's lease or verdict is
+refused (`LeaseHeld`, naming the holder and the end). The holder's verdict releases it; an expired lease is
+free to take. `bulk_verdict` decides a filtered selection at once, one chain row per job, and only if the
+selection still holds the number of jobs the client saw.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, select, text
@@ -46,6 +52,37 @@ class ReviewRefused(ValueError):
     def __init__(self, message: str, *, conflict: bool = True) -> None:
         super().__init__(message)
         self.conflict = conflict
+
+
+class LeaseHeld(ReviewRefused):
+    """Another reviewer holds the job's review lease (409)."""
+
+    def __init__(self, job_id: uuid.UUID, holder: str, until: datetime) -> None:
+        super().__init__(
+            f"job {job_id} is under review by {holder} until {_iso_z(until)}; "
+            "take another job, or retry once the lease has ended"
+        )
+        self.job_id, self.holder, self.until = job_id, holder, until
+
+
+class SelectionChanged(ReviewRefused):
+    """A bulk verdict whose selection no longer holds the number of jobs the client confirmed (409)."""
+
+    def __init__(self, found: int, confirm: int) -> None:
+        super().__init__(
+            f"confirm: the selection now holds {found} job(s), not the {confirm} confirmed; "
+            "list it again and confirm the new count"
+        )
+        self.found, self.confirm = found, confirm
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A reviewer's lease on a job: `holder` (the key prefix) reviews it until `until`."""
+
+    job: Job
+    holder: str
+    until: datetime
 
 
 @dataclass(frozen=True)
@@ -79,6 +116,17 @@ def row_hash(prev_hash: str, row: Review | Any) -> str:
     return hashlib.sha256((prev_hash + canonical_record(row)).encode("utf-8")).hexdigest()
 
 
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; they are UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _iso_z(moment: datetime) -> str:
+    return (_aware(moment) or moment).astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
@@ -104,6 +152,8 @@ class ReviewChainReport:
     def __str__(self) -> str:
         if self.ok:
             return f"review chain intact: {self.rows} verdicts, head {self.head_hash}"
+        if self.first_bad_id is None:
+            return f"review chain BROKEN: {self.problem} ({self.rows} rows verified, head {self.head_hash})"
         return (
             f"review chain BROKEN at review id {self.first_bad_id}: {self.problem} "
             f"({self.rows} rows verified before it)"
@@ -175,6 +225,7 @@ def record_verdict(
         raise ReviewRefused(f"job {job_id} was not sent to review (status {job.status})")
     if job.status not in REVIEWABLE_STATUSES:
         raise ReviewRefused(f"job {job_id} is {job.status}; it can be reviewed once it is held or halted")
+    _check_lease(job, reviewer[:16], utcnow())
     if previous in DECIDED:
         if not override:
             raise ReviewRefused(
@@ -187,6 +238,7 @@ def record_verdict(
     review_state, status = _next(job, verdict)
     now = utcnow()
     job.review, job.status, job.updated_at = review_state, status, now
+    job.review_lease_by = job.review_lease_until = None  # a verdict ends the lease
     if status == "rendering":
         job.started_at, job.attempts, job.claimed_by, job.finished_at = None, 0, None, None
     else:
@@ -226,6 +278,34 @@ def verdicts_of(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, l
 # --- the queue ----------------------------------------------------------------------------------------------
 
 
+def _queue_filters(
+    tenant: str,
+    *,
+    state: str = "open",
+    language: str | None = None,
+    min_score: float | None = None,
+    max_score: float | None = None,
+    label: tuple[str, str] | None = None,
+) -> list[Any]:
+    """The WHERE clauses of the queue's filters (over `jobs` joined to `decisions`)."""
+    where: list[Any] = [Job.tenant == tenant]
+    if state == "open":
+        where += [Job.review.in_(OPEN), Job.status.in_(("held", "halted"))]
+    elif state == "decided":
+        where.append(Job.review.in_(DECIDED))
+    else:
+        where.append(Job.review.is_not(None))
+    if language:
+        where.append(Job.language == language)
+    if min_score is not None:
+        where.append(Decision.score >= min_score)
+    if max_score is not None:
+        where.append(Decision.score <= max_score)
+    if label is not None:
+        where.append(Job.labels[label[0]].as_string() == label[1])
+    return where
+
+
 @dataclass(frozen=True)
 class Queue:
     jobs: list[Job]
@@ -246,21 +326,9 @@ def review_queue(
 ) -> Queue:
     """The tenant's jobs in review: `open` (pending first, then escalated, oldest first; only jobs ready to
     judge, i.e. held or halted), `decided` (most recently decided first) or `all` (like decided)."""
-    where = [Job.tenant == tenant]
-    if state == "open":
-        where += [Job.review.in_(OPEN), Job.status.in_(("held", "halted"))]
-    elif state == "decided":
-        where.append(Job.review.in_(DECIDED))
-    else:
-        where.append(Job.review.is_not(None))
-    if language:
-        where.append(Job.language == language)
-    if min_score is not None:
-        where.append(Decision.score >= min_score)
-    if max_score is not None:
-        where.append(Decision.score <= max_score)
-    if label is not None:
-        where.append(Job.labels[label[0]].as_string() == label[1])
+    where = _queue_filters(
+        tenant, state=state, language=language, min_score=min_score, max_score=max_score, label=label
+    )
     base = select(Job).join(Decision, Decision.job_id == Job.id).where(*where)
     if state == "open":
         order = [case((Job.review == "pending", 0), else_=1), Job.created_at, Job.id]
@@ -282,3 +350,170 @@ def open_count(session: Session, tenant: str | None = None) -> int:
     if tenant is not None:
         query = query.where(Job.tenant == tenant)
     return session.scalar(query) or 0
+
+
+# --- leases -------------------------------------------------------------------------------------------------
+
+
+def lease_of(job: Job, now: datetime | None = None) -> tuple[str, datetime] | None:
+    """(holder, until) of the job's running lease; None when there is none or it has expired."""
+    until = _aware(job.review_lease_until)
+    if job.review_lease_by is None or until is None or until <= (now or utcnow()):
+        return None
+    return job.review_lease_by, until
+
+
+def _check_lease(job: Job, reviewer: str, now: datetime) -> None:
+    held = lease_of(job, now)
+    if held is not None and held[0] != reviewer:
+        raise LeaseHeld(job.id, *held)
+
+
+def _open_for_review(job: Job) -> None:
+    if job.review not in OPEN or job.status not in ("held", "halted"):
+        state = f"review {job.review}" if job.review else "not sent to review"
+        raise ReviewRefused(f"job {job.id} is not awaiting a verdict (status {job.status}, {state})")
+
+
+def _grant(job: Job, reviewer: str, seconds: float, now: datetime) -> Lease:
+    if seconds <= 0:
+        raise ReviewRefused(f"seconds: a lease must last more than 0 s, got {seconds!r}", conflict=False)
+    job.review_lease_by, job.review_lease_until = reviewer, now + timedelta(seconds=seconds)
+    return Lease(job, reviewer, job.review_lease_until)
+
+
+def take_lease(
+    session: Session,
+    job_id: uuid.UUID,
+    tenant: str,
+    *,
+    reviewer: str,
+    seconds: float,
+    now: datetime | None = None,
+) -> Lease | None:
+    """Lease a job awaiting a verdict to `reviewer` for `seconds` (renewing the reviewer's own lease); None
+    if there is no such job. Raises `LeaseHeld` while another reviewer's lease runs, `ReviewRefused` when
+    the job awaits no verdict. The caller commits."""
+    job = _locked_job(session, job_id, tenant)
+    if job is None:
+        return None
+    _open_for_review(job)
+    now = now or utcnow()
+    _check_lease(job, reviewer[:16], now)
+    return _grant(job, reviewer[:16], seconds, now)
+
+
+def release_lease(session: Session, job_id: uuid.UUID, tenant: str, *, reviewer: str) -> bool:
+    """End `reviewer`'s lease on a job early; False if the reviewer held none (raises `LeaseHeld` if
+    another reviewer's lease runs)."""
+    job = _locked_job(session, job_id, tenant)
+    if job is None:
+        return False
+    held = lease_of(job)
+    if held is None:
+        return False
+    _check_lease(job, reviewer[:16], utcnow())
+    job.review_lease_by = job.review_lease_until = None
+    return True
+
+
+def lease_next(
+    session: Session,
+    tenant: str,
+    *,
+    reviewer: str,
+    seconds: float,
+    language: str | None = None,
+    min_score: float | None = None,
+    max_score: float | None = None,
+    label: tuple[str, str] | None = None,
+    now: datetime | None = None,
+) -> Lease | None:
+    """Lease the first job of the open queue (pending first, oldest first, with the queue's filters) that no
+    other reviewer holds; the reviewer's own running lease comes first. None when there is none."""
+    now = now or utcnow()
+    who = reviewer[:16]
+    where = _queue_filters(
+        tenant, state="open", language=language, min_score=min_score, max_score=max_score, label=label
+    )
+    free = (Job.review_lease_by.is_(None)) | (Job.review_lease_until <= now) | (Job.review_lease_by == who)
+    mine_first = case((Job.review_lease_by == who, 0), else_=1)
+    query = (
+        select(Job.id)
+        .join(Decision, Decision.job_id == Job.id)
+        .where(*where, free)
+        .order_by(mine_first, case((Job.review == "pending", 0), else_=1), Job.created_at, Job.id)
+        .limit(1)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        # a row another reviewer is leasing right now is skipped, not waited for
+        query = query.with_for_update(of=Job, skip_locked=True)
+    job_id = session.scalar(query)
+    if job_id is None:
+        return None
+    return take_lease(session, job_id, tenant, reviewer=who, seconds=seconds, now=now)
+
+
+# --- bulk verdicts ------------------------------------------------------------------------------------------
+
+BULK_VERDICTS = ("approve", "reject")
+BULK_MAX = 1000
+
+
+def bulk_selection(
+    session: Session,
+    tenant: str,
+    *,
+    language: str | None = None,
+    min_score: float | None = None,
+    max_score: float | None = None,
+    label: tuple[str, str] | None = None,
+    lock: bool = False,
+) -> list[uuid.UUID]:
+    """The ids of the open jobs a bulk verdict with these filters decides (in id order; `lock`: FOR UPDATE
+    on PostgreSQL, so the selection cannot change before the verdicts are written)."""
+    where = _queue_filters(
+        tenant, state="open", language=language, min_score=min_score, max_score=max_score, label=label
+    )
+    query = select(Job.id).join(Decision, Decision.job_id == Job.id).where(*where).order_by(Job.id)
+    if lock and session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(of=Job)
+    return list(session.scalars(query))
+
+
+def bulk_verdict(
+    session: Session,
+    tenant: str,
+    *,
+    verdict: str,
+    reviewer: str,
+    confirm: int,
+    note: str | None = None,
+    language: str | None = None,
+    min_score: float | None = None,
+    max_score: float | None = None,
+    label: tuple[str, str] | None = None,
+) -> list[Verdict]:
+    """Approve or reject every open job the filters select (what `GET /v1/reviews` lists with them), each
+    with its own verdict row in the chain. All or nothing: raises `SelectionChanged` when the selection does
+    not hold exactly `confirm` jobs, `LeaseHeld` when another reviewer holds one of them."""
+    if verdict not in BULK_VERDICTS:
+        raise ReviewRefused(
+            f"verdict: a bulk verdict is one of {', '.join(BULK_VERDICTS)}, not {verdict!r}", conflict=False
+        )
+    if isinstance(confirm, bool) or not isinstance(confirm, int) or confirm < 1:
+        raise ReviewRefused(
+            f"confirm: must be the positive number of jobs selected, got {confirm!r}", conflict=False
+        )
+    if confirm > BULK_MAX:
+        raise ReviewRefused(f"confirm: at most {BULK_MAX} jobs at once; narrow the filters", conflict=False)
+    filters = {"language": language, "min_score": min_score, "max_score": max_score, "label": label}
+    ids = bulk_selection(session, tenant, **filters, lock=True)
+    if len(ids) != confirm:
+        raise SelectionChanged(len(ids), confirm)
+    results = []
+    for job_id in ids:
+        result = record_verdict(session, job_id, tenant, verdict=verdict, reviewer=reviewer, note=note)
+        assert result is not None  # the job was selected (and locked) in this transaction
+        results.append(result)
+    return results

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         ge=1,
         description="A queued job with no broker message this long after submission is re-enqueued.",
     )
+    review_lease_s: int = Field(
+        default=120,
+        ge=5,
+        le=3600,
+        description="How long opening a job for review leases it to the reviewer (no one else may review it).",
+    )
     webhook_secret: str | None = Field(
         default=None,
         description=(

@@ -1,4 +1,5 @@
-"""Human review for review keys: `GET /v1/reviews` (the queue) and `POST /v1/jobs/{id}/review` (a verdict)."""
+"""Human review for review keys: `GET /v1/reviews` (the queue), `POST /v1/jobs/{id}/review` (a verdict),
+leases (`POST /v1/reviews/next`, `POST`/`DELETE /v1/reviews/{id}/lease`) and `POST /v1/reviews/bulk`."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
 
 from audit import reviews as repo
 from audit.db import transaction
@@ -16,7 +18,16 @@ from audit.models import Review
 from gateway.auth import AUTH_RESPONSES, ReviewTenant
 from gateway.errors import field_error
 from gateway.routers.jobs import job_out
-from gateway.schemas import JobOut, ReviewedJob, ReviewQueue, ReviewRequest, ReviewResult, VerdictOut
+from gateway.schemas import (
+    JobOut,
+    ReviewedJob,
+    ReviewQueue,
+    ReviewRequest,
+    ReviewResult,
+    Strict,
+    Text,
+    VerdictOut,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,3 +157,203 @@ def _record(
         if result is None:
             raise HTTPException(status_code=404, detail=f"no job {job_id}")
         return result, job_out(result.job), verdict_out(result.review)
+
+
+# --- leases -------------------------------------------------------------------------------------------------
+
+
+class LeaseOut(BaseModel):
+    """A review lease: no other reviewer may lease or decide the job until `until`."""
+
+    job_id: uuid.UUID
+    holder: str = Field(description="The shown prefix of the reviewer's API key.")
+    until: datetime
+    seconds: float = Field(description="Seconds the lease still runs.")
+    item: ReviewedJob | None = Field(default=None, description="The leased job (for `/v1/reviews/next`).")
+
+
+LEASE_RESPONSES: dict[int | str, dict[str, str]] = {
+    404: {"description": "No such job for this tenant."},
+    409: {
+        "description": "Another reviewer holds the job's lease (the message says who, until when), or "
+        "the job awaits no verdict."
+    },
+}
+
+
+def _reviewer(request: Request) -> str:
+    return getattr(request.state, "key_prefix", "") or "unknown"
+
+
+def _lease_out(lease: repo.Lease, item: ReviewedJob | None = None) -> LeaseOut:
+    until = lease.until if lease.until.tzinfo else lease.until.replace(tzinfo=UTC)
+    left = max(0.0, (until - datetime.now(UTC)).total_seconds())
+    return LeaseOut(job_id=lease.job.id, holder=lease.holder, until=until, seconds=left, item=item)
+
+
+def _conflict(exc: repo.ReviewRefused, field: str) -> HTTPException:
+    if exc.conflict:
+        return HTTPException(status_code=409, detail=str(exc))
+    return field_error(["body", field], str(exc))
+
+
+@router.post(
+    "/reviews/next",
+    response_model=LeaseOut,
+    responses={**LEASE_RESPONSES, 204: {"description": "No job awaits a verdict (with these filters)."}},
+    summary="Lease the next job of the queue (pending first, oldest first) that no other reviewer holds.",
+)
+def lease_next(
+    tenant: ReviewTenant,
+    request: Request,
+    language: Annotated[str | None, Query(pattern=r"^[a-z]{2,3}$", description="ISO 639-1 code.")] = None,
+    min_score: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+    max_score: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+    label: Annotated[
+        str | None, Query(max_length=330, pattern=r"^[A-Za-z0-9_.:-]+:.*$", description="key:value")
+    ] = None,
+) -> LeaseOut | Response:
+    if min_score is not None and max_score is not None and min_score > max_score:
+        raise field_error(["query", "max_score"], f"is below min_score {min_score}")
+    wanted = _label(label)
+    seconds = request.app.state.settings.review_lease_s
+    with transaction(request.app.state.sessionmaker) as session:
+        lease = repo.lease_next(
+            session,
+            tenant,
+            reviewer=_reviewer(request),
+            seconds=seconds,
+            language=language,
+            min_score=min_score,
+            max_score=max_score,
+            label=wanted,
+        )
+        if lease is None:
+            return Response(status_code=204)
+        session.flush()
+        session.refresh(lease.job, ["decision", "artifacts"])
+        history = repo.verdicts_of(session, [lease.job.id])[lease.job.id]
+        now = datetime.now(UTC)
+        item = ReviewedJob(
+            job=job_out(lease.job),
+            waiting_s=_age_s(lease.job.created_at, now) or 0.0,
+            verdicts=[verdict_out(r) for r in history],
+        )
+        return _lease_out(lease, item)
+
+
+@router.post(
+    "/reviews/{job_id}/lease",
+    response_model=LeaseOut,
+    responses=LEASE_RESPONSES,
+    summary="Open a job for review: lease it to this reviewer (renews the reviewer's own lease).",
+)
+def take_lease(job_id: uuid.UUID, tenant: ReviewTenant, request: Request) -> LeaseOut:
+    seconds = request.app.state.settings.review_lease_s
+    with transaction(request.app.state.sessionmaker) as session:
+        try:
+            lease = repo.take_lease(session, job_id, tenant, reviewer=_reviewer(request), seconds=seconds)
+        except repo.ReviewRefused as exc:
+            raise _conflict(exc, "seconds") from exc
+        if lease is None:
+            raise HTTPException(status_code=404, detail=f"no job {job_id}")
+        return _lease_out(lease)
+
+
+@router.delete(
+    "/reviews/{job_id}/lease",
+    status_code=204,
+    responses=LEASE_RESPONSES,
+    summary="Give a job's lease back before it ends (e.g. the reviewer skipped it).",
+)
+def release_lease(job_id: uuid.UUID, tenant: ReviewTenant, request: Request) -> Response:
+    with transaction(request.app.state.sessionmaker) as session:
+        try:
+            repo.release_lease(session, job_id, tenant, reviewer=_reviewer(request))
+        except repo.ReviewRefused as exc:
+            raise _conflict(exc, "job_id") from exc
+    return Response(status_code=204)
+
+
+# --- bulk verdicts ------------------------------------------------------------------------------------------
+
+
+class BulkReviewRequest(Strict):
+    """Approve or reject every open job the filters select (the filters of `GET /v1/reviews`)."""
+
+    verdict: Literal["approve", "reject"]
+    confirm: int = Field(
+        ge=1,
+        le=repo.BULK_MAX,
+        description="How many jobs the client saw selected (`total` of `GET /v1/reviews` with these "
+        "filters); refused with 409 if the selection now holds another number.",
+    )
+    note: Annotated[Text, Field(max_length=4000)] | None = Field(default=None, description="Kept with each.")
+    language: Annotated[str, Field(pattern=r"^[a-z]{2,3}$")] | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    label: Annotated[str, Field(max_length=330, pattern=r"^[A-Za-z0-9_.:-]+:.*$")] | None = Field(
+        default=None, description="key:value"
+    )
+
+
+class BulkItem(BaseModel):
+    job_id: uuid.UUID
+    status: str
+    verdict: VerdictOut
+
+
+class BulkResult(BaseModel):
+    count: int
+    items: list[BulkItem]
+
+
+@router.post(
+    "/reviews/bulk",
+    response_model=BulkResult,
+    responses={409: {"description": "The selection changed (send the new count), or a job is leased."}},
+    summary="Approve or reject a filtered selection of the queue, one verdict (and chain row) per job.",
+)
+async def bulk_review(body: BulkReviewRequest, tenant: ReviewTenant, request: Request) -> BulkResult:
+    if body.min_score is not None and body.max_score is not None and body.min_score > body.max_score:
+        raise field_error(["body", "max_score"], f"is below min_score {body.min_score}")
+    wanted = None
+    if body.label is not None:
+        key, _, value = body.label.partition(":")
+        wanted = (key, value)
+    results, out = await run_in_threadpool(_bulk, request, tenant, body, wanted)
+    dispatcher = request.app.state.dispatcher
+    for result, item in zip(results, out.items, strict=True):
+        try:
+            if result.render:
+                dispatcher.render(result.job.id)
+            if result.job.callback_url:
+                dispatcher.hook(result.job.id, f"review.{item.verdict.outcome}")
+        except Exception:  # the recovery sweep re-enqueues a render whose message was lost
+            log.exception("could not enqueue the follow-up of review %d", item.verdict.id)
+    return out
+
+
+def _bulk(
+    request: Request, tenant: str, body: BulkReviewRequest, label: tuple[str, str] | None
+) -> tuple[list[repo.Verdict], BulkResult]:
+    with transaction(request.app.state.sessionmaker) as session:
+        try:
+            results = repo.bulk_verdict(
+                session,
+                tenant,
+                verdict=body.verdict,
+                reviewer=_reviewer(request),
+                confirm=body.confirm,
+                note=body.note,
+                language=body.language,
+                min_score=body.min_score,
+                max_score=body.max_score,
+                label=label,
+            )
+        except repo.ReviewRefused as exc:
+            raise _conflict(exc, "confirm") from exc
+        items = [
+            BulkItem(job_id=r.job.id, status=r.job.status, verdict=verdict_out(r.review)) for r in results
+        ]
+        return results, BulkResult(count=len(items), items=items)
