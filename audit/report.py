@@ -44,7 +44,7 @@ class ReportOptions:
 
     group_by: str = "language"
     since: datetime | None = None
-    reference: str = fairness.DEFAULT_REFERENCE
+    reference: str | None = None  # None: `en` when it is a group, else the largest group
     keywords: tuple[str, ...] = ()
     confidence: float = 0.95
     n_boot: int = fairness.DEFAULT_N_BOOT
@@ -55,7 +55,7 @@ class ReportOptions:
 
 
 def build_report(
-    session: Session, options: ReportOptions | None = None, *, database: str = ""
+    session: Session, options: ReportOptions | None = None, *, database: str = "", notes: Sequence[str] = ()
 ) -> dict[str, Any]:
     """Everything the report shows, as a JSON-safe dict with `ci_low`/`ci_high` beside each estimate."""
     opt = options or ReportOptions()
@@ -69,7 +69,7 @@ def build_report(
         policies=policy_counts(session, **scope),
         n_shadow=loaded.n_shadow,
         quality_metrics=loaded.quality_metrics,
-        notes=loaded.notes,
+        notes=[*notes, *loaded.notes],
     )
 
 
@@ -97,12 +97,15 @@ def report_from_records(
         "seed": opt.seed,
         "bootstrap_max_n": opt.bootstrap_max_n,
     }
-    table = fairness.group_stats(rec, reference=opt.reference, min_group_size=opt.min_group_size, **stat_kw)
+    by_group = rec.group_indices()
+    reference, reference_note = fairness.choose_reference(
+        {name: len(idx) for name, idx in by_group.items()}, opt.reference
+    )
+    table = fairness.group_stats(rec, reference=reference, min_group_size=opt.min_group_size, **stat_kw)
     quartiles = {
         "all": [r.to_dict() for r in fairness.quartile_table(rec, key="all", **stat_kw)],
         "groups": {},
     }
-    by_group = rec.group_indices()
     for name, idx in by_group.items():
         sub = rec.subset(idx)
         if len(sub) >= 4:
@@ -118,6 +121,8 @@ def report_from_records(
     # 2. what the report must say in words
     n_quality = int(np.sum(~np.isnan(rec.quality)))
     notes = [*notes, CAVEAT, *table.notes]
+    if reference_note:
+        notes.append(f"Reference group: {reference_note}.")
     if n_shadow:
         notes.append(
             f"{n_shadow} decisions were made in shadow mode: their halt and flag rates count what the "
@@ -140,7 +145,8 @@ def report_from_records(
         "since": opt.since.isoformat() if opt.since else None,
         "tenant": opt.tenant,
         "settings": {
-            "reference": opt.reference,
+            "reference": reference,
+            "reference_requested": opt.reference,
             "confidence": opt.confidence,
             "n_boot": opt.n_boot,
             "seed": opt.seed,
@@ -259,6 +265,85 @@ def fmt_ci(est: dict[str, Any] | None) -> str:
     return f"[{fmt(est['ci_low'])}, {fmt(est['ci_high'])}]"
 
 
+LABELS = {
+    "mean_score": "mean score",
+    "median_score": "median score",
+    "halt_rate": "halt rate",
+    "flag_rate": "flag rate",
+    "mean_quality": "mean quality",
+    "mean_score_difference": "Δ mean score",
+    "mean_score_ratio": "mean score ratio",
+    "halt_rate_difference": "Δ halt rate",
+    "halt_rate_ratio": "halt ratio",
+    "flag_rate_difference": "Δ flag rate",
+    "flag_rate_ratio": "flag ratio",
+}
+MINUS = "\u2212"
+
+
+def _fmt_kind(value: float, kind: str, *, sign: bool = True) -> str:
+    """A number as the pages show it: `pct` a rate in percent, `pp` a difference of rates in percentage
+    points, `ratio` two decimals, `num` four significant digits."""
+    if kind == "pct":
+        text = f"{100 * value:.1f}"
+    elif kind == "pp":
+        text = f"{100 * value:+.1f}" if sign else f"{100 * value:.1f}"
+    elif kind == "ratio":
+        text = f"{value:.2f}"
+    else:
+        text = fmt(value)
+    return text.replace("-", MINUS)
+
+
+def fmt_pct(value: float | None) -> str:
+    """A rate in percent ('12.5 %'), '–' for missing: the dashboard and the report show rates this way."""
+    return "–" if value is None else _fmt_kind(value, "pct") + " %"
+
+
+def missing_reason(est: dict[str, Any] | None) -> str | None:
+    """Why an estimate or its interval is missing, from its method (e.g. 'the reference rate is 0')."""
+    if not est:
+        return None
+    method = str(est.get("method") or "")
+    for marker in ("no interval: ", "undefined: ", "none: "):
+        if marker in method:
+            return method.split(marker, 1)[1]
+    return method or None
+
+
+def cell(est: dict[str, Any] | None, kind: str = "num", absent: str = "not computed") -> Any:
+    """A table cell's HTML: the value and, under it, its interval; '–' with the reason as a tooltip."""
+    from markupsafe import Markup, escape
+
+    unit = {"pct": " %", "pp": " pp"}.get(kind, "")
+    if est is None or est.get("value") is None:
+        why = absent if est is None else (missing_reason(est) or absent)
+        return Markup('<span class="na" title="{}">–</span>').format(why)
+    value = escape(_fmt_kind(est["value"], kind) + unit)
+    if est.get("ci_low") is None or est.get("ci_high") is None:
+        why = missing_reason(est) or "no interval"
+        return Markup('{}<br><span class="ci na" title="{}">no interval</span>').format(value, why)
+    lo, hi = (_fmt_kind(est[k], kind) for k in ("ci_low", "ci_high"))
+    return Markup('{}<br><span class="ci">[{}, {}]</span>').format(value, lo, hi)
+
+
+def missing_notes(groups: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[str]:
+    """The footnote under a table: each reason a '–' stands for there, with the groups it applies to."""
+    found: dict[str, list[str]] = {}
+    for g in groups:
+        for key in keys:
+            if key in g:
+                est = g[key]
+            elif g.get("disparity"):
+                est = g["disparity"].get(key)
+            else:
+                continue  # the reference row, or no reference at all: said in the cell
+            why = missing_reason(est) if est and (est["value"] is None or est["ci_low"] is None) else None
+            if why:
+                found.setdefault(f"{LABELS.get(key, key)}: {why}", []).append(g["group"])
+    return [f"{what} ({', '.join(names)})" for what, names in found.items()]
+
+
 def render_html(report: dict[str, Any]) -> str:
     """One self-contained HTML page: tables and embedded PNG plots, all drawn from `report`."""
     import jinja2
@@ -270,7 +355,9 @@ def render_html(report: dict[str, Any]) -> str:
     )
     env.filters["num"] = fmt
     env.filters["ci"] = fmt_ci
-    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f} %"
+    env.filters["pct"] = fmt_pct
+    env.filters["cell"] = cell
+    env.globals["missing_notes"] = missing_notes
     plots = render_plots(report)
     data = json.dumps(report, ensure_ascii=False, allow_nan=False).replace("</", "<\\/")
     return env.get_template("report.html.j2").render(r=report, plots=plots, data_json=data)
@@ -290,7 +377,8 @@ def _figure(width: float = 7.0, height: float = 3.6) -> Any:
 
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    # tight: the saved image grows to hold legends placed beside the axes and long tick labels
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.08)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -321,27 +409,32 @@ def render_plots(report: dict[str, Any]) -> dict[str, str | None]:
     return plots
 
 
+def _legend_beside(ax: Any) -> None:
+    """The legend right of the axes, where it can cover no data."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+
+
 def _plot_distribution(report: dict[str, Any]) -> str:
-    """Figure 5: the score distribution per group (density, so groups of any size compare)."""
+    """Figure 5: the score distribution per group, as counts of decisions per score bin."""
     dist = report["score_distribution"]
     edges = np.asarray(dist["edges"])
     fig = _figure()
     ax = fig.subplots()
     for name in _plotted_groups(report):
         counts = np.asarray(dist["groups"][name], dtype=float)
-        total = counts.sum()
-        if total == 0:
+        if counts.sum() == 0:
             continue
-        density = counts / (total * np.diff(edges))
-        ax.stairs(density, edges, label=f"{name} (n={int(total)})", linewidth=1.6)
-    ax.set_xlabel("score (√d · EU)")
-    ax.set_ylabel("density")
+        ax.stairs(counts, edges, label=f"{name} (n={int(counts.sum())})", linewidth=1.6)
+    ax.set_xlabel(f"score (√d · EU), bins of width {fmt(float(edges[1] - edges[0]), 3)}")
+    ax.set_ylabel("decisions (count per bin)")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_title(f"Score distribution by {report['group_by']}")
-    ax.legend(fontsize=8)
+    _legend_beside(ax)
     return _png(fig)
 
 
-def _errorbar_points(ests: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+def _errorbar_points(ests: Sequence[dict[str, Any] | None]) -> tuple[np.ndarray, np.ndarray]:
+    ests = [e or {"value": None, "ci_low": None, "ci_high": None} for e in ests]
     values = np.array([np.nan if e["value"] is None else e["value"] for e in ests], dtype=float)
     lo = np.array([v if e["ci_low"] is None else e["ci_low"] for e, v in zip(ests, values, strict=True)])
     hi = np.array([v if e["ci_high"] is None else e["ci_high"] for e, v in zip(ests, values, strict=True)])
@@ -349,19 +442,45 @@ def _errorbar_points(ests: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.nda
 
 
 def _plot_rates(report: dict[str, Any]) -> str:
-    """Halt and flag rates per group with their Wilson intervals."""
+    """Left: halt and flag rates per group (Wilson intervals); right: their difference from the reference
+    group (Newcombe intervals). Groups too small to compare are drawn hollow."""
+    from matplotlib.lines import Line2D
+
     groups = report["fairness"]["groups"]
-    fig = _figure(7.0, max(2.4, 0.32 * len(groups) + 1.2))
-    ax = fig.subplots()
+    ref = report["fairness"]["reference"]
+    fig = _figure(9.0, max(2.4, 0.34 * len(groups) + 1.3))
+    left, right = fig.subplots(1, 2, sharey=True)
     y = np.arange(len(groups))
-    for offset, key, label in ((-0.15, "halt_rate", "halt rate"), (0.15, "flag_rate", "flag rate")):
-        values, err = _errorbar_points([g[key] for g in groups])
-        ax.errorbar(values, y + offset, xerr=err, fmt="o", capsize=3, label=label)
-    ax.set_yticks(y, [g["group"] for g in groups])
-    ax.invert_yaxis()
-    ax.set_xlabel(f"rate ({int(100 * report['settings']['confidence'])} % Wilson interval)")
-    ax.set_title(f"Halt and flag rates by {report['group_by']}")
-    ax.legend(fontsize=8)
+    small = np.array([g["n"] < report["settings"]["min_group_size"] for g in groups], dtype=bool)
+    handles = []
+    for offset, key, color in ((-0.15, "halt", "#c0392b"), (0.15, "flag", "#e0a526")):
+        rates = [g[f"{key}_rate"] for g in groups]
+        diffs = [(g["disparity"] or {}).get(f"{key}_rate_difference") for g in groups]
+        for ax, ests in ((left, rates), (right, diffs)):
+            values, err = _errorbar_points(ests)
+            for mask, face in ((~small, color), (small, "white")):
+                if mask.any():
+                    ax.errorbar(
+                        100 * values[mask], y[mask] + offset, xerr=100 * err[:, mask], fmt="o", capsize=3,
+                        color=color, markerfacecolor=face,
+                    )  # fmt: skip
+        handles.append(Line2D([], [], marker="o", linestyle="", color=color, label=f"{key} rate"))
+    if small.any():
+        handles.append(
+            Line2D([], [], marker="o", linestyle="", color="#777", markerfacecolor="white", label="too few")
+        )
+    right.axvline(0, color="#555", linewidth=0.8)
+    labels = [f"{g['group']} (n={g['n']})" + (" · ref." if g["group"] == ref else "") for g in groups]
+    left.set_yticks(y, labels)
+    left.invert_yaxis()
+    conf = round(100 * report["settings"]["confidence"])
+    left.set_xlim(-3, 103)
+    left.set_xlabel(f"rate in % ({conf} % Wilson interval)")
+    right.set_xlabel(f"− {ref}, percentage points ({conf} % Newcombe)")
+    left.set_title(f"Halt and flag rates by {report['group_by']}", fontsize=10)
+    right.set_title(f"Difference from the reference group ({ref})", fontsize=10)
+    right.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.subplots_adjust(left=0.16, right=0.86, wspace=0.08, top=0.88, bottom=0.16)
     return _png(fig)
 
 
@@ -374,13 +493,19 @@ def _plot_time(report: dict[str, Any]) -> str:
     bottom = np.zeros(len(rows))
     for action, color in (("continue", "#4c9a2a"), ("flag", "#e0a526"), ("halt", "#c0392b")):
         counts = np.array([r[action] for r in rows], dtype=float)
-        ax.bar(x, counts, bottom=bottom, color=color, label=action, width=0.9)
+        ax.bar(x, counts, bottom=bottom, color=color, label=action, width=0.8)
         bottom += counts
+    ax.set_xlim(-0.6, max(len(rows), 6) - 0.4)  # one bucket is one bar, not the whole width
     step = max(1, len(rows) // 8)
-    ax.set_xticks(x[::step], [r["t"] for r in rows][::step], rotation=30, ha="right", fontsize=7)
+    rotate = len(rows) > 3
+    labels = [r["t"] for r in rows][::step]
+    ax.set_xticks(
+        x[::step], labels, rotation=30 if rotate else 0, ha="right" if rotate else "center", fontsize=7
+    )
     ax.set_ylabel(f"decisions per {report['over_time']['bucket']}")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_title("Decisions over time")
-    ax.legend(fontsize=8)
+    _legend_beside(ax)
     return _png(fig)
 
 

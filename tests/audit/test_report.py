@@ -16,7 +16,6 @@ from audit.report import (
     ReportOptions,
     build_report,
     fmt,
-    fmt_ci,
     render_csv,
     render_html,
     render_json,
@@ -192,28 +191,66 @@ class _Tables(HTMLParser):
             self.data += data
 
 
+def _pct(est: dict) -> str:
+    """A rate as the report prints it, computed here independently: '25.0 %[4.6, 69.9]'."""
+    if est["value"] is None:
+        return "–"
+    ci = (
+        "no interval" if est["ci_low"] is None else f"[{100 * est['ci_low']:.1f}, {100 * est['ci_high']:.1f}]"
+    )
+    return f"{100 * est['value']:.1f} %{ci}"
+
+
+def _pp(est: dict | None) -> str:
+    if est is None or est["value"] is None:
+        return "–"
+    lo, hi = (f"{100 * est[k]:+.1f}".replace("-", "\u2212") for k in ("ci_low", "ci_high"))
+    return f"{100 * est['value']:+.1f} pp".replace("-", "\u2212") + f"[{lo}, {hi}]"
+
+
+def _ratio(est: dict | None) -> str:
+    if est is None or est["value"] is None:
+        return "–"
+    return f"{est['value']:.2f}[{est['ci_low']:.2f}, {est['ci_high']:.2f}]"
+
+
 def test_html_agrees_with_json(sqlite_db: str) -> None:
     rep = build(sqlite_db, keywords=("pizza",))
     html = render_html(rep)
-    parser = _Tables("fairness")
+    parser = _Tables("disparity")
     parser.feed(html)
     assert json.loads(parser.data) == rep  # the embedded data is the report itself
     rows = [r for r in parser.rows if r]
     assert len(rows) == len(rep["fairness"]["groups"])
     for cells, g in zip(rows, rep["fairness"]["groups"], strict=True):
         d = g["disparity"] or {}
-        expected = [g["group"], fmt(g["n"])]
-        for key in ("mean_score", "median_score", "halt_rate", "flag_rate", "mean_quality"):
-            expected += [fmt(g[key]["value"]), fmt_ci(g[key])]
-        for key in (
-            "mean_score_difference",
-            "mean_score_ratio",
-            "halt_rate_difference",
-            "halt_rate_ratio",
-            "flag_rate_difference",
-        ):
-            expected += [fmt(d[key]["value"]) if d else "–", fmt_ci(d.get(key))]
+        name = g["group"] + (" (reference)" if g["is_reference"] else "")
+        expected = [name, fmt(g["n"])]
+        for key in ("halt", "flag"):
+            expected += [_pct(g[f"{key}_rate"]), _pp(d.get(f"{key}_rate_difference"))]
+            expected.append(_ratio(d.get(f"{key}_rate_ratio")))
         assert cells == expected
+    # fi halts 1 of 1 and en 1 of 4: ratio 4; zz halts none: its ratio is 0, and the '–'s say why
+    zz = next(g for g in rep["fairness"]["groups"] if g["group"] == "zz")
+    assert zz["disparity"]["halt_rate_ratio"]["value"] == 0.0
+    assert 'title="this is the reference group"' in html
+    # the full table, behind its toggle, has every estimate of every group
+    full = _Tables("fairness")
+    full.feed(html)
+    rows = [r for r in full.rows if r]
+    for cells, g in zip(rows, rep["fairness"]["groups"], strict=True):
+        assert (
+            cells[0] == g["group"] and cells[4] == _pct(g["halt_rate"]) and cells[5] == _pct(g["flag_rate"])
+        )
+        assert cells[2] == fmt(g["mean_score"]["value"]) + (
+            f"[{fmt(g['mean_score']['ci_low'])}, {fmt(g['mean_score']['ci_high'])}]"
+            if g["mean_score"]["ci_low"] is not None
+            else "no interval"
+        )
+    assert '<details id="full-table">' in html
+    parity = rep["fairness"]["parity"]
+    assert parity["halt"]["difference"]["value"] == 1.0  # fi 100 %, zz 0 %
+    assert parity["halt"]["highest"] == "fi" and parity["halt"]["lowest"] == "zz"
     q = _Tables("quartiles-all")
     q.feed(html)
     assert [r[1] for r in q.rows if r] == [fmt(r["n"]) for r in rep["quartiles"]["all"]]
