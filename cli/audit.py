@@ -1,11 +1,11 @@
-"""`emoe-gate migrate`, `emoe-gate audit verify` and `emoe-gate audit redact`."""
+"""`emoe-gate migrate`, `emoe-gate audit verify`, `audit checkpoint`, `audit new-key` and `audit redact`."""
 
 from __future__ import annotations
 
 import json
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -44,6 +44,28 @@ def open_database(url: str | None, *, create: bool = False) -> str:
     return url
 
 
+def _audit_key() -> bytes:
+    """The audit key from settings, or a one-line error (exit 2)."""
+    from audit.checkpoint import CheckpointError, load_key
+    from settings import get_settings
+
+    settings = get_settings()
+    try:
+        return load_key(settings.audit_key, settings.audit_key_file)
+    except CheckpointError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, Any], str]:
+    """The checkpoint's chain positions and time, or a one-line error (exit 2)."""
+    from audit.checkpoint import CheckpointError, read_checkpoint
+
+    try:
+        return read_checkpoint(path, _audit_key())
+    except CheckpointError as exc:
+        raise _fail(str(exc)) from exc
+
+
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     """Add this area's commands to the CLI."""
 
@@ -74,27 +96,76 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             str | None,
             typer.Option(help="A row_hash (or 8+ digit prefix) recorded earlier: fail if the chain lost it."),
         ] = None,
+        checkpoint: Annotated[
+            Path | None,
+            typer.Option(
+                "--checkpoint",
+                help="A file from `audit checkpoint`: fail unless the log still extends it (needs the key).",
+            ),
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
-        """Walk the hash chains (decisions, then review verdicts); exit 1 naming the first bad row (altered,
-        deleted or inserted rows)."""
-        from audit.chain import verify_chain
+        """Walk the hash chains (decisions, artifacts, review verdicts) and print each one's row count and
+        head; exit 1 naming the first bad row (altered, deleted or inserted rows)."""
+        from audit.checkpoint import verify_all
         from audit.db import session_scope
-        from audit.reviews import verify_reviews
 
         if expect_head is not None and len(expect_head) < 8:
             raise _fail(f"--expect-head: give at least 8 hex digits of a row_hash, got {expect_head!r}")
+        at = made = None
+        if checkpoint is not None:
+            at, made = _read_checkpoint(checkpoint)
         url = open_database(db)
         with session_scope(url) as session:
-            report = verify_chain(session, expect_head=expect_head)
-            reviews = verify_reviews(session)
+            reports = verify_all(session, at, expect_head=expect_head)
+        ok = all(r.ok for r in reports)
         if as_json:
-            typer.echo(json.dumps({**report.__dict__, "reviews": reviews.__dict__}))
+            decisions, artifacts, reviews = (r.__dict__ for r in reports)
+            out = {**decisions, "artifacts": artifacts, "reviews": reviews}
+            if checkpoint is not None:
+                out["checkpoint"] = {"file": str(checkpoint), "created_at": made, "extended": ok}
+            typer.echo(json.dumps(out))
         else:
-            typer.echo(str(report), err=not report.ok)
-            typer.echo(str(reviews), err=not reviews.ok)
-        if not (report.ok and reviews.ok):
+            for report in reports:
+                typer.echo(str(report), err=not report.ok)
+            if checkpoint is not None:
+                verdict = "the log extends it" if ok else "the log does NOT extend it"
+                typer.echo(f"checkpoint {checkpoint} (made {made}): {verdict}", err=not ok)
+        if not ok:
             raise typer.Exit(1)
+
+    @groups["audit"].command("checkpoint")
+    def checkpoint_command(
+        out: Annotated[Path, typer.Option("--out", help="The file to write (keep it outside the database).")],
+        db: DbOption = None,
+    ) -> None:
+        """Write a signed checkpoint of the chains (row counts, heads, time; HMAC-SHA256 with the audit key)
+        that `audit verify --checkpoint` later proves the log still extends."""
+        from audit.checkpoint import make_checkpoint, positions, write_checkpoint
+        from audit.db import session_scope
+
+        key = _audit_key()
+        url = open_database(db)
+        with session_scope(url) as session:
+            at, reports = positions(session)
+        if not all(r.ok for r in reports):
+            for report in reports:
+                typer.echo(str(report), err=not report.ok)
+            typer.echo("error: no checkpoint written: a chain is broken", err=True)
+            raise typer.Exit(1)
+        try:
+            write_checkpoint(out, make_checkpoint(at, key))
+        except OSError as exc:
+            raise _fail(f"--out: cannot write {out}: {exc.strerror}") from exc
+        heads = ", ".join(f"{name} {p.rows} rows head {p.head}" for name, p in at.items())
+        typer.echo(f"checkpoint written to {out}: {heads}")
+
+    @groups["audit"].command("new-key")
+    def new_key() -> None:
+        """Print a random audit key for EMOE_AUDIT_KEY (or a key file); keep it away from the database."""
+        import secrets
+
+        typer.echo(secrets.token_urlsafe(32))
 
     @groups["audit"].command("redact")
     def redact(
@@ -108,10 +179,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         ] = True,
     ) -> None:
         """Replace old prompt texts (and reviewers' notes) by their hash; the chains stay valid."""
-        from audit.chain import verify_chain
+        from audit.checkpoint import verify_all
         from audit.db import session_scope
         from audit.retention import redact_notes, redact_prompts
-        from audit.reviews import verify_reviews
 
         if older_than < 0:
             raise _fail(f"--older-than: must be a number of days >= 0, got {older_than}")
@@ -124,9 +194,8 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             typer.echo(f"redacted {notes} review notes")
         if check:
             with session_scope(url) as session:
-                report = verify_chain(session)
-                reviews = verify_reviews(session)
-            typer.echo(str(report), err=not report.ok)
-            typer.echo(str(reviews), err=not reviews.ok)
-            if not (report.ok and reviews.ok):
+                reports = verify_all(session)
+            for report in reports:
+                typer.echo(str(report), err=not report.ok)
+            if not all(r.ok for r in reports):
                 raise typer.Exit(1)

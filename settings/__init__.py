@@ -71,6 +71,40 @@ class Settings(BaseSettings):
         default=1024, ge=64, description="Largest height or width a request may ask for."
     )
     max_wait_s: float = Field(default=60.0, ge=0, description="Longest `?wait=` a request may ask for.")
+
+    # --- fair shares: per API key and per tenant (gateway.admission) ---------
+    max_request_cost: int = Field(
+        default=512 * 512 * 25 * 4,
+        ge=1,
+        description=(
+            "Largest height x width x steps x images one request may ask for (full mode: one image per "
+            "expert); default: four 512x512 images at 25 steps."
+        ),
+    )
+    cost_default_side: int = Field(
+        default=512,
+        ge=8,
+        description="Side counted for a request that names no height/width when the gateway holds no model.",
+    )
+    cost_full_images: int = Field(
+        default=4, ge=1, description="Images a full-mode job is counted for when the gateway holds no model."
+    )
+    tenant_max_queued: int = Field(
+        default=200, ge=1, description="Unfinished (queued, scoring, rendering) jobs one tenant may have."
+    )
+    submit_rate_per_s: float = Field(
+        default=20.0, gt=0, description="Submissions a second per API key (a token bucket per gateway process)."
+    )
+    submit_burst: int = Field(default=40, ge=1, description="Submissions an idle API key may make at once.")
+    max_waits_per_key: int = Field(
+        default=16, ge=1, description="Concurrent waiting requests (`?wait=`, `/v1/score`) per API key."
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest request body; larger ones get 413 unread."
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest a client may take to send a request's headers."
+    )
     recover_after_s: int = Field(
         default=30,
         ge=1,
@@ -148,6 +182,73 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(
         default=2.0, ge=0, description="First retry delay; doubles per attempt, each times a random 0.5-1."
     )
+
+    # --- dashboard and operations -------------------------------------------
+    public_url: str | None = Field(
+        default=None,
+        description=(
+            "The service's public base URL (e.g. `https://gate.example.com`, behind a TLS proxy): the "
+            "dashboard's cookie is `Secure` when it is https, and sign-in accepts forms from its origin."
+        ),
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _known_public_url(cls, value: str | None) -> str | None:
+        import urllib.parse
+
+        if value is None or not value.strip():
+            return None
+        parts = urllib.parse.urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"EMOE_PUBLIC_URL: {value!r} is not an http(s) URL such as https://gate.example")
+        return value.strip().rstrip("/")
+
+    dashboard_session_s: int = Field(
+        default=8 * 3600, ge=60, description="How long a dashboard sign-in lasts (the cookie's Max-Age)."
+    )
+    login_max_failures: int = Field(
+        default=5, ge=1, description="Failed dashboard sign-ins per client or key prefix before slowing down."
+    )
+    login_window_s: int = Field(
+        default=900, ge=1, description="The window over which failed dashboard sign-ins are counted."
+    )
+    metrics_token: str | None = Field(
+        default=None,
+        description=(
+            "Bearer token `/metrics` asks for; unset: `/metrics` answers only clients on the loopback address."
+        ),
+    )
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _known_metrics_token(cls, value: str | None) -> str | None:
+        if value is not None and (len(value.strip()) < 16 or value.strip().lower() in PLACEHOLDER_SECRETS):
+            raise ValueError("EMOE_METRICS_TOKEN: use a random token of at least 16 characters")
+        return value
+
+    metrics_per_tenant: bool = Field(
+        default=False, description="`/metrics` also counts jobs and decisions per tenant (a `tenant` label)."
+    )
+    audit_key: str | None = Field(
+        default=None,
+        description=(
+            "The key that signs audit checkpoints (HMAC-SHA256); keep it out of the database. "
+            "`emoe-gate audit new-key` makes one."
+        ),
+    )
+    audit_key_file: Path | None = Field(
+        default=None, description="A file holding the audit key (instead of EMOE_AUDIT_KEY)."
+    )
+
+    @field_validator("audit_key")
+    @classmethod
+    def _known_audit_key(cls, value: str | None) -> str | None:
+        if value is not None and (len(value.strip()) < 16 or value.strip().lower() in PLACEHOLDER_SECRETS):
+            raise ValueError(
+                "EMOE_AUDIT_KEY: use a random key of at least 16 characters (`emoe-gate audit new-key`)"
+            )
+        return value
 
     @field_validator("dtype")
     @classmethod
