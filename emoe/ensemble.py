@@ -222,6 +222,7 @@ def wrap_pipeline(
     problem = unet_passes.check_unet(pipe.unet)
     if problem:
         raise EnsembleConfigError(f"ensemble {source}: {problem}")
+    unet_passes.pairwise_time_embedding(pipe.unet)
     context = RoutingContext()
     moe_layers = replace_moe_blocks(pipe.unet, segmoe_adapter.sparse_moe_block_type(), context)
     if not moe_layers:

@@ -8,9 +8,7 @@ M paths of the conditional row; the reported score is sqrt(d) * EU.
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import inspect
 import json
 import math
 import time
@@ -23,6 +21,16 @@ import torch
 from emoe import unet_passes
 from emoe.config import ScoreConfig
 from emoe.ensemble import Ensemble
+from emoe.pipeline import (
+    Plan,
+    check_prompts,
+    denoise,
+    encode_prompts,
+    guided,
+    initial_noise,
+    seeded_generators,
+    step_kwargs,
+)
 from emoe.routing import routing
 
 SCORING_VERSION = 1
@@ -72,28 +80,6 @@ class Score:
 # --------------------------------------------------------------------------------------------------
 # the plan: a ScoreConfig resolved against an ensemble
 # ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Plan:
-    config: ScoreConfig
-    height: int
-    width: int
-    scheduler: Any  # with timesteps set
-    timesteps: torch.Tensor
-    split_layers: frozenset[str]
-    experts: list[int]
-    cfg: bool
-    scoring: dict[str, Any]
-    fingerprint: str
-
-    @property
-    def rows_per_group(self) -> int:
-        return 2 if self.cfg else 1
-
-    def fresh_scheduler(self) -> Any:
-        return copy.deepcopy(self.scheduler)
-
 
 def _json_safe(value: Any) -> Any:
     if isinstance(value, dict):
@@ -176,67 +162,8 @@ def make_plan(config: ScoreConfig, ensemble: Ensemble) -> Plan:
 
 
 # --------------------------------------------------------------------------------------------------
-# building blocks shared with generation
+# the gate's batch at the first step
 # ----------------------------------------------------------------------------------------------------
-
-
-def check_prompts(prompts: Sequence[str]) -> list[str]:
-    if isinstance(prompts, str):
-        raise TypeError("prompts: expected a list of strings, got a single string")
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("prompts: at least one prompt is needed")
-    for i, prompt in enumerate(prompts):
-        if not isinstance(prompt, str):
-            raise ValueError(f"prompts[{i}]: must be a string, got {type(prompt).__name__}")
-        if not prompt.strip():
-            raise ValueError(f"prompts[{i}]: empty or whitespace-only prompt")
-    return prompts
-
-
-@torch.no_grad()
-def encode_prompts(ensemble: Ensemble, prompts: list[str]) -> tuple[torch.Tensor, list[int], list[bool]]:
-    """CLIP embeddings as StableDiffusionPipeline makes them, plus token counts and truncation flags."""
-    tokenizer = ensemble.tokenizer
-    limit = ensemble.max_prompt_tokens
-    n_tokens = [len(tokenizer(p, truncation=False, verbose=False).input_ids) - 2 for p in prompts]
-    ids = tokenizer(
-        prompts,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-    embeds = ensemble.pipe.text_encoder(ids.to(ensemble.device))[0]
-    return embeds.to(ensemble.dtype), n_tokens, [n > limit for n in n_tokens]
-
-
-def initial_noise(ensemble: Ensemble, plan: Plan) -> tuple[torch.Tensor, torch.Generator]:
-    """The request's starting latents from its seed (as diffusers draws them with a CPU generator)."""
-    generator = torch.Generator("cpu").manual_seed(plan.config.seed)
-    channels = ensemble.unet.config.in_channels
-    shape = (1, channels, plan.height // ensemble.vae_scale_factor, plan.width // ensemble.vae_scale_factor)
-    latents = torch.randn(shape, generator=generator, dtype=ensemble.dtype).to(ensemble.device)
-    return latents * plan.scheduler.init_noise_sigma, generator
-
-
-def step_kwargs(scheduler: Any, generator: torch.Generator) -> dict[str, Any]:
-    params = set(inspect.signature(scheduler.step).parameters)
-    kwargs: dict[str, Any] = {}
-    if "eta" in params:
-        kwargs["eta"] = 0.0
-    if "generator" in params:
-        kwargs["generator"] = generator
-    return kwargs
-
-
-def guided(noise: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """Classifier-free guidance over consecutive (negative, prompt) row pairs."""
-    if not plan.cfg:
-        return noise
-    pairs = noise.view(-1, 2, *noise.shape[1:])
-    uncond, cond = pairs[:, 0], pairs[:, 1]
-    return uncond + plan.config.guidance * (cond - uncond)
 
 
 @dataclass
@@ -260,14 +187,14 @@ def layout(
     cond_only: bool = False,
 ) -> Rows:
     """Rows for R requests: per request, M gate paths (+ the ordinary path), each with its CFG rows (only the
-    conditional row with `cond_only`)."""
+    conditional row with `cond_only`). `negative`: one negative-prompt embedding for all, or one per request."""
     requests = embeds.shape[0]
     paths = len(plan.experts) + (1 if ordinary else 0)
     cfg = plan.cfg and not cond_only
     per_group = 2 if cfg else 1
     encoder_rows = []
     for r in range(requests):
-        per_path = [negative[0], embeds[r]] if cfg else [embeds[r]]
+        per_path = [negative[r if negative.shape[0] == requests else 0], embeds[r]] if cfg else [embeds[r]]
         encoder_rows.extend(per_path * paths)
     path_expert = [*plan.experts, -1][:paths]
     forced = torch.tensor(
@@ -463,16 +390,6 @@ def _score(prompts: Sequence[str], config: ScoreConfig, ensemble: Ensemble) -> l
     return scores
 
 
-def seeded_generators(state: torch.Tensor, n: int) -> list[torch.Generator]:
-    """n CPU generators at the same state: every trajectory draws the noise its request's seed gives."""
-    generators = []
-    for _ in range(n):
-        gen = torch.Generator("cpu")
-        gen.set_state(state)
-        generators.append(gen)
-    return generators
-
-
 @torch.no_grad()
 def ordinary_denoise(
     ensemble: Ensemble,
@@ -486,8 +403,6 @@ def ordinary_denoise(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Denoise each request with the ordinary (routed) MoE from the first step up to `last` (default: the
     end); the latents and each request's generator state."""
-    from emoe.generation import denoise  # generation builds on this module
-
     rows = [r for e in embeds for r in ((negative[0], e) if plan.cfg else (e,))]
     schedulers = [plan.fresh_scheduler() for _ in range(embeds.shape[0])]
     generators = seeded_generators(generator_state, len(schedulers))
