@@ -13,12 +13,14 @@ from sqlalchemy.exc import DBAPIError
 
 from audit import db
 from audit.chain import (
+    CHAIN_VERSION,
     GENESIS_HASH,
     ChainError,
     append_decision,
     append_decisions,
     canonical_record,
     decision_values,
+    row_hash,
     verify_chain,
 )
 from audit.models import Decision
@@ -227,3 +229,36 @@ def test_one_decision_per_job(migrated_sqlite_url: str) -> None:
         append_decision(session, job, FakeScore(0.5), decision)
         append_decision(session, job, FakeScore(0.5), decision)
     assert _verify(migrated_sqlite_url).rows == 0
+
+
+def test_new_decisions_cover_the_jobs_labels(db_url: str) -> None:
+    with db.session_scope(db_url) as session:
+        job = make_job(session, "labelled")
+        job.labels = {"group": "b", "region": "eu"}
+        row = append_decision(
+            session, job, FakeScore(0.5), decide(FakeScore(0.5), DecisionContext(), make_policy())
+        )
+        assert row.chain_version == CHAIN_VERSION == 2
+        assert '"labels":{"group":"b","region":"eu"}' in canonical_record(row)
+    assert _verify(db_url).ok
+
+
+def test_a_chain_version_may_not_go_back(migrated_sqlite_url: str) -> None:
+    """Re-hashing a version-2 row as version 1 (which does not cover labels) after a version-2 row is named,
+    even though its own link holds."""
+    ids = _fill(migrated_sqlite_url, 3)
+    engine = db.make_engine(migrated_sqlite_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER decisions_no_update")
+        conn.exec_driver_sql(f"UPDATE decisions SET chain_version = 1 WHERE id = {ids[2]}")
+        row = (
+            conn.execute(sa.select(*Decision.__table__.columns).where(Decision.id == ids[2])).mappings().one()
+        )
+        conn.execute(
+            sa.update(Decision.__table__)
+            .where(Decision.id == ids[2])
+            .values(row_hash=row_hash(row["prev_hash"], row))
+        )
+    engine.dispose()
+    report = _verify(migrated_sqlite_url)
+    assert report.first_bad_id == ids[2] and "formats never go back" in report.problem

@@ -102,3 +102,62 @@ def test_alembic_ini_takes_the_url_from_settings(pg_url: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert db.current_revision(pg_url) == db.head_revision()
+
+
+def _typed_table(name: str, *columns: str) -> sa.TableClause:
+    """A lightweight table of the models' column types (only the columns that existed before 0004)."""
+    model = Base.metadata.tables[name]
+    return sa.table(name, *(sa.column(c, model.c[c].type) for c in columns))
+
+
+def test_rows_from_before_0004_still_verify(empty_url: str) -> None:
+    """Decisions written before the labels were covered keep verifying (chain version 1); artifacts written
+    before they were chained are chained by the migration; new decisions are version 2 after them."""
+    import hashlib
+    import uuid
+    from datetime import UTC, datetime
+
+    from audit.chain import GENESIS_HASH, row_hash
+    from audit.checkpoint import verify_all
+    from audit.models import Decision
+    from tests.audit.factories import append_one
+
+    db.upgrade(empty_url, "0003")
+    job_id, now = uuid.uuid4(), datetime(2026, 11, 30, 12, 0, 0, 123456, tzinfo=UTC)
+    prompt = "an old prompt"
+    job = {
+        "id": job_id, "tenant": "acme", "prompt": prompt, "negative_prompt": "",
+        "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(), "prompt_chars": 13, "prompt_words": 3,
+        "language": "en", "labels": {"group": "a"}, "params": {}, "mode": "fast", "status": "completed",
+        "attempts": 1, "created_at": now, "updated_at": now,
+    }  # fmt: skip
+    decision = {
+        "job_id": job_id, "created_at": now, "tenant": "acme", "prompt_sha256": job["prompt_sha256"],
+        "language": "en", "score": 0.25, "eu": 0.01, "num_experts": 4, "fingerprint": "f" * 64,
+        "scoring": {"seed": 0}, "expert_deviation": [0.1], "policy_name": "p", "policy_version": "1",
+        "policy_hash": "h" * 64, "policy_mode": "enforce", "flag_at": 1.0, "halt_at": 2.0, "rule": "t",
+        "action": "continue", "shadow_action": None, "reason": "", "timings": {}, "prev_hash": GENESIS_HASH,
+    }  # fmt: skip
+    decision["row_hash"] = row_hash(GENESIS_HASH, {**decision, "chain_version": 1})
+    artifact = {
+        "job_id": job_id, "path_index": 0, "storage_uri": "file:///a/0.png", "sha256": "a" * 64,
+        "size_bytes": 10, "width": 8, "height": 8, "created_at": now,
+    }  # fmt: skip
+    engine = db.make_engine(empty_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.insert(_typed_table("jobs", *job)), [job])
+            conn.execute(sa.insert(_typed_table("decisions", *decision)), [decision])
+            conn.execute(sa.insert(_typed_table("artifacts", *artifact)), [artifact])
+    finally:
+        engine.dispose()
+
+    db.upgrade(empty_url)
+    with db.session_scope(empty_url) as session:
+        append_one(session, 0.5, prompt="a new prompt")
+    with db.session_scope(empty_url) as session:
+        reports = verify_all(session)
+        versions = session.scalars(sa.select(Decision.chain_version).order_by(Decision.id)).all()
+    assert all(r.ok for r in reports), [str(r) for r in reports]
+    assert [r.rows for r in reports] == [2, 1, 0]
+    assert versions == [1, 2]
