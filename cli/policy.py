@@ -1,4 +1,5 @@
-"""`emoe-gate calibrate` (thresholds from reference prompts) and `emoe-gate replay` (policy over the log)."""
+"""`emoe-gate calibrate` (thresholds from reference prompts, or `--from-reviews` from reviewers' verdicts) and
+`emoe-gate replay` (policy over the log)."""
 
 from __future__ import annotations
 
@@ -48,8 +49,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @app.command("calibrate")
     def calibrate(
-        prompts: Annotated[Path, typer.Option("--prompts", help="Reference prompts, one per line.")],
         out: Annotated[Path, typer.Option("--out", help="Where to write the policy YAML.")],
+        prompts: Annotated[
+            Path | None, typer.Option("--prompts", help="Reference prompts, one per line.")
+        ] = None,
         flag_quantile: Annotated[float, typer.Option(help="Flag above this conformal quantile.")] = 0.75,
         halt_quantile: Annotated[float, typer.Option(help="Halt above this conformal quantile.")] = 0.95,
         name: Annotated[str, typer.Option(help="Policy name.")] = "default",
@@ -68,14 +71,66 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         on_halt: Annotated[
             str, typer.Option(help="final (a halt stands) or review (a reviewer may approve a halted job).")
         ] = "final",
+        from_reviews: Annotated[
+            bool,
+            typer.Option(
+                "--from-reviews", help="Choose the thresholds from reviewed jobs in the audit log instead."
+            ),
+        ] = False,
+        max_unreviewed_rejects: Annotated[
+            float | None,
+            typer.Option(help="--from-reviews: at most this share of rejected prompts continue unreviewed."),
+        ] = None,
+        max_halted_approvals: Annotated[
+            float | None, typer.Option(help="--from-reviews: at most this share of approved prompts halt.")
+        ] = None,
+        confidence: Annotated[
+            float | None,
+            typer.Option(help="--from-reviews: the targets hold with this probability (clopper-pearson)."),
+        ] = None,
+        method: Annotated[
+            str,
+            typer.Option(help="--from-reviews: clopper-pearson (with --confidence) or crc (in expectation)."),
+        ] = "clopper-pearson",
+        base: Annotated[
+            Path | None,
+            typer.Option(
+                "--policy", help="--from-reviews: the policy to start from (default: the one in force)."
+            ),
+        ] = None,
+        since: Annotated[
+            str | None, typer.Option(help="--from-reviews: only decisions from this ISO date or time on.")
+        ] = None,
+        tenant: Annotated[str | None, typer.Option(help="--from-reviews: only this tenant's jobs.")] = None,
+        db: DbOption = None,
     ) -> None:
-        """Score reference prompts and write a policy whose thresholds are their split-conformal quantiles."""
+        """Write a policy: thresholds at the split-conformal quantiles of reference prompts' scores, or with
+        --from-reviews chosen from reviewers' verdicts for a named target."""
         from policies import PolicyError, dump_policy
         from policies.calibration import CalibrationError, calibrate_policy, min_reference_size
         from policies.policy import ON_FLAG, ON_HALT
         from settings import get_settings
 
         settings = get_settings()
+        if from_reviews:
+            if prompts is not None:
+                raise _fail("--prompts: not with --from-reviews (the scores come from the audit log)")
+            _calibrate_from_reviews(
+                out=out,
+                base=base,
+                name=name,
+                version=version,
+                max_unreviewed_rejects=max_unreviewed_rejects,
+                max_halted_approvals=max_halted_approvals,
+                confidence=confidence,
+                method=method,
+                since=since,
+                tenant=tenant,
+                db=db,
+            )
+            return
+        if prompts is None:
+            raise _fail("--prompts: give the reference prompts file (or --from-reviews)")
         # 1. the reference prompts, enough of them for finite thresholds (checked before any scoring)
         for option, value, allowed in (("--on-flag", on_flag, ON_FLAG), ("--on-halt", on_halt, ON_HALT)):
             if value not in allowed:
@@ -147,6 +202,95 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             typer.echo(
                 f"note: ensemble {model.name!r} has random weights; its thresholds mean nothing", err=True
             )
+
+    def _calibrate_from_reviews(
+        *,
+        out: Path,
+        base: Path | None,
+        name: str,
+        version: str,
+        max_unreviewed_rejects: float | None,
+        max_halted_approvals: float | None,
+        confidence: float | None,
+        method: str,
+        since: str | None,
+        tenant: str | None,
+        db: str | None,
+    ) -> None:
+        from audit.db import session_scope
+        from audit.replay import reviewed_scores
+        from policies import PolicyError, bundled_policy_path, dump_policy, load_policy
+        from policies.calibration import CalibrationError
+        from policies.conformal import METHODS, calibrate_from_reviews
+        from settings import get_settings
+
+        if method not in METHODS:
+            raise _fail(f"--method: must be one of {', '.join(METHODS)}, got {method!r}")
+        if max_unreviewed_rejects is None and max_halted_approvals is None:
+            raise _fail("--max-unreviewed-rejects: name a target (and/or --max-halted-approvals)")
+        if method == "clopper-pearson" and confidence is None:
+            raise _fail("--confidence: the clopper-pearson method needs one (e.g. 0.9), or use --method crc")
+        settings = get_settings()
+        try:
+            start_policy = load_policy(base or settings.policy_path or bundled_policy_path(settings.dtype))
+        except PolicyError as exc:
+            raise _fail(f"--policy: {exc}") from exc
+        start = parse_since(since)
+        url = open_database(db)
+        with session_scope(url) as session:
+            reviewed, unreviewed = reviewed_scores(
+                session, start_policy.fingerprint, since=start, tenant=tenant
+            )
+        provenance = {
+            "database": url.split("@")[-1],
+            "since": start.isoformat() if start else None,
+            "tenant": tenant,
+            "unreviewed_decisions": unreviewed,
+        }
+        try:
+            policy = calibrate_from_reviews(
+                reviewed,
+                start_policy,
+                max_unreviewed_rejects=max_unreviewed_rejects,
+                max_halted_approvals=max_halted_approvals,
+                method=method,
+                confidence=confidence,
+                name=name if name != "default" else None,
+                version=version if version != "1" else None,
+                provenance=provenance,
+            )
+        except (CalibrationError, PolicyError) as exc:
+            raise _fail(str(exc)) from exc
+        command = f"emoe-gate calibrate --from-reviews --method {method}"
+        for option, value in (
+            ("--max-unreviewed-rejects", max_unreviewed_rejects),
+            ("--max-halted-approvals", max_halted_approvals),
+            ("--confidence", confidence),
+            ("--policy", base),
+            ("--since", since),
+            ("--tenant", tenant),
+        ):
+            command += f" {option} {shlex.quote(str(value))}" if value is not None else ""
+        command += f" --out {shlex.quote(str(out))}"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        header = f"# Generated by: {command}\n# Policy id: {policy.id}\n"
+        out.write_text(header + dump_policy(policy), encoding="utf-8")
+        record = policy.calibration
+        typer.echo(
+            f"{policy.id}: flag_at {policy.flag_at:.6g}, halt_at {policy.halt_at:.6g} from "
+            f"{record['n_reviewed']} reviewed jobs ({record['n_rejected']} rejected, "
+            f"{record['n_approved']} approved; {unreviewed} decisions without a verdict) -> {out}"
+        )
+        for key in ("flag_at", "halt_at"):
+            choice = record[key]
+            if "errors" in choice:
+                lo, hi = choice["interval"]
+                typer.echo(
+                    f"  {key}: {choice['errors']} of {choice['n']} reviewed on the wrong side "
+                    f"(target {choice['target']}, bound {choice['bound']:.4g}, "
+                    f"{choice['interval_confidence']:.0%} interval {lo:.4g}-{hi:.4g})"
+                )
+        typer.echo(f"  {record['scope']}")
 
     @app.command("replay")
     def replay(

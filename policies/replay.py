@@ -1,4 +1,5 @@
-"""Replay: apply a policy to stored scores and count what would change (overall, from→to, per language)."""
+"""Replay: apply a policy to stored scores and count what would change (overall, from→to, per language), and,
+for jobs reviewers judged, how many rejected ones it would let through and how many approved ones it stops."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from policies.policy import Policy
 
 @dataclass(frozen=True)
 class ReplayRecord:
-    """One stored decision: its score, the scoring fingerprint, the language and the action taken then."""
+    """One stored decision: its score, the scoring fingerprint, the language, the action taken then, and the
+    reviewers' final verdict on the job (`approved`, `rejected`; None if not decided by a reviewer)."""
 
     score: float
     fingerprint: str
     language: str | None
     action: str
+    review: str | None = None
 
 
 @dataclass
@@ -33,6 +36,12 @@ class ReplaySummary:
     after: dict[str, int] = field(default_factory=dict)
     transitions: dict[str, dict[str, int]] = field(default_factory=dict)
     by_language: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # reviewed jobs: rejected (let through: would continue) and approved (stopped: would halt; held: flag)
+    reviewed: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("rejected", "rejected_let_through", "approved", "approved_stopped", "approved_held"), 0
+        )
+    )
 
     @property
     def changed(self) -> int:
@@ -68,6 +77,13 @@ def replay(records: Iterable[ReplayRecord], policy: Policy) -> ReplaySummary:
         languages[lang]["before"][record.action] += 1
         languages[lang]["after"][new_action] += 1
         changed_by_language[lang] += record.action != new_action
+        if record.review == "rejected":
+            summary.reviewed["rejected"] += 1
+            summary.reviewed["rejected_let_through"] += new_action == "continue"
+        elif record.review == "approved":
+            summary.reviewed["approved"] += 1
+            summary.reviewed["approved_stopped"] += new_action == "halt"
+            summary.reviewed["approved_held"] += new_action == "flag"
 
     summary.before = _ordered(before)
     summary.after = _ordered(after)
@@ -112,6 +128,14 @@ def format_summary(summary: ReplaySummary) -> str:
     for source in _order([*summary.transitions, *ACTIONS]):
         row = summary.transitions.get(source, {})
         lines.append(f"{source:<10}" + "".join(f"{row.get(a, 0):>10}" for a in ACTIONS))
+    r = summary.reviewed
+    if r["rejected"] or r["approved"]:
+        lines += [
+            "",
+            f"reviewed jobs: {r['rejected_let_through']} of {r['rejected']} rejected would be let through "
+            f"(continue unreviewed); {r['approved_stopped']} of {r['approved']} approved would be stopped "
+            f"(halt), {r['approved_held']} held for review again (flag)",
+        ]
     if summary.by_language:
         header = f"{'language':<10}{'total':>7}{'changed':>9}  " + "  ".join(
             f"{a + ' b→a':>14}" for a in ACTIONS
