@@ -7,6 +7,7 @@ import torch
 from emoe import segmoe_adapter, unet_passes
 from emoe.routing import RoutedMoE, routing
 from emoe.scoring import encode_prompts
+from tests.emoe.test_scoring import segmoe_layer_count
 
 
 def _inputs(ensemble, prompts: list[str], seed: int = 0):
@@ -24,7 +25,8 @@ def test_every_segmoe_block_replaced_with_same_weights(tiny, tiny_folder) -> Non
     raw, _ = segmoe_adapter.load_checkpoint(tiny_folder, device="cpu", dtype=torch.float32)
     sparse = segmoe_adapter.sparse_moe_block_type()
     assert not any(isinstance(m, sparse) for m in tiny.unet.modules())
-    assert len(tiny.moe_layers) == sum(isinstance(m, sparse) for m in raw.unet.modules()) == 36
+    assert len(tiny.moe_layers) == sum(isinstance(m, sparse) for m in raw.unet.modules())
+    assert len(tiny.moe_layers) == segmoe_layer_count(tiny) == 36
     assert all(isinstance(m, RoutedMoE) for m in tiny.moe_layers.values())
     assert tiny.unet.state_dict().keys() == raw.unet.state_dict().keys()
 

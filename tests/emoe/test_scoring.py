@@ -29,6 +29,34 @@ def mid_dims(ensemble) -> int:
     return unet.config.block_out_channels[-1] * side * side
 
 
+def segmoe_layer_count(ensemble) -> int:
+    """How many MoE layers segmoe makes of the ensemble's config: with `moe_layers: attn`, to_q, to_k and to_v
+    of attn1 and attn2 in every transformer block of down_blocks[down_idx_start:down_idx_end] and
+    up_blocks[up_idx_start:up_idx_end]."""
+    config, unet = ensemble.segmoe_config, ensemble.unet
+    assert config["moe_layers"] == "attn"
+    blocks = [
+        *unet.down_blocks[config["down_idx_start"] : config["down_idx_end"]],
+        *unet.up_blocks[config["up_idx_start"] : config["up_idx_end"]],
+    ]
+    transformer_blocks = sum(
+        len(attention.transformer_blocks)
+        for block in blocks
+        for attention in getattr(block, "attentions", [])
+    )
+    return transformer_blocks * 2 * 3
+
+
+def first_timestep(scheduler_config, kind: str, steps: int) -> int:
+    """The first timestep by diffusers' formula for `leading` spacing, which SD 1.x schedulers use: DDPM takes
+    (T // steps) * (steps - 1), DPM-Solver (T // (steps + 1)) * steps; both add steps_offset."""
+    assert scheduler_config["timestep_spacing"] == "leading"
+    T, offset = scheduler_config["num_train_timesteps"], scheduler_config["steps_offset"]
+    if kind == "ddpm":
+        return (T // steps) * (steps - 1) + offset
+    return (T // (steps + 1)) * steps + offset  # DPM-Solver: no lambda clipping in this config
+
+
 def test_different_experts_score_above_zero(tiny) -> None:
     scores = score(PROMPTS, cfg(tiny), tiny)
     assert [s.prompt for s in scores] == PROMPTS
@@ -128,7 +156,7 @@ def test_split_options(tiny) -> None:
         results[json.dumps(s.scoring["split"])] = s.fingerprint
     assert len(set(results.values())) == 5
     all_layers = score(PROMPTS[:1], cfg(tiny, split="all"), tiny)[0].scoring["split"]
-    assert len(all_layers) == 36
+    assert len(all_layers) == segmoe_layer_count(tiny) == len(tiny.moe_layers)
     named = score(PROMPTS[:1], cfg(tiny, split=deeper), tiny)[0]
     assert named.scoring["split"] == [f"{deeper[0]}.to_{p}" for p in "kqv"]
     assert named.split == deeper
@@ -170,8 +198,12 @@ def test_fingerprint_covers_the_scoring_configuration(tiny) -> None:
 def test_first_timestep_depends_on_the_scheduler(tiny) -> None:
     ddpm = score(PROMPTS[:1], cfg(tiny, steps=25), tiny)[0]
     dpm = score(PROMPTS[:1], cfg(tiny, steps=25, scheduler="dpm"), tiny)[0]
-    assert ddpm.scoring["first_timestep"] == 961
-    assert dpm.scoring["first_timestep"] == 951  # DPM-Solver's trailing spacing starts lower (design.md)
+    config = tiny.pipe.scheduler.config
+    assert type(tiny.pipe.scheduler).__name__ == "DDPMScheduler"
+    assert ddpm.scoring["first_timestep"] == first_timestep(config, "ddpm", 25)  # 40 * 24 + 1 = 961
+    # DPM-Solver's leading spacing divides by steps + 1, so it starts lower: 38 * 25 + 1 = 951
+    assert dpm.scoring["first_timestep"] == first_timestep(config, "dpm", 25)
+    assert not config.get("lambda_min_clipped")  # unset: -inf for DPM-Solver, so no timestep is clipped
     assert ddpm.score != dpm.score
 
 
