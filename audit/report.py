@@ -70,7 +70,19 @@ def build_report(
         n_shadow=loaded.n_shadow,
         quality_metrics=loaded.quality_metrics,
         notes=[*notes, *loaded.notes],
+        extra={"reviews": _review_sections(session, opt)},
     )
+
+
+def _review_sections(session: Session, opt: ReportOptions) -> dict[str, Any]:
+    """The human-review sections (`audit.review_stats`), on the report's groups and intervals."""
+    from audit.review_stats import build_review_sections
+
+    stat_kw = {"confidence": opt.confidence, "n_boot": opt.n_boot, "seed": opt.seed}
+    return build_review_sections(
+        session, group_by=opt.group_by, since=opt.since, tenant=opt.tenant, **stat_kw,
+        bootstrap_max_n=opt.bootstrap_max_n,
+    )  # fmt: skip
 
 
 def report_from_records(

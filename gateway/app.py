@@ -13,6 +13,7 @@ from fastapi import APIRouter, FastAPI
 
 from audit.db import ensure_schema, get_sessionmaker, is_sqlite, resolve_url
 from gateway.auth import KeyCache
+from gateway.dashboard import SecurityHeaders
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics
 from gateway.routers import health, jobs, score
@@ -71,6 +72,7 @@ def create_app(
     app.state.dispatcher_latency = lambda: latency.snapshot(settings)
     app.state.metrics = GatewayMetrics(app)
     install_error_handlers(app)
+    app.add_middleware(SecurityHeaders)  # nosniff everywhere; CSP and frame/referrer rules on HTML
 
     app.include_router(health.router)
     app.include_router(jobs.router)

@@ -3,20 +3,32 @@
 A key is sent as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Only its sha256 is
 stored. A `submit` key can also read; a `read` key can only read; a `review` key can read (held images
 too) and record review verdicts. Verified keys are cached for a few seconds per process.
+
+The dashboard signs browsers in with signed sessions (`SessionSigner`), never by keeping the key itself.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 
 from audit.keys import find_key, hash_key
+from audit.models import ApiKey
+from settings import Settings
 
 AUTH_RESPONSES: dict[int | str, dict] = {
     401: {"description": "Missing or invalid API key."},
@@ -138,3 +150,179 @@ def require_role_async(role: str) -> Callable[..., Awaitable[str]]:
 ReadTenant = Annotated[str, Depends(require_role_async("read"))]
 SubmitTenant = Annotated[str, Depends(require_role_async("submit"))]
 ReviewTenant = Annotated[str, Depends(require_role_async("review"))]
+
+
+# --- dashboard sessions -------------------------------------------------------------------------------------
+
+SESSION_CONTEXT = b"emoe-gate dashboard session v1\x00"
+CSRF_CONTEXT = b"emoe-gate dashboard csrf v1\x00"
+
+
+@dataclass(frozen=True)
+class DashboardSession:
+    """A signed-in browser: which key (id and shown prefix), its tenant and role, until when (unix time)."""
+
+    sid: str
+    key_id: int
+    key_prefix: str
+    tenant: str
+    role: str
+    expires: int
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class SessionSigner:
+    """Signs dashboard sessions into cookie values (`payload.hmac`) and derives their CSRF tokens.
+
+    The cookie carries no secret: only the key's id and prefix, the tenant, the role, the expiry and a random
+    session id; a request is signed in only while the signature holds, the session has not expired or been
+    signed out, and its key is still live with the same tenant and role."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> SessionSigner:
+        """The signer of a deployment: its key is derived from the operator's webhook secret (every gateway
+        of a deployment shares it; rotating it ends every dashboard session)."""
+        from workers.webhooks import signing_key, webhook_secret
+
+        operator = signing_key(webhook_secret(settings))
+        return cls(hmac.new(operator, SESSION_CONTEXT, hashlib.sha256).digest())
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()
+
+    def issue(self, key: ApiKey, max_age_s: int, now: float | None = None) -> tuple[str, DashboardSession]:
+        """(cookie value, session) for a live key, valid `max_age_s` seconds."""
+        session = DashboardSession(
+            sid=secrets.token_urlsafe(16),
+            key_id=int(key.id),
+            key_prefix=key.key_prefix,
+            tenant=key.tenant,
+            role=key.role,
+            expires=int((now or time.time()) + max_age_s),
+        )
+        payload = json.dumps(
+            {"s": session.sid, "k": session.key_id, "p": session.key_prefix, "t": session.tenant,
+             "r": session.role, "e": session.expires},
+            separators=(",", ":"),
+        ).encode()  # fmt: skip
+        return f"{_b64(payload)}.{_b64(self._mac(payload))}", session
+
+    def read(self, value: str | None, now: float | None = None) -> DashboardSession | None:
+        """The session a cookie value carries; None if it is malformed, forged or expired."""
+        if not value or len(value) > 1024 or value.count(".") != 1:
+            return None
+        encoded, mac = value.split(".")
+        try:
+            payload = _unb64(encoded)
+            if not hmac.compare_digest(_unb64(mac), self._mac(payload)):
+                return None
+            data = json.loads(payload)
+            session = DashboardSession(
+                sid=str(data["s"]), key_id=int(data["k"]), key_prefix=str(data["p"]), tenant=str(data["t"]),
+                role=str(data["r"]), expires=int(data["e"]),
+            )  # fmt: skip
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            return None
+        return session if session.expires > (now or time.time()) else None
+
+    def csrf(self, session: DashboardSession) -> str:
+        """The session's CSRF token (every dashboard form posts it back)."""
+        return _b64(hmac.new(self._key, CSRF_CONTEXT + session.sid.encode(), hashlib.sha256).digest())
+
+    def csrf_ok(self, session: DashboardSession, value: str | None) -> bool:
+        return bool(value) and hmac.compare_digest(str(value).encode(), self.csrf(session).encode())
+
+
+def session_key_live(session: Session, signed: DashboardSession) -> bool:
+    """True while the session's key is live (not revoked) with the tenant and role it was signed in with."""
+    row = session.get(ApiKey, signed.key_id)
+    return (
+        row is not None
+        and row.revoked_at is None
+        and row.tenant == signed.tenant
+        and row.role == signed.role
+        and row.key_prefix == signed.key_prefix
+    )
+
+
+class EphemeralStore:
+    """Short-lived shared state of the dashboard: signed-out sessions and counts of failed sign-ins.
+
+    In Redis (the broker) when there is one, so that every gateway process sees a sign-out; otherwise in
+    this process's memory (embedded mode runs one gateway process)."""
+
+    PREFIX = "emoe:dashboard:"
+
+    def __init__(self, redis_client: Any | None = None) -> None:
+        self._redis = redis_client
+        self._lock = threading.Lock()
+        self._out: dict[str, float] = {}  # sid -> when the session would have expired
+        self._fails: dict[str, tuple[int, float]] = {}  # name -> (count, end of the window)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> EphemeralStore:
+        if settings.embedded:
+            return cls()
+        from workers.heartbeat import redis_client
+
+        return cls(redis_client(settings))
+
+    def _prune(self, now: float) -> None:
+        if len(self._out) > 10_000:
+            self._out = {k: v for k, v in self._out.items() if v > now}
+        if len(self._fails) > 10_000:
+            self._fails = {k: v for k, v in self._fails.items() if v[1] > now}
+
+    def sign_out(self, sid: str, until: float) -> None:
+        """Remember that session `sid` ended (until it would have expired anyway)."""
+        ttl = max(1, int(until - time.time()) + 1)
+        if self._redis is not None:
+            self._redis.set(f"{self.PREFIX}out:{sid}", b"1", ex=ttl)
+            return
+        with self._lock:
+            self._prune(time.time())
+            self._out[sid] = until
+
+    def signed_out(self, sid: str) -> bool:
+        if self._redis is not None:
+            return bool(self._redis.exists(f"{self.PREFIX}out:{sid}"))
+        with self._lock:
+            return sid in self._out
+
+    def failures(self, name: str) -> tuple[int, float]:
+        """(failed attempts of `name` in its current window, seconds until the window ends)."""
+        if self._redis is not None:
+            key = f"{self.PREFIX}fail:{name}"
+            count, ttl = self._redis.get(key), self._redis.ttl(key)
+            return (int(count or 0), float(max(ttl, 0)))
+        now = time.time()
+        with self._lock:
+            count, end = self._fails.get(name, (0, now))
+        return (count, end - now) if end > now else (0, 0.0)
+
+    def fail(self, name: str, window_s: int) -> int:
+        """Count a failed attempt of `name` (the window starts at its first failure); returns the count."""
+        if self._redis is not None:
+            key = f"{self.PREFIX}fail:{name}"
+            count = int(self._redis.incr(key))
+            if count == 1 or self._redis.ttl(key) < 0:
+                self._redis.expire(key, window_s)
+            return count
+        now = time.time()
+        with self._lock:
+            self._prune(now)
+            count, end = self._fails.get(name, (0, now))
+            if end <= now:
+                count, end = 0, now + window_s
+            self._fails[name] = (count + 1, end)
+            return count + 1

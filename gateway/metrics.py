@@ -1,20 +1,51 @@
 """`/metrics` for Prometheus: queue depth, gate latency, decisions by action and language, jobs by status.
 
 Counts come from SQL at scrape time (so they agree across processes); gate latency comes from the workers'
-shared histogram (`workers.latency`).
+shared histogram (`workers.latency`). The figures are the whole deployment's, so `/metrics` is for the
+operator: with `EMOE_METRICS_TOKEN` set it wants `Authorization: Bearer <token>`, otherwise it answers only
+clients on the loopback address. Figures per tenant only with `EMOE_METRICS_PER_TENANT=true`.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 from collections.abc import Iterator
 from typing import Any
 
+from fastapi import HTTPException, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import func, select
 
 from audit.jobs import status_counts
-from audit.models import Decision
+from audit.models import Decision, Job
+
+
+def _loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def require_metrics_access(request: Request) -> None:
+    """401 without the configured bearer token; without a token configured, 403 to non-loopback clients."""
+    token = request.app.state.settings.metrics_token
+    if token:
+        scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), token.encode()):
+            raise HTTPException(
+                status_code=401,
+                detail="/metrics wants `Authorization: Bearer <EMOE_METRICS_TOKEN>`",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return
+    if not _loopback(request.client.host if request.client else None):
+        raise HTTPException(
+            status_code=403,
+            detail="/metrics answers only loopback clients; set EMOE_METRICS_TOKEN to scrape it elsewhere",
+        )
 
 
 class _SqlCollector:
@@ -30,6 +61,16 @@ class _SqlCollector:
                     Decision.action, Decision.language
                 )
             ).all()
+            per_tenant = self.app.state.settings.metrics_per_tenant
+            if per_tenant:
+                tenant_jobs = session.execute(
+                    select(Job.tenant, Job.status, func.count()).group_by(Job.tenant, Job.status)
+                ).all()
+                tenant_decisions = session.execute(
+                    select(Decision.tenant, Decision.action, func.count()).group_by(
+                        Decision.tenant, Decision.action
+                    )
+                ).all()
             session.commit()
         except Exception:
             session.rollback()
@@ -51,6 +92,19 @@ class _SqlCollector:
         for action, language, count in decisions:
             family.add_metric([action, language or "unknown"], count)
         yield family
+        if per_tenant:
+            by_status = GaugeMetricFamily(
+                "emoe_tenant_jobs", "Jobs by tenant and status.", labels=["tenant", "status"]
+            )
+            for tenant, status, count in tenant_jobs:
+                by_status.add_metric([tenant, status], count)
+            yield by_status
+            by_action = GaugeMetricFamily(
+                "emoe_tenant_decisions", "Gate decisions by tenant and action.", labels=["tenant", "action"]
+            )
+            for tenant, action, count in tenant_decisions:
+                by_action.add_metric([tenant, action], count)
+            yield by_action
         latency = self.app.state.dispatcher_latency()
         if latency is not None:
             hist = HistogramMetricFamily(

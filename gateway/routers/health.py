@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+
+from gateway.metrics import require_metrics_access
 
 router = APIRouter(tags=["operations"])
 
@@ -45,6 +47,15 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(status_code=200 if ready else 503, content={"ready": ready, "checks": checks})
 
 
-@router.get("/metrics", summary="Prometheus metrics.", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (the operator's: a bearer EMOE_METRICS_TOKEN, else loopback clients only).",
+    response_class=Response,
+    dependencies=[Depends(require_metrics_access)],
+    responses={
+        401: {"description": "EMOE_METRICS_TOKEN is set and was not sent."},
+        403: {"description": "No EMOE_METRICS_TOKEN is set and the client is not on loopback."},
+    },
+)
 def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

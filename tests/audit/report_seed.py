@@ -20,7 +20,8 @@ def seed(engine: Engine, rows: Iterable[Mapping[str, Any]], *, chunk: int = 5000
     """Insert one job + decision (+ artifact when `quality` or `image` is given) per row; returns the count.
 
     Row keys: score, action, language; optional prompt, labels, quality, quality_metric, created_at, minutes
-    (offset from BASE_TIME), policy_version, policy_mode, shadow_action, rule, storage_uri.
+    (offset from BASE_TIME), policy_name, policy_version, policy_mode, shadow_action, rule, storage_uri,
+    sha256.
     """
     jobs: list[dict] = []
     decisions: list[dict] = []
@@ -76,7 +77,7 @@ def seed(engine: Engine, rows: Iterable[Mapping[str, Any]], *, chunk: int = 5000
                 "fingerprint": "f" * 64,
                 "scoring": {},
                 "expert_deviation": [],
-                "policy_name": "default",
+                "policy_name": row.get("policy_name", "default"),
                 "policy_version": row.get("policy_version", "1"),
                 "policy_hash": "p" * 64,
                 "policy_mode": row.get("policy_mode", "enforce"),
@@ -97,7 +98,7 @@ def seed(engine: Engine, rows: Iterable[Mapping[str, Any]], *, chunk: int = 5000
                     "job_id": job_id,
                     "path_index": 0,
                     "storage_uri": row.get("storage_uri", "file:///dev/null"),
-                    "sha256": "a" * 64,
+                    "sha256": row.get("sha256", "a" * 64),
                     "size_bytes": 1,
                     "width": 8,
                     "height": 8,

@@ -9,6 +9,10 @@ from typing import Any
 
 from settings import Settings
 
+# what an operator's Prometheus sends: without it /metrics answers loopback clients only (a TestClient is not)
+METRICS_TOKEN = "test-metrics-token-not-secret"
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -24,6 +28,7 @@ def make_settings(database_url: str, tmp: Path, **changes: Any) -> Settings:
         "artifacts_dir": tmp / "artifacts",
         "ensemble": "tiny",
         "webhook_secret": "test-webhook-secret",
+        "metrics_token": METRICS_TOKEN,
         "gate_batch_wait_ms": 0,
     }
     values.update(changes)

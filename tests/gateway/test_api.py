@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from audit.db import session_scope
 from audit.models import Job
-from tests.gateway.helpers import new_key
+from tests.gateway.helpers import METRICS_AUTH, new_key
 
 pytestmark = pytest.mark.postgres
 
@@ -290,7 +290,7 @@ def test_health_ready_metrics_and_openapi(make_client, module_pg_url) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["database"] == "ok"
     assert ready.json()["checks"]["workers_ready"] == 0  # no worker was started
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=METRICS_AUTH).text
     assert 'emoe_jobs_submitted_total{mode="fast"} 1.0' in metrics
     assert "emoe_queue_depth" in metrics and 'emoe_jobs{status="queued"}' in metrics
     paths = client.get("/openapi.json").json()["paths"]

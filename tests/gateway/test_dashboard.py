@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import uuid
@@ -20,8 +21,10 @@ pytestmark = pytest.mark.postgres
 
 def seed_tenant(url: str, tenant: str, tmp_path) -> str:
     """Decisions of `tenant` (and one of another tenant); returns the job id that has an image."""
-    png = tmp_path / "img.png"
+    png = tmp_path / "artifacts" / f"{tenant}.png"  # inside the artifacts folder: images are served from it
+    png.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (8, 8), (200, 30, 30)).save(png)
+    digest = hashlib.sha256(png.read_bytes()).hexdigest()
     rows = []
     for i in range(12):
         rows.append(
@@ -32,7 +35,7 @@ def seed_tenant(url: str, tenant: str, tmp_path) -> str:
         )  # fmt: skip
     rows.append(
         {"tenant": tenant, "language": "en", "score": 0.05, "action": "continue", "prompt": "with image",
-         "storage_uri": f"file://{png}", "quality": 30.5, "minutes": 2000}
+         "storage_uri": f"file://{png}", "sha256": digest, "quality": 30.5, "minutes": 2000}
     )  # fmt: skip
     rows.append(
         {"tenant": "someone-else", "language": "de", "score": 9.0, "action": "halt", "prompt": "secret"}
@@ -42,8 +45,11 @@ def seed_tenant(url: str, tenant: str, tmp_path) -> str:
         from audit.models import Job
 
         job = session.query(Job).filter(Job.prompt == "with image", Job.tenant == tenant).one()
+        mine = {"total": 13, "replayed": 13, "changed": 2, "before": {"halt": 3}, "after": {"halt": 4}}
+        theirs = {"total": 1, "replayed": 1, "changed": 1, "before": {"halt": 1}, "after": {"halt": 777}}
         session.add(ReplayRun(policy_name="default", policy_version="3", policy_hash="h" * 64,
-                              summary={"decisions": 13, "would_halt": 4}))  # fmt: skip
+                              summary={"total": 14, "changed": 3, "after": {"halt": 781},
+                                       "tenants": {tenant: mine, "someone-else": theirs}}))  # fmt: skip
         return str(job.id)
 
 
@@ -74,7 +80,8 @@ def test_pages_need_a_read_key(client: TestClient, module_pg_url: str) -> None:
     assert client.get("/dashboard/login").status_code == 200
     r = client.post("/dashboard/login", content="key=emg_wrong&next=/dashboard", follow_redirects=False,
                     headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
-    assert r.status_code == 303 and "error=" in r.headers["location"]
+    assert r.status_code == 303 and "error=invalid" in r.headers["location"]
+    assert "That key is not valid." in client.get(r.headers["location"]).text
     _, headers = new_key(module_pg_url, role="read")
     secret = headers["Authorization"].removeprefix("Bearer ")
     form = {"content-type": "application/x-www-form-urlencoded"}
@@ -83,9 +90,22 @@ def test_pages_need_a_read_key(client: TestClient, module_pg_url: str) -> None:
     assert r.status_code == 303 and r.headers["location"] == "/dashboard"  # no open redirect
     cookie = r.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/dashboard" in cookie
-    assert client.get("/dashboard").status_code == 200  # the cookie signs the browser in
-    client.post("/dashboard/logout")
+    assert "Max-Age=28800" in cookie and "Secure" not in cookie  # no https public URL is configured
+    assert secret not in cookie and secret[:12] in cookie_session(cookie)  # a session, not the key
+    page = client.get("/dashboard")
+    assert page.status_code == 200  # the cookie signs the browser in
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    client.post("/dashboard/logout", data={"csrf": csrf})
     assert client.get("/dashboard", follow_redirects=False).status_code == 303
+
+
+def cookie_session(set_cookie: str) -> str:
+    """The JSON payload a session cookie carries (readable, not secret: it is signed, not encrypted)."""
+    import base64
+
+    value = set_cookie.split(";")[0].split("=", 1)[1].strip('"')
+    payload = value.split(".")[0]
+    return base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode()
 
 
 def test_overview_fairness_and_jobs_are_scoped_to_the_tenant(
@@ -99,7 +119,9 @@ def test_overview_fairness_and_jobs_are_scoped_to_the_tenant(
     counts = re.findall(r'<span class="tag (\w+)">\w+</span></td><td>(\d+)</td>', overview.text)
     assert dict(counts) == {"continue": "8", "flag": "2", "halt": "3"}  # not the other tenant's halt
     assert "dash@7#" in overview.text  # the policy in force
-    assert "would_halt" in overview.text  # the latest replay
+    replay = re.search(r'<div id="replay">(.*?)</div>', overview.text, re.S).group(1)
+    assert "<td>3 → 4</td>" in replay and "<td>13</td>" in replay  # this tenant's replay totals ...
+    assert "777" not in replay and "781" not in replay  # ... neither another tenant's nor everyone's
 
     fair = client.get("/dashboard/fairness", headers=headers)
     assert fair.status_code == 200

@@ -17,7 +17,7 @@ from audit.models import Artifact, Review
 from audit.reviews import verify_reviews
 from policies import DecisionContext, decide, parse_policy
 from tests.audit.factories import FINGERPRINT, FakeScore
-from tests.gateway.helpers import new_key
+from tests.gateway.helpers import METRICS_AUTH, new_key
 
 pytestmark = pytest.mark.postgres
 
@@ -103,7 +103,7 @@ def test_a_flagged_job_under_hold_is_held_and_its_image_is_403_except_for_review
     assert client.get(f"/v1/jobs/{held}", headers=keys["other"]).status_code == 404
     # and only review keys see the queue
     assert client.get("/v1/reviews", headers=keys["read"]).status_code == 403
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=METRICS_AUTH).text
     assert 'emoe_jobs{status="held"}' in metrics
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from audit.db import session_scope
 from audit.models import TERMINAL_STATUSES, Artifact, Decision, Job
 from tests.conftest import create_pg_database, drop_pg_database
-from tests.gateway.helpers import make_settings, new_key
+from tests.gateway.helpers import METRICS_AUTH, make_settings, new_key
 from tests.services import RedisServer
 from tests.workers.conftest import PROMPTS
 
@@ -147,7 +147,8 @@ def test_twenty_jobs_reach_terminal_states(real) -> None:
     with session_scope(real["db"]) as session:
         sizes = [d.timings["gate_batch_size"] for d in session.scalars(select(Decision))]
     assert max(sizes) > 1  # waiting prompts from separate requests were scored as one batch
-    metrics = client.get("/metrics").text  # the workers' shared gate-latency histogram, read by the gateway
+    # the workers' shared gate-latency histogram, read by the gateway
+    metrics = client.get("/metrics", headers=METRICS_AUTH).text
     assert "emoe_gate_latency_seconds_count" in metrics and 'emoe_decisions{action="halt"' in metrics
 
 

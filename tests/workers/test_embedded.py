@@ -19,7 +19,7 @@ from standardwebhooks import Webhook
 from audit import jobs as repo
 from audit.db import ensure_schema, session_scope
 from audit.models import Artifact, Decision, Job, WebhookDelivery, utcnow
-from tests.gateway.helpers import make_settings, new_key
+from tests.gateway.helpers import METRICS_AUTH, make_settings, new_key
 from tests.workers.conftest import PROMPTS
 from tests.workers.receiver import Receiver
 from workers import stages
@@ -84,7 +84,7 @@ def test_embedded_path_gates_renders_and_audits(embedded, tiny_runtime) -> None:
             assert image.status_code == 200 and image.content[:8] == b"\x89PNG\r\n\x1a\n"
             assert hashlib.sha256(image.content).hexdigest() == job["artifacts"][0]["sha256"]
     assert client.get("/readyz").status_code == 200
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=METRICS_AUTH).text
     assert "emoe_gate_latency_seconds_count" in metrics and 'emoe_decisions{action="halt"' in metrics
     with session_scope(url) as session:
         from audit.chain import verify_chain
