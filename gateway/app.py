@@ -12,11 +12,14 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from audit.db import ensure_schema, get_sessionmaker, is_sqlite, resolve_url
+from gateway.admission import Admission
 from gateway.auth import KeyCache
 from gateway.dashboard import SecurityHeaders
+from gateway.deps import GatewayState
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics
 from gateway.routers import health, jobs, score
+from gateway.serving import BodyLimit
 from settings import Settings, get_settings
 from workers.dispatch import Dispatcher
 
@@ -64,14 +67,21 @@ def create_app(
     from workers import latency
     from workers.dispatch import make_dispatcher
 
-    app.state.settings = settings
-    app.state.database_url = url
-    app.state.sessionmaker = get_sessionmaker(url)
-    app.state.key_cache = KeyCache()
-    app.state.dispatcher = dispatcher or make_dispatcher(settings)
-    app.state.dispatcher_latency = lambda: latency.snapshot(settings)
-    app.state.metrics = GatewayMetrics(app)
+    sessionmaker = get_sessionmaker(url)
+    dispatcher = dispatcher or make_dispatcher(settings)
+    # the app's state is one typed object, made here once (routes read it with gateway.deps.get_state)
+    app.state = GatewayState(  # type: ignore[assignment]
+        settings=settings,
+        database_url=url,
+        sessionmaker=sessionmaker,
+        key_cache=KeyCache(),
+        dispatcher=dispatcher,
+        dispatcher_latency=lambda: latency.snapshot(settings),
+        metrics=GatewayMetrics(app),
+        admission=Admission(settings, sessionmaker, dispatcher),
+    )
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders)  # nosniff everywhere; CSP and frame/referrer rules on HTML
 
     app.include_router(health.router)

@@ -57,13 +57,26 @@ class GroupCommit:
 
     async def submit(self, new: repo.NewJob) -> tuple[Job, bool]:
         """Create (or, for a used Idempotency-Key, find) the job; returns once committed and published."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future = loop.create_future()
-        self._pending.append((new, future))
-        if self._writer is None or self._writer.done():
-            self._writer = loop.create_task(self._drain())
+        (future,) = self._enqueue([new])
         # a request cancelled while it waits leaves the batch alone: its job is still written (and published)
         return await future
+
+    async def submit_many(self, news: list[repo.NewJob]) -> list[tuple[Job, bool]]:
+        """`submit` for the jobs of one request (one batch unless they pass `max_batch`); raises the first
+        failure."""
+        results = await asyncio.gather(*self._enqueue(news), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results  # type: ignore[return-value]
+
+    def _enqueue(self, news: list[repo.NewJob]) -> list[asyncio.Future]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in news]
+        self._pending.extend(zip(news, futures, strict=True))
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._drain())
+        return futures
 
     async def _drain(self) -> None:
         while self._pending:

@@ -7,11 +7,20 @@ import math
 import re
 import unicodedata
 import uuid
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    computed_field,
+    model_validator,
+)
 
 Mode = Literal["fast", "full", "score_only"]
 Status = Literal[
@@ -130,22 +139,63 @@ class ScoreRequest(Strict):
     labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=16)] = Field(default_factory=dict)
 
 
+def _utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; they were stored in UTC."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
+
+
+def _attributes(model: type[BaseModel], row: Any) -> dict[str, Any]:
+    """The row's attributes named like the model's fields."""
+    return {name: getattr(row, name) for name in model.model_fields if hasattr(row, name)}
+
+
+def _expand(info: ValidationInfo) -> frozenset[str]:
+    return (info.context or {}).get("expand", frozenset())
+
+
+def scoring_summary(scoring: dict[str, Any]) -> dict[str, Any]:
+    """The scoring configuration in brief: its scalar settings, and how many layers and experts the lists
+    name (the full configuration is behind `?expand=scoring`)."""
+    brief: dict[str, Any] = {}
+    for key, value in scoring.items():
+        if isinstance(value, list | tuple):
+            brief[f"{key}_count"] = len(value)
+        elif not isinstance(value, dict):
+            brief[key] = value
+    return brief
+
+
 class ScoreOut(BaseModel):
     score: float = Field(description="sqrt(d) * EU: the experts' disagreement at the first denoising step.")
     eu: float
     num_experts: int
     fingerprint: str = Field(description="sha256 of the scoring configuration (seed, scheduler, steps, ...).")
-    scoring: dict[str, Any]
+    scoring: dict[str, Any] = Field(
+        description="The scoring configuration in brief (lists as counts); in full with `?expand=scoring`."
+    )
     expert_deviation: list[float]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, row: Any, info: ValidationInfo) -> Any:
+        """From a decision row: its scoring configuration in brief unless `scoring` is expanded."""
+        if isinstance(row, dict):
+            return row
+        scoring = row.scoring or {}
+        return {
+            **_attributes(cls, row),
+            "scoring": scoring if "scoring" in _expand(info) else scoring_summary(scoring),
+            "expert_deviation": list(row.expert_deviation or []),
+        }
 
 
 class DecisionOut(BaseModel):
     action: Action
     shadow_action: Action | None
     rule: str
-    threshold: float | None = Field(
-        description="The threshold that fired (halt_at or flag_at); null on continue."
-    )
     flag_at: float
     halt_at: float
     reason: str
@@ -153,8 +203,18 @@ class DecisionOut(BaseModel):
     policy_version: str
     policy_hash: str
     policy_mode: str
-    decided_at: datetime
+    decided_at: UtcDateTime
     row_hash: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, row: Any) -> Any:
+        return row if isinstance(row, dict) else {**_attributes(cls, row), "decided_at": row.created_at}
+
+    @computed_field(description="The threshold that fired (halt_at or flag_at); null on continue.")
+    @property
+    def threshold(self) -> float | None:
+        return {"halt": self.halt_at, "flag": self.flag_at}.get(self.shadow_action or self.action)
 
 
 class ArtifactOut(BaseModel):
@@ -165,8 +225,18 @@ class ArtifactOut(BaseModel):
     height: int
     size_bytes: int
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, row: Any) -> Any:
+        if isinstance(row, dict):
+            return row
+        index = row.path_index
+        return {**_attributes(cls, row), "index": index, "url": f"/v1/jobs/{row.job_id}/images/{index}"}
+
 
 class JobOut(BaseModel):
+    """A job as the API shows it (built from the row's attributes by `JobOut.of`)."""
+
     id: uuid.UUID
     status: Status
     mode: Mode
@@ -177,19 +247,54 @@ class JobOut(BaseModel):
     params: dict[str, Any]
     attempts: int
     error: str | None
-    created_at: datetime
-    finished_at: datetime | None
+    created_at: UtcDateTime
+    finished_at: UtcDateTime | None
     score: ScoreOut | None
     decision: DecisionOut | None
-    flagged: bool = Field(
-        description="True when the policy flagged the job (under `on_flag: hold` it is held for review)."
-    )
     review: ReviewState | None = Field(
         default=None,
         description="Where the job stands in human review; null when it was never sent to review.",
     )
     artifacts: list[ArtifactOut]
-    links: dict[str, str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, job: Any) -> Any:
+        """A job row's attributes; its decision gives both `score` and `decision`; `params` are the
+        request's (less its hash) with the negative prompt."""
+        if isinstance(job, dict):
+            return job
+        params = {k: v for k, v in (job.params or {}).items() if k != "request_sha256"}
+        params["negative_prompt"] = job.negative_prompt or ""
+        return {
+            **_attributes(cls, job),
+            "labels": job.labels or {},
+            "params": params,
+            "score": job.decision,
+        }
+
+    @computed_field(
+        description="True when the policy flagged the job (under `on_flag: hold` it is held for review)."
+    )
+    @property
+    def flagged(self) -> bool:
+        return self.decision is not None and self.decision.action == "flag"
+
+    @computed_field
+    @property
+    def links(self) -> dict[str, str]:
+        base = f"/v1/jobs/{self.id}"
+        return {"self": base, "cancel": f"{base}/cancel"}
+
+    @classmethod
+    def of(cls, job: Any, expand: Iterable[str] = ()) -> JobOut:
+        """The public view of a job row (`expand`: parts shown in full, e.g. `scoring`)."""
+        return cls.model_validate(job, context={"expand": frozenset(expand)})
+
+
+def job_out(job: Any, expand: Iterable[str] = ()) -> JobOut:
+    """The public view of a job row."""
+    return JobOut.of(job, expand)
 
 
 class JobPage(BaseModel):

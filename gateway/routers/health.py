@@ -15,7 +15,7 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", summary="The process is up.")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:  # on the event loop: it answers even when every worker thread is busy
     return {"status": "ok"}
 
 

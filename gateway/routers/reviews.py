@@ -17,7 +17,6 @@ from audit.db import transaction
 from audit.models import Review
 from gateway.auth import AUTH_RESPONSES, ReviewTenant
 from gateway.errors import field_error
-from gateway.routers.jobs import job_out
 from gateway.schemas import (
     JobOut,
     ReviewedJob,
@@ -27,6 +26,7 @@ from gateway.schemas import (
     Strict,
     Text,
     VerdictOut,
+    job_out,
 )
 
 log = logging.getLogger(__name__)

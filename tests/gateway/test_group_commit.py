@@ -129,7 +129,7 @@ def test_concurrent_http_submissions_each_get_their_job(make_client, module_pg_u
     else:
         assert len(set(ids)) == 8 and codes == [202] * 8
         assert _count(module_pg_url, tenant) == 8
-    assert client.app.state.group_commit.batches  # the submissions went through the batcher
+    assert client.app.state.admission.group_commit.batches  # the submissions went through the batcher
 
 
 def test_a_broker_found_down_before_the_commit_writes_no_row(module_pg_url) -> None:
@@ -150,9 +150,8 @@ def test_a_broker_found_down_before_the_commit_writes_no_row(module_pg_url) -> N
 
 def test_a_stale_queue_depth_is_recounted_once_for_concurrent_requests(make_client, monkeypatch) -> None:
     import time
-    from types import SimpleNamespace
 
-    from gateway.routers import jobs as router
+    from gateway import admission
 
     client = make_client(queue_max_depth=1_000_000)
     calls: list[int] = []
@@ -162,14 +161,16 @@ def test_a_stale_queue_depth_is_recounted_once_for_concurrent_requests(make_clie
         time.sleep(0.05)
         return 7
 
-    monkeypatch.setattr(router.repo, "queue_depth", slow_count)
-    request = SimpleNamespace(app=client.app)
-    client.app.state.queue_depth_cache = (0, time.monotonic() - 10)  # stale
+    monkeypatch.setattr(admission.repo, "queue_depth", slow_count)
+    state = client.app.state.admission
+    state.queue.count, state.queue.read_at = 0, time.monotonic() - 10  # stale
+    tenant = state._tenant_count("t-stale")
+    tenant.count, tenant.read_at = 0, time.monotonic() + 60  # fresh: only the queue depth is read
 
     async def burst() -> None:
-        await asyncio.gather(*(router.check_backpressure_async(request) for _ in range(10)))
+        await asyncio.gather(*(state.admit_jobs("t-stale", 1, client.app.state.metrics) for _ in range(10)))
 
     asyncio.run(burst())
     assert len(calls) == 1  # single flight: the others admitted on the previous count meanwhile
-    depth, _ = client.app.state.queue_depth_cache
-    assert depth == 7 + 1  # the recount, plus the request that made it (the others counted on the old one)
+    # the recount, plus the request that made it (the others counted on the old one)
+    assert state.queue.count == 7 + 1
