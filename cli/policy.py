@@ -7,9 +7,11 @@ import dataclasses
 import hashlib
 import json
 import shlex
+import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -324,3 +326,65 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             typer.echo(format_summary(summary))
             if run_id is not None:
                 typer.echo(f"\nstored as replay run {run_id}")
+
+
+def simulated_review(url: str, tenant: str, scenes: Mapping[uuid.UUID, str], policy: Any, out: Path) -> str:
+    """The demo's simulated reviewer: each held job of `tenant` is approved if the reference world's rule
+    (`reference.rule_reader`) reads its image as the scene its prompt describes, else rejected; then a
+    policy is calibrated from these verdicts into `out`. Returns what to tell the user."""
+    from collections import Counter
+
+    import numpy as np
+    from PIL import Image
+
+    from audit.db import session_scope
+    from audit.replay import reviewed_scores
+    from audit.review_stats import SIMULATED_REVIEWER
+    from audit.reviews import record_verdict, review_queue
+    from policies import dump_policy
+    from policies.calibration import CalibrationError
+    from policies.conformal import calibrate_from_reviews
+    from reference.rule_reader import ATTRIBUTES, read
+    from reference.world import all_scenes
+
+    by_key = {s.key: s for s in all_scenes()}
+    counts: Counter[str] = Counter()
+    with session_scope(url) as session:
+        for job in review_queue(session, tenant, limit=500).jobs:
+            scene = by_key.get(scenes.get(job.id, ""))
+            if scene is None or not job.artifacts:  # a halted job has no picture to judge: it stays queued
+                counts["left"] += 1
+                continue
+            with Image.open(job.artifacts[0].storage_uri.removeprefix("file://")) as image:
+                marks = read(np.asarray(image.convert("RGB"))).accuracy(scene)
+            wrong = [a for a in ATTRIBUTES if marks[a] < 1.0]
+            verdict = "reject" if wrong else "approve"
+            note = (
+                f"simulated: the rule reads {', '.join(wrong)} wrong" if wrong else "simulated: reads right"
+            )
+            record_verdict(session, job.id, tenant, verdict=verdict, reviewer=SIMULATED_REVIEWER, note=note)
+            counts[verdict] += 1
+    message = (
+        f"simulated review (not a person: the reference world's rule judged each held image): "
+        f"{counts['approve']} approved, {counts['reject']} rejected, {counts['left']} left in the queue"
+    )
+    with session_scope(url) as session:
+        reviewed, unreviewed = reviewed_scores(session, policy.fingerprint, tenant=tenant)
+    try:
+        learned = calibrate_from_reviews(
+            reviewed,
+            policy,
+            max_unreviewed_rejects=0.25,
+            method="crc",
+            version=f"{policy.version}-reviewed",
+            provenance={"source": "the demo's simulated review", "unreviewed_decisions": unreviewed},
+        )
+    except CalibrationError as exc:
+        return f"{message}\nno calibrated policy from these verdicts: {exc}"
+    path = out / "calibrated-policy.yaml"
+    header = "# Calibrated by `emoe-gate demo` from SIMULATED verdicts (conformal risk control)\n"
+    path.write_text(header + f"# Policy id: {learned.id}\n" + dump_policy(learned), encoding="utf-8")
+    return (
+        f"{message}\ncalibrated from these verdicts (at most 25 % of rejected prompts unreviewed, in "
+        f"expectation): flag_at {learned.flag_at:.4g} -> {path}"
+    )

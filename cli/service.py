@@ -352,6 +352,11 @@ def demo(
 
         scored, _, metric = store_clip_scores(settings.resolved_database_url, progress=False)
         console.print(f"quality: {metric} of {scored} images from the reference world's CLIP")
+    # 5b. a simulated review of the held jobs (verdicts from the reference world's rule) and a policy from it
+    from cli.policy import simulated_review
+
+    scenes = {job_id: row.get("scene", "") for job_id, row in zip(ids, prompts, strict=True)}
+    console.print(simulated_review(settings.resolved_database_url, DEMO_TENANT, scenes, runtime.policy, out))
     # 6. the summary and the report
     summary = _summarise(settings, ids, out, time.perf_counter() - started)
     _print_summary(console, summary)

@@ -92,3 +92,51 @@ def test_flagged_jobs_are_held_and_approved_halts_are_rendered(held_app) -> None
                 break
             time.sleep(0.1)
         assert wanted <= events, events
+
+
+@pytest.mark.slow
+def test_the_demo_reviews_held_jobs_by_the_reference_rule_and_says_so(tmp_path, monkeypatch) -> None:
+    """`emoe-gate demo` on the reference ensemble: every held job gets a simulated verdict, approve exactly
+    when the reference world's rule reads its image as its scene; the report shows the review sections."""
+    import numpy as np
+    from PIL import Image
+    from sqlalchemy import select
+    from typer.testing import CliRunner
+
+    from audit.db import session_scope
+    from audit.models import Job, Review
+    from cli.main import app
+    from cli.service import load_demo_prompts
+    from reference.rule_reader import read
+    from reference.world import all_scenes
+
+    monkeypatch.setenv("EMOE_HOME", str(tmp_path / "home"))
+    out = tmp_path / "demo-out"
+    result = CliRunner().invoke(app, ["demo", "--limit", "16", "--steps", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "simulated review (not a person" in " ".join(result.output.split())
+    scenes = {s.key: s for s in all_scenes()}
+    scene_of = {row["prompt"]: row["scene"] for row in load_demo_prompts(16)}
+    with session_scope(f"sqlite:///{out / 'emoe-demo.db'}") as session:
+        flagged = [j for j in session.scalars(select(Job)) if j.decision.action == "flag"]
+        assert flagged, "the first 16 prompts flag some (the bundled policy holds them)"
+        verdicts = {r.job_id: r for r in session.scalars(select(Review))}
+        assert set(verdicts) == {j.id for j in flagged}
+        for job in flagged:
+            with Image.open(job.artifacts[0].storage_uri.removeprefix("file://")) as image:
+                right = (
+                    read(np.asarray(image.convert("RGB"))).accuracy(scenes[scene_of[job.prompt]])["all"] == 1
+                )
+            assert verdicts[job.id].verdict == ("approve" if right else "reject")
+            assert verdicts[job.id].reviewer == "simulated" and verdicts[job.id].note.startswith("simulated")
+            assert job.status == ("completed" if right else "rejected")
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert 'id="review-sections"' in report and "These verdicts are simulated" in report
+    calibrated = out / "calibrated-policy.yaml"
+    rejects = sum(r.verdict == "reject" for r in verdicts.values())
+    if calibrated.exists():
+        from policies import load_policy
+
+        assert load_policy(calibrated).calibration["n_rejected"] == rejects
+    else:
+        assert "no calibrated policy from these verdicts" in " ".join(result.output.split())
