@@ -8,13 +8,14 @@ appends are serialised with an advisory transaction lock (see `audit.chain`).
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -188,6 +189,84 @@ def downgrade(url: str | None = None, revision: str = "base") -> None:
     command.downgrade(alembic_config(url), revision)
     with _lock:
         _schema_ok.discard(url)
+
+
+# --- the application's role (PostgreSQL) --------------------------------------------------------------------
+
+# The hash-chained tables: the application may add rows and read them, nothing more, except the columns
+# outside every chain that it still sets (an image's quality score; nulling a review note, which the
+# append-only trigger allows).
+CHAINED_TABLES = ("decisions", "artifacts", "reviews")
+APP_COLUMN_UPDATES = {"artifacts": ("quality", "quality_metric"), "reviews": ("note",)}
+_ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+class RoleError(ValueError):
+    """An application role that cannot be granted to (bad name, missing, the owner itself)."""
+
+
+def app_role_grants(role: str, tables: list[str]) -> list[str]:
+    """The SQL that leaves `role` with exactly the application's privileges on `tables` (the schema's)."""
+    if not _ROLE_NAME.fullmatch(role):
+        raise RoleError(f"--app-role: {role!r} is not a plain role name (letters, digits, _)")
+    quoted = f'"{role}"'
+    statements = [f"GRANT USAGE ON SCHEMA public TO {quoted}"]
+    for table in sorted(tables):
+        statements.append(f'REVOKE ALL ON TABLE "{table}" FROM {quoted}')
+        if table == "alembic_version":
+            statements.append(f'GRANT SELECT ON TABLE "{table}" TO {quoted}')
+        elif table in CHAINED_TABLES:
+            statements.append(f'GRANT SELECT, INSERT ON TABLE "{table}" TO {quoted}')
+            if table in APP_COLUMN_UPDATES:
+                columns = ", ".join(APP_COLUMN_UPDATES[table])
+                statements.append(f'GRANT UPDATE ({columns}) ON TABLE "{table}" TO {quoted}')
+        else:
+            statements.append(f'GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE "{table}" TO {quoted}')
+    statements.append(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {quoted}")
+    return statements
+
+
+def check_app_role(url: str | None, role: str) -> None:
+    """Raise `RoleError` unless `role` can be the application's role on `url`: PostgreSQL, a plain name, an
+    existing role, neither a superuser nor (a member of) the role connected as (which owns the tables)."""
+    url = resolve_url(url)
+    if is_sqlite(url):
+        raise RoleError(
+            "--app-role: SQLite has no roles (on SQLite only a checkpoint, `emoe-gate audit checkpoint`, "
+            "protects the audit log against an edited file)"
+        )
+    if not _ROLE_NAME.fullmatch(role):
+        raise RoleError(f"--app-role: {role!r} is not a plain role name (letters, digits, _)")
+    with get_engine(url).connect() as conn:
+        found = conn.execute(
+            text(
+                "SELECT rolsuper, pg_has_role(rolname, current_user, 'MEMBER') FROM pg_roles "
+                "WHERE rolname = :role"
+            ),
+            {"role": role},
+        ).one_or_none()
+    if found is None:
+        raise RoleError(
+            f"--app-role: there is no role {role!r} (create it first, e.g. docker/postgres-init.sql)"
+        )
+    superuser, owner = found
+    if superuser or owner:
+        what = "a superuser" if superuser else "(a member of) the role that owns the tables"
+        raise RoleError(f"--app-role: {role!r} is {what}; the application needs a role of its own")
+
+
+def grant_app_role(url: str | None, role: str) -> list[str]:
+    """Grant the application's role its privileges on every table, as the tables' owner after migrating
+    (`emoe-gate migrate --app-role NAME`); returns the statements run. PostgreSQL only."""
+    check_app_role(url, role)
+    with get_engine(url).begin() as conn:
+        tables = list(
+            conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars()
+        )
+        statements = app_role_grants(role, tables)
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+    return statements
 
 
 def ensure_schema(url: str | None = None) -> None:

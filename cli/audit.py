@@ -73,21 +73,43 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     def migrate(
         db: DbOption = None,
         revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+        app_role: Annotated[
+            str | None,
+            typer.Option(
+                "--app-role",
+                help=(
+                    "PostgreSQL: the role the gateway and workers connect as; it gets SELECT and INSERT on "
+                    "the hash-chained tables and no more (run migrate as the tables' owner)."
+                ),
+            ),
+        ] = None,
     ) -> None:
         """Bring the audit database's schema to the latest migration (the explicit step on PostgreSQL)."""
         from sqlalchemy.engine import make_url
 
-        from audit.db import current_revision, resolve_url, upgrade
+        from audit.db import RoleError, check_app_role, current_revision, grant_app_role, resolve_url, upgrade
 
         url = resolve_url(db)
         shown = make_url(url).render_as_string(hide_password=True)
         try:
+            if app_role is not None:  # a bad role is refused before anything is migrated
+                check_app_role(url, app_role)
             before = current_revision(url)
             upgrade(url, revision)
             after = current_revision(url)
+            if app_role is not None:
+                grant_app_role(url, app_role)
+        except RoleError as exc:
+            raise _fail(str(exc)) from exc
         except Exception as exc:
             raise _fail(f"migrating {shown} failed: {exc}") from exc
         typer.echo(f"{shown}: {before or 'empty'} -> {after}")
+        if app_role is not None:
+            typer.echo(
+                f"{app_role}: SELECT and INSERT on the hash-chained tables (decisions, artifacts, reviews; "
+                "UPDATE only of artifacts' quality score and review notes, which no chain covers), no "
+                "DELETE, TRUNCATE or ALTER; SELECT, INSERT, UPDATE, DELETE on the other tables"
+            )
 
     @groups["audit"].command("verify")
     def verify(
