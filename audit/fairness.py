@@ -605,7 +605,7 @@ def group_stats(
             )
         )
     counts = {name: (r["halts"], r["n"]) for name, r in rows.items()}
-    parity_kw = {"confidence": confidence, "n_boot": n_boot, "seed": seed}
+    parity_kw = {"confidence": confidence}
     return FairnessTable(
         groups=out,
         reference=reference,
@@ -657,33 +657,40 @@ def demographic_parity(
     *,
     outcome: str,
     confidence: float = 0.95,
-    n_boot: int = DEFAULT_N_BOOT,
-    seed: int = 0,
 ) -> ParitySummary:
     """Max − min and min / max of the groups' rates k/n (`counts`: group → (k, n)), with intervals.
 
-    The intervals are percentiles of `n_boot` seeded draws in which each group's rate is drawn on its own
-    from Beta(k + ½, n − k + ½) (the Jeffreys interval's distribution): unlike resampling each group's
-    records, a group of 0/n or n/n still varies, so two small groups at 0 % and 100 % do not get [1, 1].
+    The intervals come from simultaneous Wilson intervals, one per group at confidence 1 − α/G (Bonferroni):
+    with probability at least `confidence` every group's true rate lies in its interval, and then the true
+    highest rate lies in [max lower, max upper] and the lowest in [min lower, min upper]. So the difference
+    lies in [max(0, max lower − min upper), max upper − min lower] and the ratio in [min lower / max upper,
+    min(1, min upper / max lower)]: conservative, never collapsed for groups at 0 % or 100 %, and not pushed
+    above 0 the way resampling the maximum minus the minimum is.
     """
     names = sorted(name for name, (_, n) in counts.items() if n > 0)
     if len(names) < 2:
         why = "undefined: fewer than 2 groups to compare"
         none = Estimate(None, None, None, why)
         return ParitySummary(outcome, none, none, None, None, len(names))
+    _z(confidence)
+    each = 1 - (1 - confidence) / len(names)
     k = np.array([counts[name][0] for name in names], dtype=np.int64)
     n = np.array([counts[name][1] for name in names], dtype=np.int64)
     rates = k / n
+    bounds = np.array([wilson_interval(int(a), int(b), each) for a, b in zip(k, n, strict=True)])
+    lo, hi = bounds[:, 0], bounds[:, 1]
     hi_i, lo_i = int(np.argmax(rates)), int(np.argmin(rates))
-    draws = _rng(seed, "parity", outcome).beta(k + 0.5, n - k + 0.5, size=(n_boot, len(names)))
-    top, bottom = draws.max(axis=1), draws.min(axis=1)
-    method = "jeffreys draws per group"
-    difference = _draw_estimate(float(rates[hi_i] - rates[lo_i]), top - bottom, confidence, method)
+    method = f"simultaneous wilson (bonferroni over {len(names)} groups)"
+    d = float(rates[hi_i] - rates[lo_i])
+    difference = Estimate(
+        d, min(d, max(0.0, float(lo.max() - hi.min()))), max(d, float(hi.max() - lo.min())), method
+    )
     if rates[hi_i] == 0:
         ratio = Estimate(None, None, None, f"undefined: every group's {outcome} rate is 0")
     else:
-        ratio_draws = bottom / top  # Beta draws are never 0
-        ratio = _draw_estimate(float(rates[lo_i] / rates[hi_i]), ratio_draws, confidence, method)
+        r = float(rates[lo_i] / rates[hi_i])
+        r_hi = 1.0 if lo.max() == 0 else min(1.0, float(hi.min() / lo.max()))
+        ratio = Estimate(r, min(r, float(lo.min() / hi.max())), max(r, r_hi), method)
     return ParitySummary(outcome, difference, ratio, names[hi_i], names[lo_i], len(names))
 
 

@@ -356,6 +356,103 @@ def missing_notes(groups: Sequence[dict[str, Any]], keys: Sequence[str]) -> list
     return [f"{what} ({', '.join(names)})" for what, names in found.items()]
 
 
+def embeddable_json(value: Any) -> str:
+    """JSON that can sit inside a <script> element: `<`, `>` and `&` as \\u escapes, so that no stored text
+    (a label `<!--<script>` or `</script>`) can end or change the element."""
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def rates_svg(table: dict[str, Any]) -> Any:
+    """The dashboard's chart (SVG, no script or style): each group's halt and flag rate with its interval,
+    and beside it the difference from the reference group; groups too small to compare are hollow."""
+    from markupsafe import Markup, escape
+
+    groups = table["groups"]
+    ref = table["reference"]
+    row, top, label_w, panel_w, gap = 24, 34, 150, 300, 40
+    height = top + row * len(groups) + 36
+    width = label_w + 2 * panel_w + gap + 110
+    bounds = [
+        abs(e[k])
+        for g in groups
+        for key in ("halt_rate_difference", "flag_rate_difference")
+        for e in [(g["disparity"] or {}).get(key)]
+        if e
+        for k in ("value", "ci_low", "ci_high")
+        if e[k] is not None
+    ]
+    span = max(0.1, math.ceil(10 * max(bounds, default=0.1)) / 10)  # symmetric, in steps of 10 pp
+    x_rate = lambda v: label_w + panel_w * v  # noqa: E731
+    x_diff = lambda v: label_w + panel_w + gap + panel_w * (v + span) / (2 * span)  # noqa: E731
+    out = [
+        f'<svg id="rates-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="halt and flag rates by group">',
+        f'<text x="{label_w}" y="14" font-size="12" font-weight="600">halt and flag rate, %</text>',
+        f'<text x="{label_w + panel_w + gap}" y="14" font-size="12" font-weight="600">'
+        f"difference from {escape(ref)}, percentage points</text>",
+    ]
+    axis_y = top + row * len(groups)
+    for frac in (0, 0.25, 0.5, 0.75, 1):
+        x = x_rate(frac)
+        out.append(f'<line x1="{x:.1f}" y1="{top - 8}" x2="{x:.1f}" y2="{axis_y}" stroke="#eee"/>')
+        out.append(
+            f'<text x="{x:.1f}" y="{axis_y + 14}" font-size="10" text-anchor="middle">{100 * frac:.0f}</text>'
+        )
+    for frac in (-1, -0.5, 0, 0.5, 1):
+        x = x_diff(frac * span)
+        colour = "#888" if frac == 0 else "#eee"
+        out.append(f'<line x1="{x:.1f}" y1="{top - 8}" x2="{x:.1f}" y2="{axis_y}" stroke="{colour}"/>')
+        text = f"{100 * frac * span:+.0f}".replace("-", MINUS).replace("+0", "0")
+        out.append(f'<text x="{x:.1f}" y="{axis_y + 14}" font-size="10" text-anchor="middle">{text}</text>')
+    for i, g in enumerate(groups):
+        y = top + row * i + row / 2
+        small = g["n"] < table["min_group_size"]
+        name = f"{g['group']} (n={g['n']})" + (" · ref." if g["group"] == ref else "")
+        grey = ' fill="#888"' if small else ""
+        out.append(
+            f'<text x="{label_w - 8}" y="{y + 4:.1f}" font-size="12" text-anchor="end"{grey}>'
+            f"{escape(name)}</text>"
+        )
+        for offset, key, colour in ((-4, "halt", "#c0392b"), (4, "flag", "#e0a526")):
+            for est, x_of in (
+                (g[f"{key}_rate"], x_rate),
+                ((g["disparity"] or {}).get(f"{key}_rate_difference"), x_diff),
+            ):
+                if not est or est["value"] is None:
+                    continue
+                yy = y + offset
+                if est["ci_low"] is not None:
+                    out.append(
+                        f'<line x1="{x_of(est["ci_low"]):.1f}" y1="{yy:.1f}" x2="{x_of(est["ci_high"]):.1f}" '
+                        f'y2="{yy:.1f}" stroke="{colour}" stroke-width="1.5"/>'
+                    )
+                fill = "#fff" if small else colour
+                tip = f"{g['group']}: {key} " + (
+                    f"rate {_fmt_kind(est['value'], 'pct')} %"
+                    if x_of is x_rate
+                    else f"Δ {_fmt_kind(est['value'], 'pp')} pp"
+                )
+                cx = x_of(est["value"])
+                out.append(
+                    f'<circle cx="{cx:.1f}" cy="{yy:.1f}" r="4" fill="{fill}" stroke="{colour}" '
+                    f'stroke-width="1.5"><title>{escape(tip)}</title></circle>'
+                )
+    lx = label_w + 2 * panel_w + gap + 14
+    for j, (label, colour, fill) in enumerate(
+        (
+            ("halt rate", "#c0392b", "#c0392b"),
+            ("flag rate", "#e0a526", "#e0a526"),
+            ("too few", "#888", "#fff"),
+        )
+    ):
+        ly = top + 16 * j
+        out.append(f'<circle cx="{lx}" cy="{ly}" r="4" fill="{fill}" stroke="{colour}" stroke-width="1.5"/>')
+        out.append(f'<text x="{lx + 9}" y="{ly + 4}" font-size="11">{label}</text>')
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
 def render_html(report: dict[str, Any]) -> str:
     """One self-contained HTML page: tables and embedded PNG plots, all drawn from `report`."""
     import jinja2
@@ -371,7 +468,7 @@ def render_html(report: dict[str, Any]) -> str:
     env.filters["cell"] = cell
     env.globals["missing_notes"] = missing_notes
     plots = render_plots(report)
-    data = json.dumps(report, ensure_ascii=False, allow_nan=False).replace("</", "<\\/")
+    data = embeddable_json(report)
     return env.get_template("report.html.j2").render(r=report, plots=plots, data_json=data)
 
 

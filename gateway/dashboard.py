@@ -40,7 +40,7 @@ from audit import fairness, report_queries
 from audit import reviews as review_repo
 from audit.db import transaction
 from audit.keys import find_key
-from audit.report import fmt, fmt_ci
+from audit.report import cell, fmt, fmt_ci, fmt_pct, missing_notes, rates_svg
 from gateway.auth import (
     DashboardSession,
     EphemeralStore,
@@ -95,7 +95,10 @@ router = APIRouter(prefix="/dashboard", include_in_schema=False)
 templates = Jinja2Templates(directory=str(TEMPLATES))
 templates.env.filters["num"] = fmt
 templates.env.filters["ci"] = fmt_ci
-templates.env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f} %"
+templates.env.filters["pct"] = fmt_pct  # rates read the same here as in the HTML report
+templates.env.filters["cell"] = cell
+templates.env.globals["missing_notes"] = missing_notes
+templates.env.globals["rates_svg"] = rates_svg
 _read = require_role("read")
 _bearer = HTTPBearer(auto_error=False)
 _header = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -491,7 +494,7 @@ def fairness_page(
     viewer: ViewerDep,
     group_by: str = "language",
     since: str = "",
-    reference: Annotated[str, Query(max_length=64)] = "en",
+    reference: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     if viewer is None:
         return _to_login(request)
@@ -500,7 +503,12 @@ def fairness_page(
         since_dt = report_queries.parse_since(since)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from exc
-    loaded, table = _fairness_table(session, viewer.tenant, group_by, since_dt, reference)
+    wanted = reference or fairness.DEFAULT_REFERENCE
+    loaded, table = _fairness_table(session, viewer.tenant, group_by, since_dt, wanted)
+    sizes = {g.group: g.n for g in table.groups}
+    chosen, reference_note = fairness.choose_reference(sizes, reference)  # e.g. `en` is no value of a label
+    if chosen != wanted:
+        loaded, table = _fairness_table(session, viewer.tenant, group_by, since_dt, chosen)
     return _page(
         request,
         "fairness.html",
@@ -510,7 +518,8 @@ def fairness_page(
         n_shadow=loaded.n_shadow,
         group_by=group_by,
         since=since,
-        reference=reference,
+        groups=sorted(sizes.items()),
+        reference_note=reference_note,
         bootstrap_max_n=fairness.DEFAULT_BOOTSTRAP_MAX_N,
     )
 

@@ -396,18 +396,27 @@ def test_demographic_parity_equals_fairlearn_exactly(seed: int) -> None:
     assert parity["halt"].highest == parity["acceptance"].lowest == min(g for g in rates if rates[g] == 1.0)
 
 
-def test_demographic_parity_interval_shrinks_with_n_and_is_seeded() -> None:
+def test_demographic_parity_intervals_are_simultaneous_wilson() -> None:
     from audit.fairness import demographic_parity
 
     small = demographic_parity({"a": (2, 10), "b": (5, 10)}, outcome="halt")
     large = demographic_parity({"a": (200, 1000), "b": (500, 1000)}, outcome="halt")
     assert small.difference.value == pytest.approx(0.3) and large.difference.value == pytest.approx(0.3)
+    # two groups: each Wilson interval at 97.5 %; difference in [max(0, lo_b − hi_a), hi_b − lo_a]
+    (la, ua), (lb, ub) = wilson_interval(200, 1000, 0.975), wilson_interval(500, 1000, 0.975)
+    assert (large.difference.ci_low, large.difference.ci_high) == (lb - ua, ub - la)
+    assert (large.ratio.ci_low, large.ratio.ci_high) == (la / ub, ua / lb)
+    assert large.difference.method == "simultaneous wilson (bonferroni over 2 groups)"
     width = lambda e: e.ci_high - e.ci_low  # noqa: E731
     assert width(large.difference) < width(small.difference) / 3
-    normal_half = Z * math.sqrt(0.2 * 0.8 / 1000 + 0.5 * 0.5 / 1000)
-    assert large.difference.ci_low == pytest.approx(0.3 - normal_half, abs=0.01)
-    assert demographic_parity({"a": (2, 10), "b": (5, 10)}, outcome="halt") == small
-    assert demographic_parity({"a": (2, 10), "b": (5, 10)}, outcome="halt", seed=1) != small
+    # equal rates: the difference's interval starts at 0 (not above it), the ratio's ends at 1
+    same = demographic_parity({"a": (3, 9), "b": (3, 9), "c": (30, 90)}, outcome="halt")
+    assert same.difference.value == 0.0 and same.difference.ci_low == 0.0 < same.difference.ci_high
+    assert same.ratio.value == 1.0 and same.ratio.ci_high == 1.0 > same.ratio.ci_low
+    # small groups at 0 % and 100 % still get an interval that is not a point
+    extreme = demographic_parity({"a": (0, 2), "b": (3, 3)}, outcome="halt")
+    assert extreme.difference.value == 1.0 and extreme.difference.ci_low < 0.5
+    assert extreme.ratio.value == 0.0 and extreme.ratio.ci_high > 0.3
 
 
 def test_demographic_parity_undefined_cases_say_why() -> None:
