@@ -541,3 +541,42 @@ def test_bulk_reject_of_a_filtered_selection_needs_the_count_and_chains_each_ver
         client.post("/v1/reviews/bulk", json={"verdict": "approve", "confirm": 1}, headers=read).status_code
         == 403
     )
+
+
+def test_audit_redact_treats_notes_like_prompts(tmp_path: Path) -> None:
+    """`emoe-gate audit redact --older-than N` nulls the notes of verdicts older than N days as it nulls the
+    prompts of jobs older than N days (recent ones stay), and the review chain still verifies (it covers the
+    note's sha256, not its text)."""
+    from datetime import timedelta
+
+    from typer.testing import CliRunner
+
+    from audit import db
+    from audit.models import Job, utcnow
+    from audit.reviews import record_verdict
+    from cli.main import app
+
+    url = f"sqlite:///{tmp_path / 'redact.db'}"
+    db.upgrade(url)
+    old, new = gated(url, tmp_path, "acme", 1.5), gated(url, tmp_path, "acme", 1.6)
+    with session_scope(url) as session:
+        record_verdict(session, old, "acme", verdict="reject", reviewer="emg_a", note="shows a weapon")
+        record_verdict(session, new, "acme", verdict="approve", reviewer="emg_a", note="fine")
+        session.execute(sa.update(Job).where(Job.id == old).values(created_at=utcnow() - timedelta(days=10)))
+    runner = CliRunner()
+    result = runner.invoke(app, ["audit", "redact", "--older-than", "1", "--db", url])
+    assert result.exit_code == 0, result.output
+    assert "prompts of 1 jobs" in result.output and "review notes" not in result.output  # notes are recent
+    with session_scope(url) as session:
+        assert session.get(Job, old).prompt is None and session.get(Job, new).prompt is not None
+        assert {r.note for r in session.scalars(sa.select(Review))} == {"shows a weapon", "fine"}
+    result = runner.invoke(app, ["audit", "redact", "--older-than", "0", "--db", url])
+    assert result.exit_code == 0 and "redacted 2 review notes" in result.output, result.output
+    assert "review chain intact: 2 verdicts" in result.output
+    with session_scope(url) as session:
+        assert {r.note for r in session.scalars(sa.select(Review))} == {None}
+        assert {r.note_sha256 for r in session.scalars(sa.select(Review))} == {
+            hashlib.sha256(b"shows a weapon").hexdigest(),
+            hashlib.sha256(b"fine").hexdigest(),
+        }
+        assert verify_reviews(session).ok
