@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +115,67 @@ class ScoreConfig:
     def replace(self, **changes: Any) -> ScoreConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+#: the paper's EMoE gate (section 3, appendix A): experts split at the first cross-attention, latent m_post
+PAPER_SCORING = {"split": "attn2", "latent": "m_post", "at_step": 0}
+#: where the reference ensemble's departure from the paper is measured and explained
+RESULTS_DOC = "docs/reference-results.md"
+
+_SPLIT_WORDS = {
+    "attn2": "split at the first cross-attention",
+    "attn1": "split at the first self-attention",
+    "all": "whole expert paths",
+}
+_LATENT_WORDS = {
+    "m_post": "mid-block output variance",
+    "m_pre": "mid-block input variance",
+    "z_prev": "next-latent variance",
+    "eps": "noise-prediction variance",
+}
+
+
+def paper_score_config(config: ScoreConfig) -> ScoreConfig:
+    """`config` with the paper's split and latent (seed, sampler and size unchanged)."""
+    return config.replace(**PAPER_SCORING)
+
+
+def is_paper_scoring(config: ScoreConfig) -> bool:
+    """Whether `config` scores as the paper does (split, latent, first step)."""
+    return all(getattr(config, k) == v for k, v in PAPER_SCORING.items())
+
+
+def describe_scoring(config: ScoreConfig | Mapping[str, Any]) -> str:
+    """One short phrase naming the scoring configuration, and saying where it is not the paper's.
+
+    e.g. "scoring: whole expert paths, noise-prediction variance - not the paper's split and latent; see
+    docs/reference-results.md". Every place that shows a score shows this phrase. Takes a ScoreConfig or a
+    mapping with its `split`, `latent` (and `at_step`) fields, such as a policy's or a Score's configuration.
+    """
+    if not isinstance(config, ScoreConfig):
+        fields = {k: config[k] for k in ("split", "latent", "at_step") if config.get(k) is not None}
+        if isinstance(fields.get("split"), list):
+            fields["split"] = tuple(fields["split"])
+        config = ScoreConfig(**fields)
+    split = config.split
+    if isinstance(split, tuple):
+        where = f"split at {len(split)} named MoE layer{'s' if len(split) != 1 else ''}"
+    else:
+        where = _SPLIT_WORDS[split]
+    what = _LATENT_WORDS[config.latent]
+    step = f", at step {config.at_step + 1}" if config.at_step else ""
+    if is_paper_scoring(config):
+        return f"scoring: the paper's ({where}, {what})"
+    differs = [
+        name
+        for name, same in (
+            ("split", split == PAPER_SCORING["split"]),
+            ("latent", config.latent == PAPER_SCORING["latent"]),
+            ("first step", config.at_step == 0),
+        )
+        if not same
+    ]
+    return f"scoring: {where}, {what}{step} \u2014 not the paper's {' and '.join(differs)}; see {RESULTS_DOC}"
 
 
 def default_score_config(ensemble: Ensemble) -> ScoreConfig:
