@@ -1,7 +1,8 @@
 """The dashboard in a real headless Chromium (Debian's `chromium`, driven by Playwright).
 
-Signs in, checks that the pages load, that the job filter works and that no console errors occur, and saves
-screenshots under the test's tmp dir.
+Signs in, checks that the pages load, that the job filter works and that no console errors occur (a page
+that broke its own Content-Security-Policy would log one), and saves screenshots under the test's tmp dir.
+A reviewer approves and rejects held jobs with the keyboard and a bulk verdict; sign-out ends the session.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.gateway.helpers import free_port, make_settings, new_key
 from tests.gateway.test_dashboard import seed_tenant
+from tests.gateway.test_dashboard_security import held_job
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres]
 
@@ -118,3 +121,113 @@ def test_dashboard_in_chromium(server: str, module_pg_url: str, tmp_path: Path) 
         assert (shots / name).stat().st_size > 5000
     keep = Path("/tmp/emoe_dashboard_screenshots")
     shutil.copytree(shots, keep, dirs_exist_ok=True)  # for a human to look at after the run
+
+
+def test_review_in_chromium(server: str, module_pg_url: str, tmp_path: Path) -> None:
+    """Sign in as a reviewer, approve one held job (key a) and reject another (key r): the approved image is
+    served to a read key, the rejected one stays 403; a bulk approval asks first; sign-out ends it all."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    from gateway.dashboard import DASHBOARD_CSP
+
+    tenant, review = new_key(module_pg_url, role="review")
+    _, read = new_key(module_pg_url, tenant, "read")
+    first = held_job(module_pg_url, tmp_path, tenant, 1.2, prompt="a red bicycle")
+    second = held_job(module_pg_url, tmp_path, tenant, 1.8, prompt="a blue boat")
+    bulk = [
+        held_job(module_pg_url, tmp_path, tenant, 1.5, language="fi", prompt=f"kissa {i}") for i in range(2)
+    ]
+    problems: list[str] = []
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 1000})
+            page = context.new_page()
+            page.on(
+                "console",
+                lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
+            )
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.on("response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+
+            page.goto(f"{server}/dashboard/review")
+            assert "/dashboard/login" in page.url
+            page.fill("#key", review["Authorization"].removeprefix("Bearer "))
+            page.click("#sign-in")
+            page.wait_for_url("**/dashboard/review")
+            response = page.reload()
+            headers = response.headers
+            assert headers["content-security-policy"] == DASHBOARD_CSP
+            assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
+            assert headers["referrer-policy"] == "same-origin"
+
+            # the oldest held job, its image large and unsmoothed
+            assert page.inner_text("#queue-count") == "4 awaiting a verdict"
+            assert page.get_attribute("#current-job", "data-job") == str(first)
+            assert "a red bicycle" in page.inner_text("#review-prompt")
+            page.wait_for_function("() => document.querySelector('img.big')?.naturalWidth === 32")
+            shown = page.eval_on_selector(
+                "img.big", "i => [i.clientWidth, getComputedStyle(i).imageRendering]"
+            )
+            assert shown == [384, "pixelated"]
+            page.screenshot(path=str(shots / "review.png"), full_page=True)
+
+            # a approves the first; the page moves on to the next, where r rejects it
+            page.fill("#note", "shows its caption")
+            page.click("h1")  # the shortcuts are off while typing in the note
+            page.keyboard.press("a")
+            page.wait_for_selector("#done")
+            assert page.inner_text("#done") == "The job was approved."
+            assert page.get_attribute("#current-job", "data-job") == str(second)
+            page.keyboard.press("r")
+            page.wait_for_function("() => document.querySelector('#done')?.innerText.includes('rejected')")
+
+            # bulk: approve every open Finnish job, after a confirmation (dismissed first: nothing happens)
+            page.goto(f"{server}/dashboard/review?language=fi")
+            assert page.inner_text("#bulk-n") == "2"
+            answers = iter([False, True])
+            asked: list[str] = []
+
+            def answer(dialog) -> None:
+                asked.append(dialog.message)
+                dialog.accept() if next(answers) else dialog.dismiss()
+
+            page.on("dialog", answer)
+            page.click("#bulk-approve")
+            page.wait_for_timeout(300)
+            assert "language=fi" in page.url and "done" not in page.url
+            page.click("#bulk-approve")
+            page.wait_for_url("**done=bulk**")
+            assert asked == ["Approve all 2 selected jobs? Their images will be served."] * 2
+            assert page.inner_text("#queue-count") == "0 awaiting a verdict"
+
+            # sign-out ends the session: neither this browser nor a copy of its cookie is signed in
+            cookies = context.cookies()
+            page.click("#sign-out")
+            page.wait_for_url("**/dashboard/login")
+            page.goto(f"{server}/dashboard/review")
+            assert "/dashboard/login" in page.url
+            copy = browser.new_context()
+            copy.add_cookies(cookies)
+            other = copy.new_page()
+            other.goto(f"{server}/dashboard/review")
+            assert "/dashboard/login" in other.url
+            copy.close()
+        finally:
+            browser.close()
+
+    assert problems == []
+    with httpx.Client(base_url=server, headers=read) as api:
+        assert api.get(f"/v1/jobs/{first}/images/0").status_code == 200
+        denied = api.get(f"/v1/jobs/{second}/images/0")
+        assert denied.status_code == 403 and "rejected" in denied.json()["detail"]
+        assert [api.get(f"/v1/jobs/{j}/images/0").status_code for j in bulk] == [200, 200]
+        verdicts = api.get(f"/v1/jobs/{first}").json()
+        assert (verdicts["status"], verdicts["review"]) == ("completed", "approved")
+    keep = Path("/tmp/emoe_dashboard_screenshots")
+    shutil.copytree(shots, keep, dirs_exist_ok=True)
