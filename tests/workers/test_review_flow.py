@@ -140,3 +140,40 @@ def test_the_demo_reviews_held_jobs_by_the_reference_rule_and_says_so(tmp_path, 
         assert load_policy(calibrated).calibration["n_rejected"] == rejects
     else:
         assert "no calibrated policy from these verdicts" in " ".join(result.output.split())
+
+
+def test_leases_on_the_embedded_sqlite_database(held_app) -> None:
+    """The lease rules hold on SQLite too (naive datetimes in the file, BEGIN IMMEDIATE)."""
+    import uuid
+    from datetime import timedelta
+
+    from audit.db import session_scope
+    from audit.models import Job, utcnow
+    from audit.reviews import take_lease
+
+    client, url, auth, a = held_app
+    ids = [
+        client.post("/v1/jobs", json={"prompt": p, "steps": 2}, headers=auth).json()["id"]
+        for p in PROMPTS[:10]
+    ]
+    jobs = [client.get(f"/v1/jobs/{i}?wait=60", headers=auth).json() for i in ids]
+    waiting = [j["id"] for j in sorted(jobs, key=lambda j: j["created_at"]) if j["review"] == "pending"]
+    assert len(waiting) >= 2
+    with session_scope(url) as session:
+        tenant = session.get(Job, uuid.UUID(waiting[0])).tenant
+    _, b = new_key(url, tenant, "review")
+
+    first = client.post("/v1/reviews/next", headers=a).json()
+    assert first["job_id"] == waiting[0]
+    refused = client.post(f"/v1/jobs/{waiting[0]}/review", json={"verdict": "reject"}, headers=b)
+    assert refused.status_code == 409 and first["holder"] in refused.json()["detail"]
+    assert client.post("/v1/reviews/next", headers=b).json()["job_id"] == waiting[1]
+    # an expired lease is free: B's lease on the second job, moved into the past, lets A take it
+    with session_scope(url) as session:
+        take_lease(
+            session, uuid.UUID(waiting[1]), tenant, reviewer=b["Authorization"][7:19], seconds=1,
+            now=utcnow() - timedelta(seconds=10),
+        )  # fmt: skip
+    assert client.post(f"/v1/reviews/{waiting[1]}/lease", headers=a).status_code == 200
+    done = client.post(f"/v1/jobs/{waiting[0]}/review", json={"verdict": "approve"}, headers=a)
+    assert done.status_code == 200, done.text
