@@ -9,13 +9,14 @@ import json
 import shlex
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from cli.audit import DbOption, open_database
+from cli.progress import spinner
 
 
 def _fail(message: str) -> typer.Exit:
@@ -35,15 +36,14 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def parse_since(value: str | None) -> datetime | None:
-    """An ISO date or date-time; naive values are UTC."""
-    if value is None:
-        return None
+def _since(value: str | None) -> datetime | None:
+    """`--since` through the one `parse_since`, or a one-line error."""
+    from audit.report_queries import parse_since
+
     try:
-        moment = datetime.fromisoformat(value)
+        return parse_since(value)
     except ValueError as exc:
-        raise _fail(f"--since: {value!r} is not an ISO date such as 2026-11-01 or 2026-11-01T12:00") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        raise _fail(f"--{exc}") from exc
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
@@ -58,7 +58,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         flag_quantile: Annotated[float, typer.Option(help="Flag above this conformal quantile.")] = 0.75,
         halt_quantile: Annotated[float, typer.Option(help="Halt above this conformal quantile.")] = 0.95,
         name: Annotated[str, typer.Option(help="Policy name.")] = "default",
-        version: Annotated[str, typer.Option(help="Policy version.")] = "1",
+        version: Annotated[
+            str, typer.Option(help='Policy version (--from-reviews: default the base version + "-reviewed").')
+        ] = "1",
         mode: Annotated[str, typer.Option(help="enforce or shadow.")] = "enforce",
         ensemble: Annotated[
             str | None, typer.Option(help="Ensemble spec (default: EMOE_ENSEMBLE, i.e. 'default').")
@@ -152,9 +154,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         import emoe
 
         spec = ensemble or settings.ensemble
-        model = emoe.load_ensemble(spec, device=settings.device, dtype=settings.dtype)
+        with spinner(f"loading the ensemble {spec!r}"):
+            model = emoe.load_ensemble(spec, device=settings.device, dtype=settings.dtype)
         config = emoe.default_score_config(model)
-        scores = emoe.score(texts, config, model)
+        with spinner(f"scoring {len(texts)} reference prompts"):
+            scores = emoe.score(texts, config, model)
         fingerprints = {s.fingerprint for s in scores}
         if len(fingerprints) != 1:
             raise _fail(f"scoring gave {len(fingerprints)} different fingerprints for one configuration")
@@ -237,7 +241,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             start_policy = load_policy(base or settings.policy_path or bundled_policy_path(settings.dtype))
         except PolicyError as exc:
             raise _fail(f"--policy: {exc}") from exc
-        start = parse_since(since)
+        start = _since(since)
         url = open_database(db)
         with session_scope(url) as session:
             reviewed, unreviewed = reviewed_scores(
@@ -258,7 +262,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
                 method=method,
                 confidence=confidence,
                 name=name if name != "default" else None,
-                version=version if version != "1" else None,
+                version=version if version != "1" else f"{start_policy.version}-reviewed",
                 provenance=provenance,
             )
         except (CalibrationError, PolicyError) as exc:
@@ -315,7 +319,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             loaded = load_policy(policy)
         except PolicyError as exc:
             raise _fail(f"--policy: {exc}") from exc
-        start = parse_since(since)
+        start = _since(since)
         url = open_database(db)
         with session_scope(url) as session:
             summary = run_replay(decision_records(session, start), loaded)

@@ -61,6 +61,7 @@ def test_calibrate_from_reviews_then_replay(reviewed_log, tmp_path: Path) -> Non
     assert 1.7 < policy.flag_at < 1.9  # just below the rejected scores, allowing a few misses
     assert record["method"] == "clopper-pearson" and record["provenance"]["unreviewed_decisions"] == 1
     assert (policy.fingerprint, policy.on_flag, policy.on_halt) == (HOLD.fingerprint, "hold", "review")
+    assert (policy.name, policy.version) == (HOLD.name, f"{HOLD.version}-reviewed")
 
     replayed = runner.invoke(app, ["replay", "--db", url, "--policy", str(out), "--json", "--no-store"])
     assert replayed.exit_code == 0, replayed.output
