@@ -50,7 +50,7 @@ def serve(
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.serving import HTTP_PROTOCOL
+    from gateway.serving import uvicorn_options
 
     settings = _settings(database_url=db)
     _prepare_database(settings.resolved_database_url)
@@ -63,7 +63,8 @@ def serve(
     mode = "embedded (in-process worker)" if settings.embedded else f"broker {settings.broker_url}"
     typer.echo(f"emoe-gate serving on http://{host}:{port} — {mode}")
     if workers == 1:
-        uvicorn.run(create_app(settings, dispatcher=dispatcher), host=host, port=port, log_level="info")
+        app = create_app(settings, dispatcher=dispatcher)
+        uvicorn.run(app, host=host, port=port, log_level="info", **uvicorn_options(settings))
         return
     if db:  # each gateway process builds its settings from the environment
         os.environ["EMOE_DATABASE_URL"] = db
@@ -73,7 +74,7 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        http=HTTP_PROTOCOL,  # TCP_NODELAY: without it each kept-alive request waits ~40 ms (Nagle)
+        **uvicorn_options(settings),  # TCP_NODELAY (else ~40 ms per kept-alive request), header timeout
         log_level="warning",
         timeout_worker_healthcheck=120,  # a gateway process imports for longer than uvicorn's 5 s default
     )

@@ -44,3 +44,62 @@ def new_key(database_url: str, tenant: str | None = None, role: str = "submit") 
     with session_scope(database_url) as session:
         secret, _ = create_key(session, tenant, role)
     return tenant, {"Authorization": f"Bearer {secret}"}
+
+
+class GatewayProcess:
+    """A real `emoe-gate serve` in real mode with no worker (jobs stay queued): the process users run, with
+    the environment a user has plus the `EMOE_*` settings given."""
+
+    def __init__(self, folder: Path, database_url: str, broker_url: str, **emoe: str) -> None:
+        import os
+
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("EMOE_", "PYTEST_"))}
+        env.update(HOME=str(folder), EMOE_DATABASE_URL=database_url, EMOE_BROKER_URL=broker_url)
+        env.update({f"EMOE_{k.upper()}": v for k, v in emoe.items()})
+        self.env = env
+        self.proc: Any = None
+
+    def __enter__(self) -> GatewayProcess:
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        binary = Path(sys.executable).parent / "emoe-gate"
+        self.log = open(self.folder / "gateway.log", "a")  # closed in __exit__
+        self.proc = subprocess.Popen(
+            [str(binary), "serve", "--port", str(self.port)],
+            env=self.env,
+            cwd=self.folder,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            assert self.proc.poll() is None, self.log_tail()
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"the gateway never answered\n{self.log_tail()}"
+            time.sleep(0.2)
+
+    def __exit__(self, *exc: object) -> None:
+        import subprocess
+
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+    def log_tail(self, lines: int = 40) -> str:
+        path = self.folder / "gateway.log"
+        return "\n".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""
