@@ -5,9 +5,12 @@ Nothing here imports torch: model code is imported inside the commands that need
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from cli import audit, model, policy, reference, report, service, webhooks
+from cli.progress import set_verbose
 
 app = typer.Typer(
     name="emoe-gate",
@@ -27,6 +30,36 @@ groups: dict[str, typer.Typer] = {
 }
 for _name, _group in groups.items():
     app.add_typer(_group, name=_name)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"emoe-gate {version('emoe-gate')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("emoe-gate (not installed: no version)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Also show the libraries' warnings, logs and loading bars (hidden by default).",
+        ),
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Uncertainty-gated text-to-image middleware (EMoE)."""
+    set_verbose(verbose)
+
 
 for _area in (model, policy, audit, service, report, reference, webhooks):
     _area.register(app, groups)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cli.audit import open_database
+from cli.progress import quiet_libraries, spinner
 
 FORMAT_HELP = (
     "html (one self-contained file with plots), json (every number, with intervals) or csv (per group)."
@@ -26,7 +28,10 @@ def report(
     since: Annotated[
         str | None, typer.Option(help="Only decisions from this ISO date/datetime on (UTC).")
     ] = None,
-    reference: Annotated[str, typer.Option(help="The group the others are compared with.")] = "en",
+    reference: Annotated[
+        str | None,
+        typer.Option(help="The group the others are compared with (default: en, else the largest group)."),
+    ] = None,
     keyword: Annotated[
         list[str] | None,
         typer.Option(help="Share of prompts with this word in the lowest quartile (repeatable)."),
@@ -34,7 +39,9 @@ def report(
     confidence: Annotated[float, typer.Option(help="Confidence level of every interval.")] = 0.95,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
-    min_group_size: Annotated[int, typer.Option(help="Groups smaller than this are marked too small.")] = 30,
+    min_group_size: Annotated[
+        int, typer.Option(min=1, help="Groups smaller than this are marked too small to compare.")
+    ] = 30,
     bootstrap_max_n: Annotated[
         int,
         typer.Option(
@@ -67,11 +74,16 @@ def report(
         raise bad(str(exc)) from exc
     url = open_database(db_url)
     try:
-        with db.session_scope(url) as session:
+        with spinner("reading the decisions and computing the statistics"), db.session_scope(url) as session:
             data = build_report(session, options, database=make_url(url).render_as_string(hide_password=True))
     except ValueError as exc:
         raise bad(str(exc)) from exc
-    write_report(data, fmt, out)
+    names = [g["group"] for g in data["fairness"]["groups"]]
+    if reference is not None and names and reference not in names:
+        shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+        raise bad(f"--reference: no {group_by} group {reference!r} in these decisions; groups: {shown}")
+    with spinner(f"writing the {fmt} report"):
+        write_report(data, fmt, out)
     groups = len(data["fairness"]["groups"])
     typer.echo(f"wrote {fmt} report: {data['n_decisions']} decisions in {groups} groups -> {out}")
     if not data["quality"]["available"]:
@@ -143,7 +155,8 @@ def eval_multilingual(
 
     settings = get_settings()
     spec = ensemble_spec or settings.ensemble
-    ensemble = load_ensemble(spec, device=settings.device, dtype=settings.dtype)
+    with spinner(f"loading the ensemble {spec!r}"):
+        ensemble = load_ensemble(spec, device=settings.device, dtype=settings.dtype)
     config = default_score_config(ensemble)
     if batch_size is not None:
         config = config.replace(batch_size=batch_size)
@@ -163,8 +176,10 @@ def eval_multilingual(
     if quality_model is not None:
         from emoe.quality import ClipScore
 
+        quiet_libraries()
         try:
-            scorer = ClipScore.from_pretrained(quality_model)
+            with spinner("loading the CLIP"):
+                scorer = ClipScore.from_pretrained(quality_model)
         except (ValueError, OSError) as exc:
             raise typer.BadParameter(f"--quality-model: {exc}") from exc
     store = ResultStore(out)
@@ -326,21 +341,35 @@ def store_clip_scores(
     progress: bool = True,
 ) -> tuple[int, int, str]:
     """Score stored images with a CLIP (default: the reference CLIP); returns (scored, skipped, metric)."""
-    from PIL import Image
     from tqdm.auto import tqdm
 
-    from audit import db
-    from audit.report_queries import artifacts_to_score, set_quality
     from emoe.ensemble import REFERENCE_DIR
     from emoe.quality import ClipScore
 
     # 1. the CLIP (torch loads here)
-    scorer = ClipScore.from_pretrained(model if model is not None else REFERENCE_DIR / "clip")
+    quiet_libraries()  # transformers' weight-loading bar (loading an ensemble turns it back on)
+    with spinner("loading the CLIP"):
+        scorer = ClipScore.from_pretrained(model if model is not None else REFERENCE_DIR / "clip")
 
     # 2. score batch by batch, committing each, so an interrupted run keeps what it did
+    bar = tqdm(desc="CLIP score", unit="image", disable=not progress)
+    with contextlib.nullcontext() if progress else spinner(f"scoring the images with {scorer.metric}"):
+        scored, skipped = _score_stored(url, scorer, bar, since, reference_label, overwrite, batch_size)
+    bar.close()
+    return scored, skipped, scorer.metric
+
+
+def _score_stored(
+    url: str, scorer: Any, bar: Any, since: Any, reference_label: str, overwrite: bool, batch_size: int
+) -> tuple[int, int]:
+    """The batches of `store_clip_scores`: (scored, skipped)."""
+    from PIL import Image
+
+    from audit import db
+    from audit.report_queries import artifacts_to_score, set_quality
+
     scored = skipped = 0
     after = 0
-    bar = tqdm(desc="CLIP score", unit="image", disable=not progress)
     while True:
         with db.session_scope(url) as session:
             todo = artifacts_to_score(
@@ -366,8 +395,7 @@ def store_clip_scores(
                 set_quality(session, dict(zip(ids, values, strict=True)), scorer.metric)
         scored += len(ids)
         bar.update(len(todo))
-    bar.close()
-    return scored, skipped, scorer.metric
+    return scored, skipped
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:

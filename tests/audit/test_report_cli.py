@@ -49,3 +49,35 @@ def test_report_command_names_bad_options(sqlite_url: str, tmp_path) -> None:
     res = runner.invoke(app, ["report", "--db", sqlite_url, "--group-by", "a b", "--out", out])
     assert res.exit_code == 2 and "group_by" in res.output
     db.dispose_engine(sqlite_url)
+
+
+def test_report_reference_is_a_group_that_exists(sqlite_url: str, tmp_path) -> None:
+    db.ensure_schema(sqlite_url)
+    rows = [
+        {
+            "language": lang,
+            "score": 0.1 * i,
+            "action": "halt" if i % 2 else "continue",
+            "labels": {"region": r},
+        }
+        for i, (lang, r) in enumerate([("en", "eu"), ("fi", "eu"), ("fi", "eu"), ("en", "us")])
+    ]
+    seed(db.get_engine(sqlite_url), rows)
+    out = tmp_path / "r.json"
+    base = ["report", "--db", sqlite_url, "--format", "json", "--out", str(out)]
+    res = runner.invoke(app, [*base, "--reference", "sv"])
+    assert res.exit_code == 2 and "no language group 'sv'" in res.output and "groups: en, fi" in res.output
+    assert not out.exists()
+    # grouped by a label, the default reference `en` is no value: the largest group is, and the report says so
+    res = runner.invoke(app, [*base, "--group-by", "region"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["settings"]["reference"] == "eu" and data["settings"]["reference_requested"] is None
+    assert data["fairness"]["reference_present"]
+    assert (
+        "Reference group: 'en' is not one of these groups: compared with 'eu', the largest group."
+        in data["notes"]
+    )
+    res = runner.invoke(app, [*base, "--group-by", "region", "--reference", "us"])
+    assert res.exit_code == 0 and json.loads(out.read_text())["settings"]["reference"] == "us"
+    db.dispose_engine(sqlite_url)
