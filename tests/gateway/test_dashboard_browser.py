@@ -124,8 +124,8 @@ def test_dashboard_in_chromium(server: str, module_pg_url: str, tmp_path: Path) 
 
 
 def test_review_in_chromium(server: str, module_pg_url: str, tmp_path: Path) -> None:
-    """Sign in as a reviewer, approve one held job (key a) and reject another (key r): the approved image is
-    served to a read key, the rejected one stays 403; a bulk approval asks first; sign-out ends it all."""
+    """Sign in as a reviewer, reject one held job (keys n, r) and approve another (key a): the approved image
+    is served to a read key, the rejected one stays 403; a bulk approval asks first; sign-out ends it all."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run installs it)")
     from playwright.sync_api import sync_playwright
@@ -177,15 +177,19 @@ def test_review_in_chromium(server: str, module_pg_url: str, tmp_path: Path) -> 
             assert shown == [384, "pixelated"]
             page.screenshot(path=str(shots / "review.png"), full_page=True)
 
-            # a approves the first; the page moves on to the next, where r rejects it
-            page.fill("#note", "shows its caption")
-            page.click("h1")  # the shortcuts are off while typing in the note
-            page.keyboard.press("a")
-            page.wait_for_selector("#done")
-            assert page.inner_text("#done") == "The job was approved."
+            # n opens the next job, r rejects it; back on the first (still leased to this reviewer) a approves
+            page.keyboard.press("n")
+            page.wait_for_url(f"**job={second}")
             assert page.get_attribute("#current-job", "data-job") == str(second)
             page.keyboard.press("r")
-            page.wait_for_function("() => document.querySelector('#done')?.innerText.includes('rejected')")
+            page.wait_for_selector("#done")
+            assert page.inner_text("#done") == "The job was rejected."
+            assert page.get_attribute("#current-job", "data-job") == str(first)
+            page.fill("#note", "a shows its caption")
+            assert page.input_value("#note") == "a shows its caption"  # no shortcut while typing
+            page.click("h1")
+            page.keyboard.press("a")
+            page.wait_for_function("() => document.querySelector('#done')?.innerText.includes('approved')")
 
             # bulk: approve every open Finnish job, after a confirmation (dismissed first: nothing happens)
             page.goto(f"{server}/dashboard/review?language=fi")
