@@ -283,11 +283,22 @@ class EphemeralStore:
         if len(self._fails) > 10_000:
             self._fails = {k: v for k, v in self._fails.items() if v[1] > now}
 
+    def _shared(self, call: Callable[[Any], Any]) -> Any:
+        """`call(redis)`; a Redis that cannot answer is the broker being down (503), not a server error."""
+        import redis
+
+        from gateway.errors import BrokerUnavailable
+
+        try:
+            return call(self._redis)
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"dashboard session store: {exc}") from exc
+
     def sign_out(self, sid: str, until: float) -> None:
         """Remember that session `sid` ended (until it would have expired anyway)."""
         ttl = max(1, int(until - time.time()) + 1)
         if self._redis is not None:
-            self._redis.set(f"{self.PREFIX}out:{sid}", b"1", ex=ttl)
+            self._shared(lambda r: r.set(f"{self.PREFIX}out:{sid}", b"1", ex=ttl))
             return
         with self._lock:
             self._prune(time.time())
@@ -295,7 +306,7 @@ class EphemeralStore:
 
     def signed_out(self, sid: str) -> bool:
         if self._redis is not None:
-            return bool(self._redis.exists(f"{self.PREFIX}out:{sid}"))
+            return bool(self._shared(lambda r: r.exists(f"{self.PREFIX}out:{sid}")))
         with self._lock:
             return sid in self._out
 
@@ -303,7 +314,7 @@ class EphemeralStore:
         """(failed attempts of `name` in its current window, seconds until the window ends)."""
         if self._redis is not None:
             key = f"{self.PREFIX}fail:{name}"
-            count, ttl = self._redis.get(key), self._redis.ttl(key)
+            count, ttl = self._shared(lambda r: (r.get(key), r.ttl(key)))
             return (int(count or 0), float(max(ttl, 0)))
         now = time.time()
         with self._lock:
@@ -314,10 +325,14 @@ class EphemeralStore:
         """Count a failed attempt of `name` (the window starts at its first failure); returns the count."""
         if self._redis is not None:
             key = f"{self.PREFIX}fail:{name}"
-            count = int(self._redis.incr(key))
-            if count == 1 or self._redis.ttl(key) < 0:
-                self._redis.expire(key, window_s)
-            return count
+
+            def count_one(r: Any) -> int:
+                count = int(r.incr(key))
+                if count == 1 or r.ttl(key) < 0:
+                    r.expire(key, window_s)
+                return count
+
+            return self._shared(count_one)
         now = time.time()
         with self._lock:
             self._prune(now)

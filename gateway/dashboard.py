@@ -764,6 +764,7 @@ def review_page(
         problem=problem,
         done=done if done in ("approved", "rejected", "escalated", "bulk") else "",
         bulk_n=len(review_repo.bulk_selection(session, viewer.tenant, **flt.kwargs())),
+        bulk_max=review_repo.BULK_MAX,
     )
 
 

@@ -179,6 +179,13 @@ def test_with_a_broker_every_gateway_process_sees_a_sign_out(clients, module_pg_
     assert two.get("/dashboard", follow_redirects=False).status_code == 303
 
 
+def test_a_session_store_that_is_down_is_a_503(clients, module_pg_url: str) -> None:
+    client = clients(broker_url="redis://127.0.0.1:1/0")  # nothing listens there
+    _, headers = new_key(module_pg_url, role="read")
+    r = sign_in(client, secret_of(headers))
+    assert r.status_code == 503 and r.headers["retry-after"]
+
+
 def test_a_forged_expired_or_rebound_session_does_not_sign_in(
     clients, module_pg_url: str, tmp_path: Path
 ) -> None:
