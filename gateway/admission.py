@@ -66,7 +66,12 @@ Wait = Annotated[
 
 
 def wait_seconds(request: Request, wait: float) -> float:
-    """How long a request asked to wait for may actually wait: the one place a wait is parsed and capped."""
+    """How long a request asked to wait for may actually wait: the one place a wait is parsed and capped.
+    Without `?wait=`, `Prefer: wait=N` (RFC 7240) asks the same."""
+    if not wait:
+        from gateway.prefer import prefer_wait
+
+        wait = prefer_wait(request.headers.get("prefer")) or 0
     return max(0.0, min(float(wait), _state(request).settings.max_wait_s))
 
 

@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
 from audit.db import ensure_schema, get_sessionmaker, is_sqlite, resolve_url
 from gateway.admission import Admission
@@ -18,8 +18,10 @@ from gateway.dashboard import SecurityHeaders
 from gateway.deps import GatewayState
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics
+from gateway.openapi import install_openapi, operation_id, refuse_unknown_query
 from gateway.routers import health, jobs, score
 from gateway.serving import BodyLimit
+from gateway.urls import PublicBase
 from settings import Settings, get_settings
 from workers.dispatch import Dispatcher
 
@@ -27,7 +29,11 @@ log = logging.getLogger(__name__)
 
 # Other areas' routers plug in here: add the module path of a module with a `router` (fastapi.APIRouter).
 # Their endpoints authenticate with `gateway.auth.require_role("read" | "submit")`, which returns the tenant.
-EXTRA_ROUTER_MODULES: tuple[str, ...] = ("gateway.dashboard", "gateway.routers.reviews")
+EXTRA_ROUTER_MODULES: tuple[str, ...] = (
+    "gateway.dashboard",
+    "gateway.routers.reviews",
+    "gateway.routers.images",
+)
 
 
 def create_app(
@@ -63,6 +69,11 @@ def create_app(
         version="0.1.0",
         summary="Uncertainty-gated text-to-image generation: EMoE gate, policies, audit log.",
         lifespan=lifespan,
+        # gateway.openapi: named operation ids, docs served offline, unknown query parameters refused
+        generate_unique_id_function=operation_id,
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(refuse_unknown_query)],
     )
     from workers import latency
     from workers.dispatch import make_dispatcher
@@ -83,6 +94,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders)  # nosniff everywhere; CSP and frame/referrer rules on HTML
+    app.add_middleware(PublicBase, public_url=settings.public_url)  # absolute links (EMOE_PUBLIC_URL)
 
     app.include_router(health.router)
     app.include_router(jobs.router)
@@ -91,4 +103,5 @@ def create_app(
         app.include_router(importlib.import_module(module).router)
     for router in extra_routers:
         app.include_router(router)
+    install_openapi(app)
     return app

@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.urls import absolute
+
 Mode = Literal["fast", "full", "score_only"]
 Status = Literal[
     "queued", "scoring", "rendering", "completed", "held", "rejected", "halted", "failed", "cancelled"
@@ -231,7 +233,8 @@ class ArtifactOut(BaseModel):
         if isinstance(row, dict):
             return row
         index = row.path_index
-        return {**_attributes(cls, row), "index": index, "url": f"/v1/jobs/{row.job_id}/images/{index}"}
+        url = absolute(f"/v1/jobs/{row.job_id}/images/{index}")  # absolute during a request (gateway.urls)
+        return {**_attributes(cls, row), "index": index, "url": url}
 
 
 class JobOut(BaseModel):
@@ -283,7 +286,7 @@ class JobOut(BaseModel):
     @computed_field
     @property
     def links(self) -> dict[str, str]:
-        base = f"/v1/jobs/{self.id}"
+        base = absolute(f"/v1/jobs/{self.id}")
         return {"self": base, "cancel": f"{base}/cancel"}
 
     @classmethod

@@ -23,6 +23,7 @@ from gateway.auth import AUTH_RESPONSES, ReadTenant, SubmitTenant
 from gateway.deps import SessionDep, get_state, in_session
 from gateway.errors import field_error
 from gateway.schemas import Action, JobOut, JobPage, JobRequest, Status
+from gateway.urls import absolute
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ async def submit_job(
         state.metrics.submitted.labels(body.mode).inc()
     else:
         response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    response.headers["Location"] = absolute(f"/v1/jobs/{job.id}")
     if admitted.wait_s > 0 and job.status not in TERMINAL_STATUSES:
         await wait_for(request, [job.id], admitted.wait_s)
         view = await in_session(request, lambda session: _view(session, job.id, admitted.tenant))

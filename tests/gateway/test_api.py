@@ -134,7 +134,7 @@ def test_submit_returns_202_with_links_and_no_language_yet(make_client, module_p
     job = response.json()
     # the language is detected by the gate stage, off the request path: a queued job has none yet
     assert job["status"] == "queued" and job["language"] is None and job["labels"] == {"region": "eu"}
-    assert response.headers["Location"] == job["links"]["self"] == f"/v1/jobs/{job['id']}"
+    assert response.headers["Location"] == job["links"]["self"] == f"http://testserver/v1/jobs/{job['id']}"
     again = client.get(job["links"]["self"], headers=auth).json()
     assert again["id"] == job["id"] and again["mode"] == "full"
 
