@@ -209,6 +209,9 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(
         default=8, ge=1, description="Deliveries in flight per worker (threads of its own hooks consumer)."
     )
+    webhook_per_host: int = Field(
+        default=2, ge=1, description="Deliveries in flight to one destination host per hooks consumer."
+    )
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     webhook_connect_timeout_s: float = Field(
         default=2.0, gt=0, description="Longest wait for a receiver's TCP/TLS connection."

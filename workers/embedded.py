@@ -206,7 +206,8 @@ class InProcessWorker:
             try:
                 retry_in = webhooks.deliver(job_id, event, attempt, self.settings)
                 if retry_in is not None:
-                    self._put(self.hooks, ("hook", job_id, event, attempt + 1), delay=retry_in)
+                    again = webhooks.next_attempt(attempt, retry_in)  # a busy host is not an attempt
+                    self._put(self.hooks, ("hook", job_id, event, again), delay=retry_in)
             except Exception:
                 log.exception("webhook %s for job %s failed", event, job_id)
             finally:

@@ -72,7 +72,8 @@ def hook(self: Task, job_id: str, event: str, attempt: int = 1) -> str:
     """Deliver one signed webhook; on failure enqueue the next attempt after a backoff."""
     retry_in = webhooks.deliver(uuid.UUID(job_id), event, attempt, _settings(self))
     if retry_in is not None:
-        self.app.send_task(HOOK_TASK, args=[job_id, event, attempt + 1], queue="hooks", countdown=retry_in)
+        again = webhooks.next_attempt(attempt, retry_in)  # a busy host is not an attempt
+        self.app.send_task(HOOK_TASK, args=[job_id, event, again], queue="hooks", countdown=retry_in)
     return "delivered" if retry_in is None else "retrying"
 
 

@@ -18,6 +18,11 @@ address is public (or allowed by `webhook_allow`), and the request goes to the c
 its host for the Host header and TLS; no proxy from the environment, no redirects followed). Every attempt,
 refused ones included, is recorded in `webhook_deliveries`; failures are retried with exponential backoff up
 to `webhook_max_attempts` (with jitter).
+
+Each destination host has at most `webhook_per_host` deliveries in flight in one process (the hooks consumer's
+threads): a delivery to a host that already has them is not attempted but put back (`HostBusy`, the same
+attempt again shortly), so that one tenant's slow receiver holds at most that many threads and the others'
+webhooks keep going out.
 """
 
 from __future__ import annotations
@@ -30,10 +35,14 @@ import json
 import logging
 import random
 import secrets
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from audit import jobs as repo
 from audit.db import session_scope
@@ -193,13 +202,64 @@ def pinned_request(url: str, allow: url_guard.Allow) -> tuple[str, dict[str, str
     return str(parsed.copy_with(host=str(address))), {"Host": parsed.netloc.decode("ascii")}, extensions
 
 
-def deliver(job_id: uuid.UUID, event: str, attempt: int, settings: Settings) -> float | None:
-    """POST one signed webhook and record the attempt; returns the delay before a retry, or None when done."""
-    import httpx
+class HostBusy(float):
+    """The delay before trying a delivery again whose host had `webhook_per_host` deliveries in flight: not an
+    attempt (nothing was sent or recorded), so the next try keeps the attempt number (`next_attempt`)."""
 
+
+def next_attempt(attempt: int, retry_in: float) -> int:
+    """The attempt number of the retry `deliver` asked for."""
+    return attempt if isinstance(retry_in, HostBusy) else attempt + 1
+
+
+_in_flight: dict[str, int] = {}  # destination host -> deliveries in flight in this process
+_in_flight_lock = threading.Lock()
+
+
+@contextmanager
+def host_slot(host: str, limit: int) -> Iterator[bool]:
+    """True (and one of the host's `limit` slots held for the block) unless the host has them all in use."""
+    with _in_flight_lock:
+        got = _in_flight.get(host, 0) < limit
+        if got:
+            _in_flight[host] = _in_flight.get(host, 0) + 1
+    try:
+        yield got
+    finally:
+        if got:
+            with _in_flight_lock:
+                left = _in_flight[host] - 1
+                if left:
+                    _in_flight[host] = left
+                else:
+                    del _in_flight[host]
+
+
+def destination_host(url: str) -> str:
+    """The host a callback URL names, as slots count it (lower case, no trailing dot)."""
+    try:
+        return (urlsplit(url).hostname or "").rstrip(".").lower()
+    except ValueError:
+        return ""
+
+
+def deliver(job_id: uuid.UUID, event: str, attempt: int, settings: Settings) -> float | None:
+    """POST one signed webhook and record the attempt; returns the delay before a retry (`HostBusy` when the
+    host had no free slot: nothing was attempted), or None when done."""
     url, body, tenant = payload(job_id, event, settings)
     if url is None:
         return None
+    with host_slot(destination_host(url), settings.webhook_per_host) as got:
+        if not got:
+            return HostBusy(random.uniform(0.25, 0.75))
+        return _attempt(job_id, event, attempt, settings, url, body, tenant)
+
+
+def _attempt(
+    job_id: uuid.UUID, event: str, attempt: int, settings: Settings, url: str, body: bytes, tenant: str
+) -> float | None:
+    import httpx
+
     status_code: int | None = None
     error: str | None = None
     delivered = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -417,3 +418,34 @@ def test_the_webhooks_secret_command_prints_the_tenants_secret(monkeypatch) -> N
     assert result.output.strip().splitlines()[-1] == webhooks.tenant_secret(
         "an operator secret for the test", "acme"
     )
+
+
+def test_a_slow_receiver_holds_at_most_its_hosts_slots(migrated_sqlite_url, tmp_path, fake_dns) -> None:
+    """Three consumer threads, one slot per host: deliveries to a slow host beyond its slot are put back at
+    once (not attempted, not counted), so a delivery to another host goes out while the slow one hangs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fake_dns["slow.test"] = ["127.0.0.1"]
+    fake_dns["fast.test"] = ["127.0.0.1"]
+    settings = make_settings(
+        migrated_sqlite_url, tmp_path, webhook_allow="127.0.0.1/32", webhook_per_host=1, webhook_timeout_s=10
+    )
+    with Receiver(delay_s=2.0) as slow, Receiver() as fast:
+        slow_jobs = [_job(migrated_sqlite_url, slow.url.replace("127.0.0.1", "slow.test")) for _ in range(3)]
+        fast_job = _job(migrated_sqlite_url, fast.url.replace("127.0.0.1", "fast.test"))
+        with ThreadPoolExecutor(3) as consumer:  # as the hooks consumer's EMOE_WEBHOOK_CONCURRENCY threads
+            first = consumer.submit(webhooks.deliver, slow_jobs[0], "completed", 1, settings)
+            while not slow.requests:  # the first slow delivery holds the host's slot
+                time.sleep(0.01)
+            put_back = [consumer.submit(webhooks.deliver, j, "completed", 1, settings) for j in slow_jobs[1:]]
+            busy = [f.result(timeout=1) for f in put_back]
+            other = consumer.submit(webhooks.deliver, fast_job, "completed", 1, settings)
+            assert other.result(timeout=1) is None  # delivered...
+            assert slow.answered == 0  # ...while the slow receiver still holds its request
+            assert first.result(timeout=10) is None
+    assert all(isinstance(b, webhooks.HostBusy) and 0 < b < 1 for b in busy)
+    assert [webhooks.next_attempt(1, b) for b in busy] == [1, 1]  # a busy host is not an attempt
+    assert webhooks.next_attempt(1, 2.0) == 2
+    assert len(slow.requests) == 1 and len(fast.requests) == 1
+    assert [_deliveries(migrated_sqlite_url, j) for j in slow_jobs[1:]] == [[], []]  # nothing recorded
+    assert [r.delivered for r in _deliveries(migrated_sqlite_url, slow_jobs[0])] == [True]
