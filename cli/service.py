@@ -467,8 +467,9 @@ def _summarise(
 
     note = (
         f"Set by `emoe-gate demo` for this report: groups of at least {min_group_size} decisions are "
-        "compared (`--min-group-size`; `emoe-gate report` uses 30). The demo gates 8 prompts per "
-        "language, so its intervals are wide: it shows how the report reads, not a finding."
+        "compared (`--min-group-size`; `emoe-gate report` uses 30). The bundled demo has 8 prompts per "
+        "language (fewer with --limit), so its intervals are wide: it shows how the report reads, not a "
+        "finding."
     )
     with session_scope(settings.resolved_database_url) as session:
         report = build_report(
