@@ -35,7 +35,8 @@ from typing import Any
 from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
-from audit.models import ACTIONS, Artifact, Decision, Job, utcnow
+from audit.models import Artifact, Decision, Job, utcnow
+from policies import ACTIONS
 
 GENESIS_HASH = "0" * 64
 # 1: the first format; 2: also covers the job's labels. New rows are written in the newest.
@@ -127,8 +128,9 @@ def _plain_json(value: Any, where: str) -> Any:
 
 
 def _iso_utc(moment: datetime) -> str:
-    if moment.tzinfo is None:  # SQLite hands back naive datetimes; everything stored is UTC
-        moment = moment.replace(tzinfo=UTC)
+    """ISO-8601 UTC with microseconds (the models' `UtcDateTime` reads every stored time back aware)."""
+    if moment.tzinfo is None:
+        raise ChainError(f"created_at: {moment!r} has no time zone")
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-ACTIONS = ("continue", "flag", "halt")
+from policies import ACTIONS
+
 DEFAULT_REFERENCE = "en"
 DEFAULT_MIN_GROUP_SIZE = 30
 DEFAULT_N_BOOT = 1000

@@ -38,13 +38,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; they were stored as UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 class IdempotencyConflict(ValueError):
     """The Idempotency-Key was used before with a different request."""
 
@@ -222,7 +215,7 @@ class Page:
 
 
 def _encode_cursor(job: Job) -> str:
-    raw = f"{_aware(job.created_at).isoformat()}|{job.id}"
+    raw = f"{job.created_at.isoformat()}|{job.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -231,7 +224,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, job_id = raw.split("|")
-        return _aware(datetime.fromisoformat(stamp)), uuid.UUID(job_id)
+        return datetime.fromisoformat(stamp), uuid.UUID(job_id)
     except Exception as exc:
         raise ValueError("cursor is not one this API returned") from exc
 
@@ -325,7 +318,7 @@ def _claimable(
     if job.status == waiting and (stage == "scoring" or job.started_at is None):
         return None
     if job.status == stage:
-        started = _aware(job.started_at)
+        started = job.started_at
         if started is None:
             return None
         holder = job.claimed_by

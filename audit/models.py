@@ -19,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     Uuid,
 )
@@ -49,15 +50,35 @@ JOB_STATUSES = (
 )
 # `held` and `rejected` are terminal for the workers; a reviewer's verdict may still move them (audit.reviews)
 TERMINAL_STATUSES = frozenset({"completed", "held", "rejected", "halted", "failed", "cancelled"})
+# waiting for or in a stage: what a worker still has to do (and what counts against a tenant's queue)
+ACTIVE_STATUSES = ("queued", "scoring", "rendering")
 # jobs.review: where a job stands in human review (null: never sent to review)
 REVIEW_STATES = ("pending", "escalated", "approved", "rejected")
 VERDICTS = ("approve", "reject", "escalate")
-ACTIONS = ("continue", "flag", "halt")
-MODES = ("fast", "full", "score_only")
+# what a job asks for (the gate's actions: `policies.ACTIONS`; a policy's modes: `policies.policy.MODES`)
+JOB_MODES = ("fast", "full", "score_only")
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on both databases. PostgreSQL keeps the zone; SQLite stores naive text,
+    so values are converted to UTC on the way in (a naive one is taken as UTC) and read back as UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -91,18 +112,18 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     # the worker process holding the claim (`host:pid`); a claim whose owner's heartbeat is gone is taken over
     claimed_by: Mapped[str | None] = mapped_column(String(128))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    redacted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    redacted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     # human review (policy on_flag: hold / on_halt: review): pending, escalated, approved, rejected
     review: Mapped[str | None] = mapped_column(String(16), index=True)
     # a reviewer's lease on the job (audit.reviews.take_lease): whose key prefix, and until when
     review_lease_by: Mapped[str | None] = mapped_column(String(16))
-    review_lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    review_lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     decision: Mapped[Decision | None] = relationship(back_populates="job", uselist=False)
     artifacts: Mapped[list[Artifact]] = relationship(back_populates="job", order_by="Artifact.path_index")
@@ -120,7 +141,7 @@ class Decision(Base):
     # the format of the canonical record this row was hashed in (`audit.chain.CHAIN_VERSIONS`)
     chain_version: Mapped[int] = mapped_column(Integer, server_default="1")
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id"), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
     tenant: Mapped[str] = mapped_column(String(64))
     # what the decision was about, copied from the job (labels: from chain version 2; null before)
     prompt_sha256: Mapped[str] = mapped_column(String(64))
@@ -164,7 +185,7 @@ class Review(Base):
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id"), index=True)
     decision_id: Mapped[int] = mapped_column(BigId, ForeignKey("decisions.id"))
     decision_hash: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
     tenant: Mapped[str] = mapped_column(String(64))
     verdict: Mapped[str] = mapped_column(String(16))
     # the job's review state before and after this verdict (an override names what it overturned)
@@ -198,7 +219,7 @@ class Artifact(Base):
     height: Mapped[int] = mapped_column(Integer)
     quality: Mapped[float | None] = mapped_column(Float)
     quality_metric: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     prev_hash: Mapped[str] = mapped_column(String(64))
     row_hash: Mapped[str] = mapped_column(String(64), unique=True)
 
@@ -215,8 +236,8 @@ class ApiKey(Base):
     role: Mapped[str] = mapped_column(String(16))
     key_prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class WebhookDelivery(Base):
@@ -232,7 +253,7 @@ class WebhookDelivery(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     delivered: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class ReplayRun(Base):
@@ -241,9 +262,9 @@ class ReplayRun(Base):
     __tablename__ = "replay_runs"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     policy_name: Mapped[str] = mapped_column(String(128))
     policy_version: Mapped[str] = mapped_column(String(64))
     policy_hash: Mapped[str] = mapped_column(String(64))
-    since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    since: Mapped[datetime | None] = mapped_column(UtcDateTime)
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -16,7 +16,8 @@ from sqlalchemy import and_, case, func, literal, select
 from sqlalchemy.orm import Session
 
 from audit.fairness import Records
-from audit.models import ACTIONS, Artifact, Decision, Job, ReplayRun
+from audit.models import Artifact, Decision, Job, ReplayRun
+from policies import ACTIONS
 
 GROUP_BY_LANGUAGE = "language"
 _LABEL_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
@@ -170,7 +171,7 @@ def decisions_over_time(
     first, last = session.execute(span).one()
     if first is None:
         return {"bucket": "day", "rows": []}
-    days = (_as_utc(last) - _as_utc(first)).total_seconds() / 86400
+    days = (last - first).total_seconds() / 86400
     bucket = "hour" if days < 3 else "day" if days < 180 else "month"
     key = _bucket_expr(session, bucket).label("t")
     action = _effective_action().label("action")
@@ -179,10 +180,6 @@ def decisions_over_time(
     for t, act, n in session.execute(stmt):
         table.setdefault(t, dict.fromkeys(ACTIONS, 0))[act] = int(n)
     return {"bucket": bucket, "rows": [{"t": t, **counts} for t, counts in sorted(table.items())]}
-
-
-def _as_utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def policy_counts(
@@ -209,7 +206,7 @@ def policy_counts(
             "policy_hash": c,
             "policy_mode": d,
             "decisions": int(n),
-            "last_decision_at": _as_utc(t).isoformat() if t else None,
+            "last_decision_at": t.isoformat() if t else None,
         }
         for a, b, c, d, n, t in session.execute(stmt)
     ]
@@ -233,8 +230,8 @@ def latest_decision_id(session: Session, *, tenant: str | None = None) -> int:
 
 
 @dataclass(frozen=True)
-class JobFilter:
-    """Filters of the job browser; empty strings mean no filter."""
+class DecisionFilter:
+    """Filters of the dashboard's decision browser; empty strings mean no filter."""
 
     action: str = ""
     language: str = ""
@@ -248,9 +245,9 @@ class JobFilter:
                 raise ValueError(f"{name}: at most 64 characters")
 
 
-def list_jobs(
+def list_decisions(
     session: Session,
-    flt: JobFilter,
+    flt: DecisionFilter,
     *,
     tenant: str | None = None,
     limit: int = 50,
@@ -276,7 +273,7 @@ def list_jobs(
         {
             "decision_id": d.id,
             "job_id": str(d.job_id),
-            "created_at": _as_utc(d.created_at),
+            "created_at": d.created_at,
             "language": d.language,
             "score": d.score,
             "action": d.action,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, case, func, select
@@ -78,15 +78,11 @@ def load_review_records(
     for group, act, review, decided_at, reviewed_at in session.execute(stmt):
         waited = None
         if reviewed_at is not None and decided_at is not None and review in DECIDED:
-            waited = max(0.0, (_utc(reviewed_at) - _utc(decided_at)).total_seconds())
+            waited = max(0.0, (reviewed_at - decided_at).total_seconds())
         out.append(
             ReviewRecord(group=str(group) if group else UNKNOWN, action=act, review=review, waited_s=waited)
         )
     return out
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _section(

@@ -116,15 +116,8 @@ def row_hash(prev_hash: str, row: Review | Any) -> str:
     return hashlib.sha256((prev_hash + canonical_record(row)).encode("utf-8")).hexdigest()
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; they are UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
-
-
 def _iso_z(moment: datetime) -> str:
-    return (_aware(moment) or moment).astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _sha256(value: str) -> str:
@@ -357,7 +350,7 @@ def open_count(session: Session, tenant: str | None = None) -> int:
 
 def lease_of(job: Job, now: datetime | None = None) -> tuple[str, datetime] | None:
     """(holder, until) of the job's running lease; None when there is none or it has expired."""
-    until = _aware(job.review_lease_until)
+    until = job.review_lease_until
     if job.review_lease_by is None or until is None or until <= (now or utcnow()):
         return None
     return job.review_lease_by, until

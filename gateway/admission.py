@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from audit import jobs as repo
 from audit.db import transaction
-from audit.models import TERMINAL_STATUSES, Job
+from audit.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job
 from gateway.auth import SubmitTenant
 from gateway.errors import field_error
 from gateway.group_commit import GroupCommit
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from gateway.deps import GatewayState
 
 QUEUE_DEPTH_CACHE_S = 0.25
-UNFINISHED = ("queued", "scoring", "rendering")  # what counts against a tenant's `tenant_max_queued`
+UNFINISHED = ACTIVE_STATUSES  # what counts against a tenant's `tenant_max_queued`
 RATE_POLICY = "submit"  # the quota policy's name in the RateLimit fields
 
 

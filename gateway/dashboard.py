@@ -541,10 +541,10 @@ def jobs_page(
         return _to_login(request)
     tenant = viewer.tenant
     try:
-        flt = report_queries.JobFilter(action=action, language=language, policy_version=policy_version)
+        flt = report_queries.DecisionFilter(action=action, language=language, policy_version=policy_version)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from exc
-    rows = report_queries.list_jobs(session, flt, tenant=tenant, limit=PAGE_SIZE, before_id=before)
+    rows = report_queries.list_decisions(session, flt, tenant=tenant, limit=PAGE_SIZE, before_id=before)
     older = None
     if len(rows) == PAGE_SIZE:
         params = {"action": action, "language": language, "policy_version": policy_version}
@@ -672,7 +672,6 @@ class QueueFilter:
 def _age(moment: datetime | None, now: datetime) -> str:
     if moment is None:
         return "–"
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     seconds = max(0, int((now - moment).total_seconds()))
     if seconds < 120:
         return f"{seconds} s"

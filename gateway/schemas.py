@@ -8,7 +8,7 @@ import re
 import unicodedata
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -22,15 +22,16 @@ from pydantic import (
     model_validator,
 )
 
+from audit.models import JOB_MODES, JOB_STATUSES, REVIEW_STATES, VERDICTS
 from gateway.urls import absolute
+from policies import ACTIONS
 
-Mode = Literal["fast", "full", "score_only"]
-Status = Literal[
-    "queued", "scoring", "rendering", "completed", "held", "rejected", "halted", "failed", "cancelled"
-]
-Action = Literal["continue", "flag", "halt"]
-ReviewState = Literal["pending", "escalated", "approved", "rejected"]
-Verdict = Literal["approve", "reject", "escalate"]
+# the values are defined once, where they belong; `Literal[tuple]` is `Literal[a, b, ...]`
+Mode = Literal[JOB_MODES]
+Status = Literal[JOB_STATUSES]
+Action = Literal[ACTIONS]
+ReviewState = Literal[REVIEW_STATES]
+Verdict = Literal[VERDICTS]
 
 
 # Unicode's control characters (category Cc) but newline and tab; one regex scan on the submit path
@@ -141,14 +142,6 @@ class ScoreRequest(Strict):
     labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=16)] = Field(default_factory=dict)
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; they were stored in UTC."""
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
-
-
-UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
-
-
 def _attributes(model: type[BaseModel], row: Any) -> dict[str, Any]:
     """The row's attributes named like the model's fields."""
     return {name: getattr(row, name) for name in model.model_fields if hasattr(row, name)}
@@ -205,7 +198,7 @@ class DecisionOut(BaseModel):
     policy_version: str
     policy_hash: str
     policy_mode: str
-    decided_at: UtcDateTime
+    decided_at: datetime
     row_hash: str
 
     @model_validator(mode="before")
@@ -250,8 +243,8 @@ class JobOut(BaseModel):
     params: dict[str, Any]
     attempts: int
     error: str | None
-    created_at: UtcDateTime
-    finished_at: UtcDateTime | None
+    created_at: datetime
+    finished_at: datetime | None
     score: ScoreOut | None
     decision: DecisionOut | None
     review: ReviewState | None = Field(

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from audit.db import session_scope
-from audit.models import Job
+from audit.models import ACTIVE_STATUSES, Job
 from settings import Settings
 from workers import stages, webhooks
 from workers.runtime import Runtime, get_runtime
@@ -127,7 +127,7 @@ class InProcessWorker:
         with session_scope(self.settings.resolved_database_url) as session:
             rows = session.execute(
                 select(Job.id, Job.status)
-                .where(Job.status.in_(("queued", "scoring", "rendering")))
+                .where(Job.status.in_(ACTIVE_STATUSES))
                 .order_by(Job.created_at)
             ).all()
             for job_id, status in rows:

@@ -35,7 +35,6 @@ router = APIRouter(prefix="/v1", tags=["reviews"], responses=AUTH_RESPONSES)
 
 
 def verdict_out(row: Review) -> VerdictOut:
-    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
     return VerdictOut(
         id=row.id,
         verdict=row.verdict,
@@ -44,7 +43,7 @@ def verdict_out(row: Review) -> VerdictOut:
         override=row.override,
         reviewer=row.reviewer,
         note=row.note,
-        created_at=created,
+        created_at=row.created_at,
         row_hash=row.row_hash,
     )
 
@@ -52,7 +51,7 @@ def verdict_out(row: Review) -> VerdictOut:
 def _age_s(moment: datetime | None, now: datetime) -> float | None:
     if moment is None:
         return None
-    return max(0.0, (now - (moment if moment.tzinfo else moment.replace(tzinfo=UTC))).total_seconds())
+    return max(0.0, (now - moment).total_seconds())
 
 
 def _label(value: str | None) -> tuple[str, str] | None:
@@ -186,9 +185,8 @@ def _reviewer(request: Request) -> str:
 
 
 def _lease_out(lease: repo.Lease, item: ReviewedJob | None = None) -> LeaseOut:
-    until = lease.until if lease.until.tzinfo else lease.until.replace(tzinfo=UTC)
-    left = max(0.0, (until - datetime.now(UTC)).total_seconds())
-    return LeaseOut(job_id=lease.job.id, holder=lease.holder, until=until, seconds=left, item=item)
+    left = max(0.0, (lease.until - datetime.now(UTC)).total_seconds())
+    return LeaseOut(job_id=lease.job.id, holder=lease.holder, until=lease.until, seconds=left, item=item)
 
 
 def _conflict(exc: repo.ReviewRefused, field: str) -> HTTPException:

@@ -64,3 +64,20 @@ def test_url_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
         assert db.resolve_url() == "postgresql+psycopg://someone@db/emoe"
     finally:
         get_settings.cache_clear()
+
+
+def test_every_time_reads_back_aware_utc(migrated_sqlite_url: str) -> None:
+    """`UtcDateTime`: SQLite keeps naive text; a time written in another zone is stored as UTC and every
+    time comes back aware (ORM objects, Core rows and aggregates alike)."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    berlin = datetime(2026, 3, 1, 13, 30, tzinfo=timezone(timedelta(hours=1)))
+    with db.session_scope(migrated_sqlite_url) as session:
+        job_id = make_job(session, "zoned", created_at=berlin).id
+    with db.get_engine(migrated_sqlite_url).connect() as conn:
+        stored = conn.exec_driver_sql("SELECT created_at FROM jobs").scalar()
+    assert stored.startswith("2026-03-01 12:30:00")
+    with db.session_scope(migrated_sqlite_url) as session:
+        assert session.get(Job, job_id).created_at == datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+        (earliest,) = session.execute(sa.select(sa.func.min(Job.created_at))).one()
+        assert earliest.tzinfo is UTC and earliest == berlin
