@@ -130,3 +130,35 @@ def test_verbose_shows_the_libraries_loading_bar(tmp_path: Path) -> None:
     assert quiet.returncode == loud.returncode == 0, quiet.stderr + loud.stderr
     assert "loading the CLIP" in quiet.stderr and "Loading weights" not in quiet.stderr
     assert "Loading weights" in loud.stderr
+
+
+def _worker_output(argv: list[str], env: dict[str, str], timeout: float = 120) -> str:
+    """Start `emoe-gate [...] worker --queues hooks`, wait until Celery says it is ready, stop it."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    deadline = time.monotonic() + timeout
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if " ready." in line or time.monotonic() > deadline:
+                break
+    finally:
+        proc.terminate()
+        rest, _ = proc.communicate(timeout=60)
+    return "".join(lines) + rest
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_worker_hides_celerys_superuser_warning_unless_verbose(tmp_path: Path, pg_url: str) -> None:
+    env = {
+        **user_env(tmp_path / "home"),
+        "EMOE_DATABASE_URL": pg_url,
+        "EMOE_BROKER_URL": "redis://127.0.0.1:6379/13",
+    }
+    quiet = _worker_output([CLI, "worker", "--queues", "hooks"], env)
+    assert " ready." in quiet, quiet
+    assert not [line for line in quiet.splitlines() if NOISE.search(line)], quiet
+    if os.geteuid() == 0:  # Celery warns only a worker that runs as root
+        loud = _worker_output([CLI, "--verbose", "worker", "--queues", "hooks"], env)
+        assert "superuser privileges" in loud, loud
