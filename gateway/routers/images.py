@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi import APIRouter, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -90,8 +90,9 @@ class GateInfo(BaseModel):
     job_id: uuid.UUID
     status: str
     score: float | None
-    action: str | None
+    action: str | None = Field(description="What the policy decided (in shadow mode: what it would have).")
     flagged: bool
+    review: str | None = Field(description="Where the job stands in human review, if it was sent there.")
     policy: str | None
     links: dict[str, str]
 
@@ -173,6 +174,7 @@ def _gate_info(request: Request, job: Job) -> dict[str, Any]:
         "score": d.score if d is not None else None,
         "action": (d.shadow_action or d.action) if d is not None else None,
         "flagged": d is not None and d.action == "flag",
+        "review": job.review,
         "policy": f"{d.policy_name}@{d.policy_version}#{d.policy_hash[:12]}" if d is not None else None,
         "links": {"job": base, "image": f"{base}/images/0"},
     }
@@ -222,6 +224,7 @@ def _outcome(request: Request, job: Job, response_format: str) -> JSONResponse |
 async def create_image(
     body: ImageRequest,
     request: Request,
+    response: Response,
     tenant: SubmitTenant,
     idempotency_key: Annotated[
         str | None,
@@ -234,7 +237,7 @@ async def create_image(
     except _Refused as refused:
         return refused.response
     seconds = state.settings.max_wait_s
-    admission.rate_limit(request, JSONResponse({}))
+    admission.rate_limit(request, response)
     async with admission.wait_slot(request, seconds):
         await state.admission.admit_jobs(tenant, 1, state.metrics)
         new = repo.NewJob(

@@ -3,9 +3,12 @@ in OpenAI's error shape. The official `openai` package against a real server: te
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from tests.gateway.helpers import new_key
+from tests.workers.conftest import tiny_runtime  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.postgres
 PATH = "/v1/images/generations"
@@ -47,3 +50,29 @@ def test_errors_are_in_openai_shape(make_client, module_pg_url: str) -> None:
     full = client.post(PATH, json={"prompt": "a red circle"}, headers=auth)
     assert full.status_code == 429 and full.headers["Retry-After"]
     assert full.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_flagged_under_on_flag_release_returns_the_image(tiny_runtime, tmp_path) -> None:  # noqa: F811
+    """The tiny ensemble's test policy releases flagged jobs (`on_flag: release`, the default)."""
+    from fastapi.testclient import TestClient
+
+    from gateway.app import create_app
+    from tests.gateway.helpers import make_settings
+    from workers.embedded import InProcessWorker
+
+    policy = tiny_runtime.policy
+    assert policy.on_flag == "release"
+    flagged = next(p for p, s in tiny_runtime.expected.items() if policy.flag_at < s <= policy.halt_at)
+    halted = next(p for p, s in tiny_runtime.expected.items() if s > policy.halt_at)
+    url = f"sqlite:///{tmp_path / 'emoe.db'}"
+    settings = make_settings(url, tmp_path)
+    app = create_app(settings, dispatcher=InProcessWorker(settings, runtime=tiny_runtime))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        _, auth = new_key(url)
+        reply = client.post(PATH, json={"prompt": flagged, "response_format": "b64_json"}, headers=auth)
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["emoe_gate"]["flagged"] is True and body["emoe_gate"]["action"] == "flag"
+        assert base64.b64decode(body["data"][0]["b64_json"]).startswith(b"\x89PNG")
+        refused = client.post(PATH, json={"prompt": halted}, headers=auth)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "content_policy_violation"
