@@ -215,8 +215,10 @@ class JobWatcher:
             return False
         finally:
             self._waiters.discard(waiter)
-            if not self._waiters and self._task is not None and not self._task.done():
+            if not self._waiters and self._task is not None:
+                # forget it at once: a waiter arriving before the cancellation lands starts a new one
                 self._task.cancel()
+                self._task = None
 
     async def _run(self) -> None:
         while self._waiters:

@@ -4,6 +4,7 @@ throttled. And the compact job view (`?expand=scoring` for the whole scoring con
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -13,7 +14,7 @@ import pytest
 from audit import jobs as repo
 from audit.chain import append_decision
 from audit.db import session_scope
-from gateway.admission import QUEUE_DEPTH_CACHE_S, RateLimiter
+from gateway.admission import QUEUE_DEPTH_CACHE_S, JobWatcher, RateLimiter
 from policies import DecisionContext, decide
 from tests.audit.factories import FakeScore, make_policy
 from tests.gateway.helpers import METRICS_AUTH, new_key
@@ -129,3 +130,40 @@ def test_a_job_shows_its_scoring_in_brief_and_in_full_when_expanded(make_client,
     assert full["scoring"] == scoring
     assert client.get(f"/v1/jobs/{job_id}?expand=everything", headers=auth).status_code == 422
     assert client.get(f"/v1/jobs/{uuid.uuid4()}?expand=scoring", headers=auth).status_code == 404
+
+
+class _FakeWatcher(JobWatcher):
+    """The watcher with job statuses from a set instead of the database."""
+
+    def __init__(self) -> None:
+        super().__init__(sessionmaker=None)  # type: ignore[arg-type]
+        self.finished: set[uuid.UUID] = set()
+
+    def _unfinished(self, ids: frozenset[uuid.UUID]) -> set[uuid.UUID]:
+        self.polls += 1
+        return set(ids) - self.finished
+
+
+def test_the_watcher_wakes_waits_with_one_poll_per_tick_and_serves_back_to_back_waits() -> None:
+    async def scenario() -> None:
+        watcher = _FakeWatcher()
+        jobs = [uuid.uuid4() for _ in range(20)]
+        waits = [asyncio.create_task(watcher.wait([job], 10)) for job in jobs]
+        await asyncio.sleep(0.3)
+        polls = watcher.polls
+        assert polls < 15  # one query per tick for all twenty waits, not one per wait
+        watcher.finished.update(jobs[:10])
+        done = await asyncio.gather(*waits[:10])
+        assert done == [True] * 10 and not any(w.done() for w in waits[10:])
+        watcher.finished.update(jobs[10:])
+        assert await asyncio.gather(*waits[10:]) == [True] * 10
+        # a wait that starts as the last one ends is served by a new poller, not left to its deadline
+        first, later = uuid.uuid4(), uuid.uuid4()
+        watcher.finished.update((first, later))
+        assert await watcher.wait([first], 5) is True
+        started = time.monotonic()
+        assert await watcher.wait([later], 5) is True
+        assert time.monotonic() - started < 1
+        assert await watcher.wait([uuid.uuid4()], 0.3) is False  # never finishes: the deadline ends it
+
+    asyncio.run(scenario())
