@@ -45,6 +45,7 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _options(
+    ctx: typer.Context,
     verbose: Annotated[
         bool,
         typer.Option(
@@ -58,7 +59,7 @@ def _options(
     ] = False,
 ) -> None:
     """Uncertainty-gated text-to-image middleware (EMoE)."""
-    set_verbose(verbose)
+    ctx.call_on_close(set_verbose(verbose))
 
 
 for _area in (model, policy, audit, service, report, reference, webhooks):

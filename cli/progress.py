@@ -7,24 +7,44 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 _state = {"verbose": False}
+# read when transformers/diffusers/huggingface_hub are imported (which the commands do later), and by child
+# processes (the worker's webhook consumer)
+QUIET_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "PYTHONWARNINGS": "ignore",
+}
 
 
-def set_verbose(verbose: bool) -> None:
-    """`--verbose`: show library warnings, logs and loading bars; otherwise hide them (the default)."""
+def set_verbose(verbose: bool) -> Callable[[], None]:
+    """`--verbose`: show library warnings, logs and loading bars; otherwise hide them (the default).
+
+    Returns what undoes it, for when the command has run (the CLI called in process, as tests do, must not
+    leave this process or the environment its later children inherit quieter).
+    """
+    previous = _state["verbose"]
     _state["verbose"] = verbose
     if verbose:
-        return
-    # read when transformers/diffusers/huggingface_hub are imported, which the commands do later
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # child processes: the worker's webhook consumer
+        return lambda: _state.update(verbose=previous)
+    added = {k: v for k, v in QUIET_ENV.items() if k not in os.environ}
+    os.environ.update(added)
+    caught = warnings.catch_warnings()
+    caught.__enter__()
     warnings.simplefilter("ignore")  # torchvision/transformers deprecations, Celery's superuser warning
+
+    def restore() -> None:
+        caught.__exit__(None, None, None)
+        for key in added:
+            os.environ.pop(key, None)
+        _state["verbose"] = previous
+
+    return restore
 
 
 def is_verbose() -> bool:

@@ -28,7 +28,9 @@ NOISE = re.compile(
 
 
 def user_env(home: Path) -> dict[str, str]:
-    dropped = ("EMOE_", "OMP_", "MKL_", "OPENBLAS_NUM", "PYTEST_", "COV_", "PYTHONWARNINGS")
+    from cli.progress import QUIET_ENV
+
+    dropped = ("EMOE_", "OMP_", "MKL_", "OPENBLAS_NUM", "PYTEST_", "COV_", *QUIET_ENV)
     env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
     env["HOME"] = str(home)
     venv_bin = str(Path(CLI).parent)
