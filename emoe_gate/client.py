@@ -65,6 +65,10 @@ def _job_body(prompt: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     return {"prompt": prompt, **_drop_none(fields)}
 
 
+def _get_params(wait: float | None, expand: Sequence[str]) -> dict[str, Any]:
+    return _drop_none({"wait": wait, "expand": list(expand) or None})
+
+
 def _parse(model: type[T], response: httpx.Response) -> T:
     return model.model_validate(response.json())
 
@@ -167,10 +171,11 @@ class Client(_Base):
         )
         return _parse(Job, response)
 
-    def get(self, job: JobRef, *, wait: float | None = None) -> Job:
-        """A job; with `wait`, once it is finished or `wait` seconds have passed."""
+    def get(self, job: JobRef, *, wait: float | None = None, expand: Sequence[str] = ()) -> Job:
+        """A job; with `wait`, once it is finished or `wait` seconds have passed (`expand=["scoring"]`: the
+        whole scoring configuration, not its summary)."""
         path = f"/v1/jobs/{_job_id(job)}"
-        return _parse(Job, self._request("GET", path, wait=wait, params=_drop_none({"wait": wait})))
+        return _parse(Job, self._request("GET", path, wait=wait, params=_get_params(wait, expand)))
 
     def list_page(
         self,
@@ -326,10 +331,10 @@ class AsyncClient(_Base):
         )
         return _parse(Job, response)
 
-    async def get(self, job: JobRef, *, wait: float | None = None) -> Job:
-        """A job; with `wait`, once it is finished or `wait` seconds have passed."""
+    async def get(self, job: JobRef, *, wait: float | None = None, expand: Sequence[str] = ()) -> Job:
+        """A job (see `Client.get`)."""
         path = f"/v1/jobs/{_job_id(job)}"
-        return _parse(Job, await self._request("GET", path, wait=wait, params=_drop_none({"wait": wait})))
+        return _parse(Job, await self._request("GET", path, wait=wait, params=_get_params(wait, expand)))
 
     async def list_page(
         self,

@@ -36,6 +36,7 @@ def test_submit_wait_get_and_images(client: Client) -> None:
     assert job.labels == {"region": "eu"}
     again = client.get(job.id)
     assert again.id == job.id and again.status == "completed"
+    assert isinstance(client.get(job.id, expand=["scoring"]).score.scoring["split"], list)
     images = client.images(again)
     assert len(images) == len(again.artifacts) == 1
     assert images[0].startswith(PNG_MAGIC) and images[0] == client.image(job, 0)
