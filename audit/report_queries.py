@@ -49,7 +49,8 @@ def check_group_by(group_by: str) -> str:
     return group_by
 
 
-def _effective_action() -> Any:
+def effective_action_sql() -> Any:
+    """`policies.effective_action` in SQL: the shadow action of a shadow-mode decision, else its action."""
     return case(
         (and_(Decision.policy_mode == "shadow", Decision.shadow_action.is_not(None)), Decision.shadow_action),
         else_=Decision.action,
@@ -99,7 +100,7 @@ def load_records(
     group_col = Decision.language if group_by == GROUP_BY_LANGUAGE else Job.labels[group_by].as_string()
     cols = [
         Decision.score,
-        _effective_action().label("action"),
+        effective_action_sql().label("action"),
         group_col.label("grp"),
         Job.prompt_chars,
         Job.prompt_words,
@@ -174,7 +175,7 @@ def decisions_over_time(
     days = (last - first).total_seconds() / 86400
     bucket = "hour" if days < 3 else "day" if days < 180 else "month"
     key = _bucket_expr(session, bucket).label("t")
-    action = _effective_action().label("action")
+    action = effective_action_sql().label("action")
     stmt = _scoped(select(key, action, func.count()).group_by(key, action).order_by(key), tenant, since)
     table: dict[str, dict[str, int]] = {}
     for t, act, n in session.execute(stmt):
@@ -217,7 +218,7 @@ def policy_counts(
 
 def action_counts(session: Session, *, tenant: str | None = None) -> dict[str, int]:
     """Decisions per (effective) action."""
-    action = _effective_action().label("action")
+    action = effective_action_sql().label("action")
     stmt = _scoped(select(action, func.count()).group_by(action), tenant, None)
     counts = dict.fromkeys(ACTIONS, 0)
     counts.update({a: int(n) for a, n in session.execute(stmt)})
@@ -262,7 +263,7 @@ def list_decisions(
     )
     stmt = _scoped(stmt, tenant, None)
     if flt.action:
-        stmt = stmt.where(_effective_action() == flt.action)
+        stmt = stmt.where(effective_action_sql() == flt.action)
     if flt.language:
         stmt = stmt.where(Decision.language == flt.language)
     if flt.policy_version:

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from audit import fairness
 from audit.models import Decision, Job, Review
-from audit.report_queries import GROUP_BY_LANGUAGE, check_group_by
+from audit.report_queries import GROUP_BY_LANGUAGE, check_group_by, effective_action_sql
 
 DECIDED = ("approved", "rejected")
 UNKNOWN = fairness.UNKNOWN_GROUP
@@ -61,10 +61,7 @@ def load_review_records(
         .subquery()
     )
     group_col = Decision.language if group_by == GROUP_BY_LANGUAGE else Job.labels[group_by].as_string()
-    action = case(
-        (and_(Decision.policy_mode == "shadow", Decision.shadow_action.is_not(None)), Decision.shadow_action),
-        else_=Decision.action,
-    )
+    action = effective_action_sql()
     stmt = (
         select(group_col, action, Job.review, Decision.created_at, first.c.at)
         .join(Job, Job.id == Decision.job_id)

@@ -270,13 +270,13 @@ def _would_do(sc: object, language: str, policy: object | None, mismatch: bool) 
     """What the policy would do with this score ("continue" when there is none or it does not apply)."""
     if policy is None or mismatch:
         return "continue", mismatch
-    from policies import DecisionContext, FingerprintMismatch, decide
+    from policies import DecisionContext, FingerprintMismatch, decide, effective_action
 
     try:
         d = decide(sc, DecisionContext(language=language), policy)
     except FingerprintMismatch:
         return "continue", True
-    return d.shadow_action or d.action, False
+    return effective_action(d), False
 
 
 def eval_quality(

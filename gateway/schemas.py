@@ -24,7 +24,7 @@ from pydantic import (
 
 from audit.models import JOB_MODES, JOB_STATUSES, REVIEW_STATES, VERDICTS
 from gateway.urls import absolute
-from policies import ACTIONS
+from policies import ACTIONS, effective_action
 
 # the values are defined once, where they belong; `Literal[tuple]` is `Literal[a, b, ...]`
 Mode = Literal[JOB_MODES]
@@ -209,7 +209,7 @@ class DecisionOut(BaseModel):
     @computed_field(description="The threshold that fired (halt_at or flag_at); null on continue.")
     @property
     def threshold(self) -> float | None:
-        return {"halt": self.halt_at, "flag": self.flag_at}.get(self.shadow_action or self.action)
+        return {"halt": self.halt_at, "flag": self.flag_at}.get(effective_action(self))
 
 
 class ArtifactOut(BaseModel):

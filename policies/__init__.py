@@ -1,6 +1,14 @@
 """Pure decision logic: policy files, decide(), calibration and replay. No torch, no SQL, no HTTP."""
 
-from policies.decision import ACTIONS, Decision, DecisionContext, FingerprintMismatch, ScoreLike, decide
+from policies.decision import (
+    ACTIONS,
+    Decision,
+    DecisionContext,
+    FingerprintMismatch,
+    ScoreLike,
+    decide,
+    effective_action,
+)
 from policies.policy import (
     Policy,
     PolicyError,
@@ -23,6 +31,7 @@ __all__ = [
     "bundled_policy_path",
     "decide",
     "dump_policy",
+    "effective_action",
     "load_policy",
     "parse_policy",
 ]

@@ -55,6 +55,17 @@ class Decision:
         return asdict(self)
 
 
+class ActionLike(Protocol):
+    action: str
+    shadow_action: str | None
+
+
+def effective_action(decision: ActionLike) -> str:
+    """What the policy decided or, in shadow mode, would have decided: what reports, replays and reviews
+    count (`audit.report_queries.effective_action_sql` is the same in SQL)."""
+    return decision.shadow_action or decision.action
+
+
 def decide(score: ScoreLike, context: DecisionContext, policy: Policy) -> Decision:
     """Apply `policy` to `score` in `context`."""
     # 1. refuse scores from another scoring configuration, and scores that are not numbers

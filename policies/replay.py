@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from policies.decision import ACTIONS, DecisionContext, decide
+from policies.decision import ACTIONS, DecisionContext, decide, effective_action
 from policies.policy import Policy
 
 
@@ -68,7 +68,7 @@ def replay(records: Iterable[ReplayRecord], policy: Policy) -> ReplaySummary:
             summary.skipped_fingerprint += 1
             continue
         decision = decide(record, DecisionContext(language=record.language), policy)
-        new_action = decision.shadow_action or decision.action
+        new_action = effective_action(decision)
         lang = record.language or "unknown"
         summary.replayed += 1
         before[record.action] += 1

@@ -36,6 +36,7 @@ from gateway.deps import in_session
 from gateway.errors import OpenAIErrorBody, openai_error
 from gateway.schemas import JobRequest, LabelValue, Prompt
 from gateway.urls import public_base
+from policies import effective_action
 
 router = APIRouter(prefix="/v1", tags=["images"])
 
@@ -172,7 +173,7 @@ def _gate_info(request: Request, job: Job) -> dict[str, Any]:
         "job_id": str(job.id),
         "status": job.status,
         "score": d.score if d is not None else None,
-        "action": (d.shadow_action or d.action) if d is not None else None,
+        "action": effective_action(d) if d is not None else None,
         "flagged": d is not None and d.action == "flag",
         "review": job.review,
         "policy": f"{d.policy_name}@{d.policy_version}#{d.policy_hash[:12]}" if d is not None else None,
