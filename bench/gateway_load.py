@@ -236,6 +236,11 @@ def main() -> None:
             "EMOE_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
             "EMOE_ARTIFACTS_DIR": str(tmp / "artifacts"),
             "EMOE_QUEUE_MAX_DEPTH": "10000000",  # the load part fills the queue far past the default limit
+            # one key and one tenant make all the load: lift their fair-share limits (bench/two_tenants.py
+            # measures those)
+            "EMOE_TENANT_MAX_QUEUED": "10000000",
+            "EMOE_SUBMIT_RATE_PER_S": "1000000",
+            "EMOE_SUBMIT_BURST": "1000000",
         }
 
         def serve(root: Path, port: int, log_name: str) -> str:
