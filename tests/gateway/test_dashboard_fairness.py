@@ -52,3 +52,11 @@ def test_fairness_page_leads_with_rates_and_disparity(
     assert "&#39;en&#39; is not one of these groups: compared with &#39;eu&#39;" in by_region
     us = client.get("/dashboard/fairness?group_by=region&reference=us", headers=headers).text
     assert _options(us)[2] == ("us", True) and 'id="reference-note"' not in us
+
+
+def test_fairness_page_of_a_tenant_without_decisions(client: TestClient, module_pg_url: str) -> None:  # noqa: F811
+    _, headers = new_key(module_pg_url, role="read")
+    page = client.get("/dashboard/fairness", headers=headers)
+    assert page.status_code == 200
+    assert "0 decisions" in page.text and _options(page.text) == []
+    assert 'title="fewer than 2 groups to compare"' in page.text and 'id="rates-chart"' not in page.text
