@@ -73,7 +73,10 @@ class WebhookDecision(BaseModel):
 
 class WebhookImage(BaseModel):
     index: int
-    url: str = Field(description="The image's path on the gateway (`/v1/jobs/{id}/images/{index}`).")
+    url: str = Field(
+        description="The image's URL: under `EMOE_PUBLIC_URL` when it is set, else its path on the gateway "
+        "(`/v1/jobs/{id}/images/{index}`)."
+    )
     sha256: str
 
 

@@ -179,7 +179,8 @@ def payload(job_id: uuid.UUID, event: str, settings: Settings) -> tuple[str | No
                 "images": [
                     {
                         "index": a.path_index,
-                        "url": f"/v1/jobs/{job.id}/images/{a.path_index}",
+                        # absolute under EMOE_PUBLIC_URL (the worker knows no request to take a host from)
+                        "url": f"{settings.public_url or ''}/v1/jobs/{job.id}/images/{a.path_index}",
                         "sha256": a.sha256,
                     }
                     for a in job.artifacts

@@ -68,8 +68,9 @@ def test_error_bodies_are_problems(make_client, module_pg_url: str) -> None:
 
 def test_webhooks_describe_every_event_and_the_body_sent(spec: dict[str, Any], tmp_path) -> None:
     from audit import jobs as repo
-    from audit.chain import append_decision
+    from audit.chain import append_artifacts, append_decision
     from audit.db import ensure_schema, session_scope
+    from audit.models import Artifact
     from policies import DecisionContext, decide
     from tests.audit.factories import FakeScore, make_policy
     from tests.gateway.helpers import make_settings
@@ -100,8 +101,19 @@ def test_webhooks_describe_every_event_and_the_body_sent(spec: dict[str, Any], t
         decision = decide(FakeScore(2.5), DecisionContext(language="en"), policy)
         repo.record_decision(job, decision.action)
         append_decision(session, job, FakeScore(2.5), decision)
+        artifact = Artifact(
+            job_id=job.id,
+            path_index=0,
+            storage_uri="file:///nowhere/0.png",
+            sha256="0" * 64,
+            size_bytes=1,
+            width=32,
+            height=32,
+        )
+        append_artifacts(session, [artifact])
         job_id = job.id
-    _, body, _ = webhooks.payload(job_id, "halted", make_settings(url, tmp_path))
+    public = make_settings(url, tmp_path, public_url="https://gate.example.com")
+    _, body, _ = webhooks.payload(job_id, "halted", public)
     sent = WebhookEvent.model_validate_json(body)
     assert sent.job.decision is not None and sent.job.decision.action == "halt"
     import json
@@ -110,6 +122,8 @@ def test_webhooks_describe_every_event_and_the_body_sent(spec: dict[str, Any], t
     assert set(raw) == set(WebhookEvent.model_fields)
     assert set(raw["job"]) == set(type(sent.job).model_fields)
     assert set(raw["job"]["decision"]) == set(type(sent.job.decision).model_fields)
+    assert set(raw["job"]["images"][0]) == set(type(sent.job.images[0]).model_fields)
+    assert sent.job.images[0].url == f"https://gate.example.com/v1/jobs/{job_id}/images/0"
 
 
 def test_prefer_wait_is_documented_and_checked(spec: dict[str, Any], make_client, module_pg_url) -> None:
