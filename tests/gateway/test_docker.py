@@ -59,10 +59,14 @@ def test_compose_file_validates_with_every_service() -> None:
     config = yaml.safe_load(proc.stdout)
     services = config["services"]
     assert set(services) == {"postgres", "redis", "migrate", "gateway", "gate-worker", "render-worker"}
-    assert services["migrate"]["command"] == ["emoe-gate", "migrate"]
+    # migrate runs as the owner and grants the application's role; the others connect as that role
+    assert services["migrate"]["command"] == ["emoe-gate", "migrate", "--app-role", "emoe_app"]
+    assert services["migrate"]["environment"]["EMOE_DATABASE_URL"].startswith("postgresql://emoe_owner:")
+    init = f"{DOCKER / 'postgres-init.sql'}:/docker-entrypoint-initdb.d/10-emoe-roles.sql:ro"
+    assert init in services["postgres"]["volumes"]  # creates emoe_owner and emoe_app on a new volume
     assert services["gateway"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert "--queues" in services["gate-worker"]["command"] and "gate" in services["gate-worker"]["command"]
     for name in ("gateway", "gate-worker", "render-worker"):
         env = services[name]["environment"]
         assert env["EMOE_BROKER_URL"].startswith("redis://redis:")
-        assert env["EMOE_DATABASE_URL"].startswith("postgresql://")
+        assert env["EMOE_DATABASE_URL"].startswith("postgresql://emoe_app:")
