@@ -23,7 +23,7 @@ from emoe_gate.errors import (
     ServiceUnavailableError,
     ValidationError,
 )
-from emoe_gate.types import Job, JobPage, ReviewQueue, ReviewResult, ScoreResponse
+from emoe_gate.types import BulkResult, Job, JobPage, Lease, ReviewQueue, ReviewResult, ScoreResponse
 
 if TYPE_CHECKING:
     from emoe_gate import gate as gate
@@ -33,11 +33,13 @@ __all__ = [
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
+    "BulkResult",
     "Client",
     "ConflictError",
     "EmoeGateError",
     "Job",
     "JobPage",
+    "Lease",
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",

@@ -20,7 +20,17 @@ import httpx
 from pydantic import BaseModel
 
 from emoe_gate.errors import error_from_response
-from emoe_gate.types import Job, JobPage, ReviewQueue, ReviewResult, ScoreResponse, Status, Verdict
+from emoe_gate.types import (
+    BulkResult,
+    Job,
+    JobPage,
+    Lease,
+    ReviewQueue,
+    ReviewResult,
+    ScoreResponse,
+    Status,
+    Verdict,
+)
 
 RETRY_STATUSES = frozenset({429, 503})
 DEFAULT_TIMEOUT_S = 30.0
@@ -261,6 +271,44 @@ class Client(_Base):
         body = _drop_none({"verdict": verdict, "note": note, "override": override or None})
         return _parse(ReviewResult, self._request("POST", f"/v1/jobs/{_job_id(job)}/review", json=body))
 
+    def next_review(
+        self,
+        *,
+        language: str | None = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        label: str | None = None,
+    ) -> Lease | None:
+        """Lease the next job of the review queue no other reviewer holds; None when none waits."""
+        params = _drop_none(dict(language=language, min_score=min_score, max_score=max_score, label=label))
+        response = self._request("POST", "/v1/reviews/next", params=params)
+        return None if response.status_code == 204 else _parse(Lease, response)
+
+    def lease(self, job: JobRef) -> Lease:
+        """Open a job for review: lease it to this reviewer (renews this reviewer's own lease)."""
+        return _parse(Lease, self._request("POST", f"/v1/reviews/{_job_id(job)}/lease"))
+
+    def release_lease(self, job: JobRef) -> None:
+        """Give a job's lease back before it ends."""
+        self._request("DELETE", f"/v1/reviews/{_job_id(job)}/lease")
+
+    def bulk_review(
+        self,
+        verdict: Verdict,
+        *,
+        confirm: int,
+        note: str | None = None,
+        language: str | None = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        label: str | None = None,
+    ) -> BulkResult:
+        """Approve or reject every open job the filters select; `confirm` is how many the caller saw selected
+        (`reviews(...).total`): the server refuses with 409 if that changed."""
+        body = _drop_none(dict(verdict=verdict, confirm=confirm, note=note, language=language, label=label))
+        body.update(_drop_none(dict(min_score=min_score, max_score=max_score)))
+        return _parse(BulkResult, self._request("POST", "/v1/reviews/bulk", json=body))
+
 
 class AsyncClient(_Base):
     """The emoe-gate API, asynchronous: the same methods as `Client`, awaited (`list` is an async iterator).
@@ -421,3 +469,40 @@ class AsyncClient(_Base):
         body = _drop_none({"verdict": verdict, "note": note, "override": override or None})
         path = f"/v1/jobs/{_job_id(job)}/review"
         return _parse(ReviewResult, await self._request("POST", path, json=body))
+
+    async def next_review(
+        self,
+        *,
+        language: str | None = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        label: str | None = None,
+    ) -> Lease | None:
+        """Lease the next job of the review queue (see `Client.next_review`)."""
+        params = _drop_none(dict(language=language, min_score=min_score, max_score=max_score, label=label))
+        response = await self._request("POST", "/v1/reviews/next", params=params)
+        return None if response.status_code == 204 else _parse(Lease, response)
+
+    async def lease(self, job: JobRef) -> Lease:
+        """Open a job for review: lease it to this reviewer."""
+        return _parse(Lease, await self._request("POST", f"/v1/reviews/{_job_id(job)}/lease"))
+
+    async def release_lease(self, job: JobRef) -> None:
+        """Give a job's lease back before it ends."""
+        await self._request("DELETE", f"/v1/reviews/{_job_id(job)}/lease")
+
+    async def bulk_review(
+        self,
+        verdict: Verdict,
+        *,
+        confirm: int,
+        note: str | None = None,
+        language: str | None = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        label: str | None = None,
+    ) -> BulkResult:
+        """Approve or reject every open job the filters select (see `Client.bulk_review`)."""
+        body = _drop_none(dict(verdict=verdict, confirm=confirm, note=note, language=language, label=label))
+        body.update(_drop_none(dict(min_score=min_score, max_score=max_score)))
+        return _parse(BulkResult, await self._request("POST", "/v1/reviews/bulk", json=body))

@@ -126,3 +126,24 @@ class ReviewQueue(_Model):
 class ReviewResult(_Model):
     job: Job
     verdict: VerdictRecord
+
+
+class Lease(_Model):
+    """A job of the review queue leased to this reviewer until `until` (no one else may review it)."""
+
+    job_id: uuid.UUID
+    holder: str
+    until: datetime
+    seconds: float
+    item: ReviewedJob | None = None
+
+
+class BulkItem(_Model):
+    job_id: uuid.UUID
+    status: str
+    verdict: VerdictRecord
+
+
+class BulkResult(_Model):
+    count: int
+    items: list[BulkItem]

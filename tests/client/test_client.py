@@ -133,3 +133,23 @@ def test_async_client(server: Server) -> None:
             assert caught.value.field == "prompt"
 
     asyncio.run(run())
+
+
+def test_review_leases_and_bulk_verdicts(client: Client, server: Server) -> None:
+    batch = f"batch:{uuid.uuid4().hex[:8]}"
+    held = [client.submit(FLAGGED, wait=60, seed=i, labels={"batch": batch[6:]}) for i in range(2)]
+    assert [j.status for j in held] == ["held", "held"]
+    with Client(server.url, api_key=server.review_key) as reviewer:
+        lease = reviewer.next_review(label=batch)
+        assert lease is not None and lease.item is not None and lease.job_id in {j.id for j in held}
+        assert lease.seconds > 0
+        reviewer.release_lease(lease.job_id)
+        assert reviewer.lease(lease.job_id).job_id == lease.job_id
+        reviewer.release_lease(lease.job_id)
+        with pytest.raises(ConflictError):  # the selection holds 2 jobs, not 3
+            reviewer.bulk_review("reject", confirm=3, label=batch)
+        queue = reviewer.reviews(label=batch)
+        result = reviewer.bulk_review("reject", confirm=queue.total, note="not for us", label=batch)
+        assert result.count == 2 and {i.job_id for i in result.items} == {j.id for j in held}
+        assert reviewer.next_review(label=batch) is None
+    assert {client.get(j).status for j in held} == {"rejected"}
