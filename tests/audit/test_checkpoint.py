@@ -281,3 +281,72 @@ def test_no_checkpoint_of_a_broken_chain(migrated_sqlite_url: str, audit_key: st
 def test_new_key_is_random_and_long_enough() -> None:
     first, second = (cli("audit", "new-key").output.strip() for _ in range(2))
     assert first != second and len(first) >= 32
+
+
+def _rehash(url: str, table: str, link, drop: str, edit: str) -> None:
+    """Drop a chain's guard, edit a row and re-hash the whole chain so that every link holds again."""
+    from audit.models import Base
+
+    rows_table = Base.metadata.tables[table]
+    engine = db.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(drop)
+            conn.exec_driver_sql(edit)
+            prev = "0" * 64
+            for row in conn.execute(sa.select(rows_table).order_by(rows_table.c.id)).mappings().all():
+                digest = link(prev, row)
+                conn.execute(
+                    sa.update(rows_table)
+                    .where(rows_table.c.id == row["id"])
+                    .values(prev_hash=prev, row_hash=digest)
+                )
+                prev = digest
+    finally:
+        engine.dispose()
+
+
+def test_the_checkpoint_covers_the_artifacts_and_reviews_chains(
+    migrated_sqlite_url: str, audit_key: str, tmp_path: Path
+) -> None:
+    from audit.chain import artifact_hash
+    from audit.models import Job
+    from audit.reviews import record_verdict
+    from audit.reviews import row_hash as review_hash
+
+    url = migrated_sqlite_url
+    artifact_id = _with_artifact(url)
+    with db.session_scope(url) as session:
+        decision = append_one(session, 1.5, prompt="held for review", status="held")
+        session.get(Job, decision.job_id).review = "pending"
+    with db.session_scope(url) as session:
+        record_verdict(session, decision.job_id, "acme", verdict="reject", reviewer="rk_reviewer")
+    out = tmp_path / "checkpoint.json"
+    made = cli("audit", "checkpoint", "--out", str(out), "--db", url)
+    assert made.exit_code == 0 and "artifacts 1 rows" in made.output and "reviews 1 rows" in made.output
+
+    _rehash(
+        url,
+        "artifacts",
+        artifact_hash,
+        "DROP TRIGGER artifacts_no_update",
+        f"UPDATE artifacts SET storage_uri = 'file:///etc/passwd' WHERE id = {artifact_id}",
+    )
+    assert cli("audit", "verify", "--db", url).exit_code == 0  # fooled
+    anchored = cli("audit", "verify", "--db", url, "--checkpoint", str(out))
+    assert anchored.exit_code == 1 and "artifact chain BROKEN" in anchored.output
+
+    original = "UPDATE artifacts SET storage_uri = 'file:///data/artifacts/x/0.png'"
+    _rehash(url, "artifacts", artifact_hash, "SELECT 1", original)  # put back: the chain extends it again
+    _rehash(
+        url,
+        "reviews",
+        review_hash,
+        "DROP TRIGGER reviews_no_update",
+        "UPDATE reviews SET verdict = 'approve', outcome = 'approved'",
+    )
+    assert cli("audit", "verify", "--db", url).exit_code == 0  # fooled
+    anchored = cli("audit", "verify", "--db", url, "--checkpoint", str(out))
+    assert anchored.exit_code == 1
+    assert "review chain BROKEN" in anchored.output and "verdict 1 has hash" in anchored.output
+    assert "artifact chain intact: 1 artifacts" in anchored.output
