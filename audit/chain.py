@@ -1,13 +1,13 @@
 """The hash chains over `decisions` and `artifacts`: `row_hash = sha256(prev_hash ‖ canonical record)`, one
 writer at a time per chain.
 
-A decision's canonical record is sorted-key, compact JSON of every decision column except `id`, `prev_hash`,
-`row_hash` and `chain_version`: floats as Python's shortest round-trip repr, the job id as a hyphenated UUID,
-`created_at` as ISO-8601 UTC with microseconds, JSON columns as stored. Each row names the format it was
-hashed in (`chain_version`; 1: before labels were covered, 2: with the job's labels), and versions never go
-down along the chain. Verify also checks that each decision's job still has the prompt hash, language and
-labels the decision recorded. An artifact's record covers its job, path index, storage URI, the image's
-sha256, size and dimensions (not its quality score, which is computed later).
+A decision's canonical record is sorted-key, compact JSON of every decision column except `id`, `prev_hash`
+and `row_hash` (`chain_version` as `v`): floats as Python's shortest round-trip repr, the job id as a
+hyphenated UUID, `created_at` as ISO-8601 UTC with microseconds, JSON columns as stored. Each row names the
+format it was hashed in (`chain_version`; 1: before labels were covered, 2: with the job's labels), and
+versions never go down along the chain. Verify also checks that each decision's job still has the prompt
+hash, language and labels the decision recorded. An artifact's record covers its job, path index, storage
+URI, the image's sha256, size and dimensions (not its quality score, which is computed later).
 
 Both SQLite and PostgreSQL give these values back bit for bit, so a chain written on one verifies the same way
 on the other. It covers the prompt's sha256, not its text, so redacting prompts (`audit.retention`) leaves the
@@ -39,9 +39,6 @@ from audit.models import Artifact, Decision, Job, utcnow
 from policies import ACTIONS
 
 GENESIS_HASH = "0" * 64
-# 1: the first format; 2: also covers the job's labels. New rows are written in the newest.
-CHAIN_VERSION = 2
-CHAIN_VERSIONS = (1, 2)
 ARTIFACT_CHAIN_VERSION = 1
 # pg_advisory_xact_lock keys of the decisions chain (ASCII "emoechai") and the artifacts chain ("emoeartf").
 CHAIN_LOCK_KEY = int.from_bytes(b"emoechai", "big") & 0x7FFF_FFFF_FFFF_FFFF
@@ -63,8 +60,10 @@ TEXT_FIELDS = (
     "reason",
 )
 JSON_FIELDS = ("scoring", "expert_deviation", "timings")
-# what each chain version adds to the record
-VERSION_FIELDS = {1: (), 2: ("labels",)}
+# what each chain version adds to the record: 1, the first format; 2, the job's labels. New rows: the newest.
+VERSION_FIELDS: dict[int, tuple[str, ...]] = {1: (), 2: ("labels",)}
+CHAIN_VERSIONS = tuple(VERSION_FIELDS)
+CHAIN_VERSION = CHAIN_VERSIONS[-1]
 ARTIFACT_INT_FIELDS = ("path_index", "size_bytes", "width", "height")
 ARTIFACT_TEXT_FIELDS = ("storage_uri", "sha256")
 
