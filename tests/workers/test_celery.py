@@ -193,27 +193,58 @@ def _pool_children(worker: subprocess.Popen) -> list[psutil.Process]:
     return [p for p in children if "hooks" not in p.cmdline()]
 
 
+def _lock_while_rendering(conn: Any, job_id: uuid.UUID, deadline: float) -> Any | None:
+    """Poll the job under its row lock; return the open transaction (lock held) once a pool process has
+    claimed it in `rendering`, or None if it finished before the test could see it so."""
+    while True:
+        lock = conn.begin()
+        status, started = conn.execute(
+            select(Job.status, Job.started_at).where(Job.id == job_id).with_for_update()
+        ).one()
+        if status == "rendering" and started is not None:
+            return lock
+        lock.rollback()
+        if status in TERMINAL_STATUSES:
+            return None
+        assert time.monotonic() < deadline, f"the job never reached rendering ({status})"
+        time.sleep(0.02)
+
+
 def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes_once(real, tiny_runtime) -> None:
+    """Deterministic, with nothing added to the product: the test holds the job's row lock (SELECT ... FOR
+    UPDATE, as any other database client may) from a moment it sees the job claimed by a pool process in
+    `rendering`. A render records its images only under that lock (`audit.jobs.holds`), so while the test
+    holds it the job provably cannot finish, however fast the render is; the pool is SIGKILLed then and the
+    lock released. A job that completes before the test once sees it rendering is not killed: the test
+    submits another (at most 3)."""
+    from sqlalchemy import create_engine
+
     client, auth, db = real["client"], real["auth"], real["db"]
     low = min(PROMPTS, key=tiny_runtime.expected.get)  # the policy lets it through to rendering
-    job_id = client.post("/v1/jobs", json={"prompt": low, "steps": 150}, headers=auth).json()["id"]
-    deadline = time.monotonic() + 60
-    while True:  # wait until a pool process holds the job mid-render
-        with session_scope(db) as session:
-            job = session.get(Job, uuid.UUID(job_id))
-            status, started = job.status, job.started_at
-        if status in ("halted", "completed"):
-            pytest.fail(f"the job finished before it could be killed ({status}); pick a slower job")
-        if status == "rendering" and started is not None:
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    victims = _pool_children(real["worker"])
-    assert victims
-    for proc in victims:
-        proc.send_signal(signal.SIGKILL)
-    job = wait_terminal(real, [job_id], timeout=180)[0]
-    assert job["status"] == "completed" and rows(db, job_id) == (1, 1)
+    engine = create_engine(db)
+    try:
+        with engine.connect() as conn:
+            for _ in range(3):
+                submitted = client.post("/v1/jobs", json={"prompt": low, "steps": 50}, headers=auth)
+                assert submitted.status_code == 202, submitted.text
+                job_id = uuid.UUID(submitted.json()["id"])
+                lock = _lock_while_rendering(conn, job_id, time.monotonic() + 120)
+                if lock is not None:
+                    break
+            else:
+                pytest.fail("3 jobs finished before the test saw them rendering")
+            victims = _pool_children(real["worker"])
+            assert victims
+            for proc in victims:
+                proc.send_signal(signal.SIGKILL)
+            psutil.wait_procs(victims, timeout=10)
+            status = conn.execute(select(Job.status).where(Job.id == job_id)).scalar_one()
+            assert status == "rendering"  # killed mid-job: it had not finished, and could not have
+            lock.rollback()
+    finally:
+        engine.dispose()
+    job = wait_terminal(real, [str(job_id)], timeout=240)[0]
+    assert job["status"] == "completed" and rows(db, str(job_id)) == (1, 1)
     # claimed again once the killed process's heartbeat key expired (the 120 s lease had not run out)
     assert job["attempts"] == 2
     replacements = _pool_children(real["worker"])
