@@ -12,25 +12,27 @@ if TYPE_CHECKING:
     from emoe.config import ScoreConfig as ScoreConfig
     from emoe.config import default_score_config as default_score_config
     from emoe.ensemble import Ensemble as Ensemble
-    from emoe.ensemble import load_ensemble as load_ensemble
     from emoe.ensemble import save_ensemble as save_ensemble
     from emoe.generation import Generation as Generation
-    from emoe.generation import GenerationCancelled as GenerationCancelled
     from emoe.generation import generate as generate
+    from emoe.generation import generate_batch as generate_batch
+    from emoe.pipeline import GenerationCancelled as GenerationCancelled
     from emoe.scoring import Score as Score
     from emoe.scoring import score as score
     from emoe.scoring import scoring_fingerprint as scoring_fingerprint
     from emoe.segmoe_adapter import EnsembleConfigError as EnsembleConfigError
+    from emoe.specs import load_ensemble as load_ensemble
 
 _EXPORTS = {
     "ScoreConfig": "emoe.config",
     "default_score_config": "emoe.config",
     "Ensemble": "emoe.ensemble",
-    "load_ensemble": "emoe.ensemble",
+    "load_ensemble": "emoe.specs",
     "save_ensemble": "emoe.ensemble",
     "Generation": "emoe.generation",
-    "GenerationCancelled": "emoe.generation",
+    "GenerationCancelled": "emoe.pipeline",
     "generate": "emoe.generation",
+    "generate_batch": "emoe.generation",
     "Score": "emoe.scoring",
     "score": "emoe.scoring",
     "scoring_fingerprint": "emoe.scoring",

@@ -1,4 +1,6 @@
-"""An Ensemble: a loaded SegMoE pipeline with per-request routing, and how to load and save one."""
+"""An Ensemble: a loaded SegMoE pipeline with per-request routing, and how to load and save one.
+
+Which ensemble a spec ("tiny", "default", a path) names is `emoe.specs.load_ensemble`'s business."""
 
 from __future__ import annotations
 
@@ -223,6 +225,7 @@ def wrap_pipeline(
     if problem:
         raise EnsembleConfigError(f"ensemble {source}: {problem}")
     unet_passes.pairwise_time_embedding(pipe.unet)
+    unet_passes.padded_products(pipe.unet)  # after the time embedding's: they are no longer plain nn.Linear
     context = RoutingContext()
     moe_layers = replace_moe_blocks(pipe.unet, segmoe_adapter.sparse_moe_block_type(), context)
     if not moe_layers:
@@ -250,33 +253,8 @@ def wrap_pipeline(
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def load_ensemble(spec: str | Path, *, device: str = "cpu", dtype: str | torch.dtype = "float32") -> Ensemble:
-    """Load "tiny", "default", a segmoe YAML path or a saved merged SegMoE checkpoint folder."""
-    torch_dtype = resolve_dtype(dtype)
-    if str(spec) == "tiny":
-        from emoe.tiny import tiny_checkpoint
-
-        return _load_checkpoint(tiny_checkpoint(), device=device, dtype=torch_dtype)
-    if str(spec) == "default":
-        if segmoe_adapter.is_checkpoint(REFERENCE_DIR):
-            return _load_checkpoint(REFERENCE_DIR, device=device, dtype=torch_dtype)
-        notice = (
-            f"NOTICE: no reference ensemble at {REFERENCE_DIR}; using the tiny seeded random ensemble "
-            f"instead ({RANDOM_NOTICE})"
-        )
-        log.warning(notice)
-        return load_ensemble("tiny", device=device, dtype=torch_dtype)
-    path = Path(spec).expanduser()
-    if path.suffix.lower() in (".yaml", ".yml") or path.is_file():
-        return _load_yaml(path, device=device, dtype=torch_dtype)
-    if not path.exists():
-        raise EnsembleConfigError(
-            f"ensemble: path not found: {path} (expected tiny, default, a segmoe YAML or a checkpoint folder)"
-        )
-    return _load_checkpoint(path, device=device, dtype=torch_dtype)
-
-
-def _load_yaml(path: Path, *, device: str, dtype: torch.dtype) -> Ensemble:
+def load_yaml(path: Path, *, device: str, dtype: torch.dtype) -> Ensemble:
+    """Build an ensemble through segmoe from a segmoe YAML."""
     from settings import get_settings
 
     pipe, seg_config = segmoe_adapter.build_from_yaml(
@@ -294,7 +272,8 @@ def _load_yaml(path: Path, *, device: str, dtype: torch.dtype) -> Ensemble:
     )
 
 
-def _load_checkpoint(folder: Path, *, device: str, dtype: torch.dtype) -> Ensemble:
+def load_checkpoint(folder: Path, *, device: str, dtype: torch.dtype) -> Ensemble:
+    """Load a saved merged SegMoE checkpoint folder (and its emoe.json manifest)."""
     pipe, seg_config = segmoe_adapter.load_checkpoint(folder, device=device, dtype=dtype)
     manifest = read_manifest(folder)
     is_random = bool(manifest.get("is_random", False))

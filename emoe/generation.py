@@ -10,12 +10,18 @@ latents z_{T-1}^i; every later step passes each of them through the ordinary MoE
 15), so the M images differ by what the first step made of them. `rollout="experts"` (not the paper) keeps the
 paths forced at the split layers at every step instead: with split `all` each image is one expert's own
 picture.
+
+Batches across requests (`generate_batch`): requests that share a `batch_key` (size, steps, guidance,
+scheduler, gate settings; seeds and negative prompts may differ) run as one batch of trajectories, each with
+its own seed's noise and generator and its own routing group, so each routes as it would alone. Their numbers
+match a request rendered alone up to float rounding, not bit for bit: CPU BLAS (MKL sgemm) and oneDNN pick
+their kernels, and so the order of their sums, by the size of the whole batch.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,31 +30,34 @@ import torch
 from emoe import unet_passes
 from emoe.config import ScoreConfig
 from emoe.ensemble import Ensemble
-from emoe.routing import routing
-from emoe.scoring import (
+from emoe.pipeline import (
+    GenerationCancelled,
     Plan,
-    Score,
+    StopCheck,
     check_prompts,
+    decode,
+    denoise,
     encode_prompts,
-    first_step,
-    guided,
     initial_noise,
-    make_plan,
-    make_score,
     seeded_generators,
-    step_kwargs,
 )
+from emoe.routing import routing
+from emoe.scoring import Score, first_step, make_plan, make_score
 
 Decide = Callable[[Score], bool]
-StopCheck = Callable[[], bool]
-
-
-class GenerationCancelled(RuntimeError):
-    """`should_stop` said stop before a denoising step: nothing was decoded."""
-
-
 Rollout = Literal["moe", "experts"]
 ROLLOUTS: tuple[Rollout, ...] = ("moe", "experts")
+MODES = ("fast", "full")
+__all__ = [
+    "Generation",
+    "GenerationCancelled",
+    "StopCheck",
+    "batch_key",
+    "decode",
+    "denoise",
+    "generate",
+    "generate_batch",
+]
 
 
 @dataclass
@@ -68,48 +77,13 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 3)
 
 
-@torch.no_grad()
-def decode(ensemble: Ensemble, latents: torch.Tensor) -> list[Any]:
-    """VAE decode and post-process to PIL images, as diffusers' StableDiffusionPipeline does."""
-    vae = ensemble.pipe.vae
-    image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
-    return ensemble.pipe.image_processor.postprocess(
-        image, output_type="pil", do_denormalize=[True] * len(image)
-    )
-
-
-@torch.no_grad()
-def denoise(
-    ensemble: Ensemble,
-    plan: Plan,
-    latents: torch.Tensor,
-    encoder_states: torch.Tensor,
-    forced: torch.Tensor | None,
-    schedulers: list[Any],
-    generators: list[torch.Generator],
-    first: int,
-    last: int | None = None,
-    should_stop: StopCheck | None = None,
-) -> torch.Tensor:
-    """Steps first..last-1 (default: to the end) for a batch of trajectories (one per scheduler), each its
-    own routing group. `should_stop` is asked before each step; True raises `GenerationCancelled`."""
-    g = plan.rows_per_group
-    for t in plan.timesteps[first:last]:
-        if should_stop is not None and should_stop():
-            raise GenerationCancelled(f"stopped before timestep {int(t)}")
-        x = schedulers[0].scale_model_input(latents.repeat_interleave(g, dim=0), t)
-        with routing(
-            ensemble.routing, rows_per_group=g, forced_expert=forced, split_layers=plan.split_layers
-        ):
-            noise = unet_passes.full(ensemble.unet, x, t, encoder_states)
-        eps = guided(noise, plan)
-        latents = torch.cat(
-            [
-                sched.step(eps[i : i + 1], t, latents[i : i + 1], **step_kwargs(sched, gen)).prev_sample
-                for i, (sched, gen) in enumerate(zip(schedulers, generators, strict=True))
-            ]
-        ).to(ensemble.dtype)
-    return latents
+def batch_key(config: ScoreConfig) -> tuple[Any, ...]:
+    """Requests whose configurations have the same key can be generated in one batch (they may differ in
+    seed and negative prompt only)."""
+    values = config.to_dict()
+    for own in ("seed", "negative_prompt", "batch_size"):
+        values.pop(own, None)
+    return tuple(sorted((k, repr(v)) for k, v in values.items()))
 
 
 def generate(
@@ -129,119 +103,223 @@ def generate(
     `should_stop` (e.g. "was the job cancelled?") is asked before each later denoising step; True raises
     `GenerationCancelled`.
     """
-    with ensemble.lock:
-        return _generate(
-            prompt, config, ensemble, mode=mode, decide=decide, rollout=rollout, should_stop=should_stop
-        )
+    (result,) = generate_batch(
+        [(prompt, config)], ensemble, mode=mode, decide=decide, rollout=rollout, should_stop=[should_stop]
+    )
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
-@torch.no_grad()
-def _generate(
-    prompt: str,
-    config: ScoreConfig,
+def generate_batch(
+    requests: Sequence[tuple[str, ScoreConfig]],
     ensemble: Ensemble,
     *,
-    mode: str,
-    decide: Decide | None,
-    rollout: Rollout,
-    should_stop: StopCheck | None = None,
-) -> Generation:
-    # 1. check inputs
-    if mode not in ("fast", "full"):
+    mode: Literal["fast", "full"] = "fast",
+    decide: Decide | None = None,
+    rollout: Rollout = "moe",
+    should_stop: Sequence[StopCheck | None] | None = None,
+) -> list[Generation | ValueError | GenerationCancelled]:
+    """`generate` for several (prompt, config) requests in one batch; one result per request, in order.
+
+    A request that cannot be generated (a bad prompt or setting) gets its ValueError in its place, one whose
+    `should_stop[i]` said stop its GenerationCancelled; the others go on. Configurations must share a
+    `batch_key` (else ValueError for the whole call): a batch has one size, step count and scheduler.
+    """
+    if mode not in MODES:
         raise ValueError(f"mode: must be 'fast' or 'full', got {mode!r}")
     if rollout not in ROLLOUTS:
         raise ValueError(f"rollout: must be one of {ROLLOUTS}, got {rollout!r}")
     if mode == "fast" and rollout != "moe":
         raise ValueError(f"rollout: {rollout!r} needs mode 'full' (Fast EMoE renders the ordinary path only)")
+    stops = list(should_stop) if should_stop is not None else [None] * len(requests)
+    if len(stops) != len(requests):
+        raise ValueError(f"should_stop: {len(stops)} checks for {len(requests)} requests")
+    keys = {batch_key(config) for _, config in requests if isinstance(config, ScoreConfig)}
+    if len(keys) > 1:
+        raise ValueError("requests: their configurations differ in more than seed and negative prompt")
+    results: list[Any] = [None] * len(requests)
+    planned: list[tuple[int, str, Plan]] = []
+    # 1. check inputs, one request at a time
+    for i, (prompt, config) in enumerate(requests):
+        try:
+            (prompt,) = check_prompts([prompt])
+            if config.at_step:
+                raise ValueError(
+                    f"ScoreConfig.at_step: generation gates at the first step (0), got {config.at_step}; "
+                    "later steps are for scoring studies (emoe.score)"
+                )
+            planned.append((i, prompt, make_plan(config, ensemble)))
+        except ValueError as exc:
+            if len(requests) == 1:
+                raise
+            results[i] = exc
+    if planned:
+        with ensemble.lock:
+            batch = _generate(planned, ensemble, mode, decide, rollout, [stops[i] for i, _, _ in planned])
+        for (i, _, _), result in zip(planned, batch, strict=True):
+            results[i] = result
+    return results
+
+
+@torch.no_grad()
+def _generate(
+    planned: list[tuple[int, str, Plan]],
+    ensemble: Ensemble,
+    mode: str,
+    decide: Decide | None,
+    rollout: Rollout,
+    stops: list[StopCheck | None],
+) -> list[Generation | GenerationCancelled]:
     rollout_of = rollout if mode == "full" else None
-    (prompt,) = check_prompts([prompt])
-    if config.at_step:
-        raise ValueError(
-            f"ScoreConfig.at_step: generation gates at the first step (0), got {config.at_step}; "
-            "later steps are for scoring studies (emoe.score)"
-        )
-    plan = make_plan(config, ensemble)
+    asked = [_Asked(check) if check is not None else None for check in stops]
+    prompts = [prompt for _, prompt, _ in planned]
+    plans = [plan for _, _, plan in planned]
+    plan, requests = plans[0], len(planned)  # the shared settings: size, timesteps, guidance, gate
     t_start = time.perf_counter()
 
-    # 2. encode prompt and negative prompt; 3. prepare latents from the seed
-    embeds, n_tokens, truncated = encode_prompts(ensemble, [prompt])
-    negative, _, _ = encode_prompts(ensemble, [config.negative_prompt])
-    latents, generator = initial_noise(ensemble, plan)
-    generator_state = generator.get_state()
+    # 2. encode prompts and negative prompts; 3. prepare each request's latents from its seed
+    embeds, n_tokens, truncated = encode_prompts(ensemble, prompts)
+    negatives = [p.config.negative_prompt for p in plans]
+    if len(set(negatives)) == 1:
+        negative, _, _ = encode_prompts(ensemble, negatives[:1])
+    else:
+        negative, _, _ = encode_prompts(ensemble, negatives)
+    noise_and_generators = [initial_noise(ensemble, p) for p in plans]
+    latents = torch.cat([z for z, _ in noise_and_generators])
+    states = [gen.get_state() for _, gen in noise_and_generators]
     t_encoded = time.perf_counter()
 
-    # 4. first step: gate paths (+ the ordinary path in fast mode) through down+mid, then the score
-    step = first_step(ensemble, plan, embeds, negative, latents, [generator_state], ordinary=mode == "fast")
+    # 4. first step: gate paths (+ the ordinary path in fast mode) through down+mid, then the scores
+    step = first_step(ensemble, plan, embeds, negative, latents, states, ordinary=mode == "fast")
     timings = {"encode_ms": round((t_encoded - t_start) * 1000.0, 3), "gate_ms": _ms(t_encoded)}
-    score = make_score(ensemble, plan, prompt, step, 0, n_tokens[0], truncated[0], dict(timings))
+    if requests > 1:
+        timings["render_batch_size"] = float(requests)
+    scores = [
+        make_score(ensemble, p, prompt, step, r, n_tokens[r], truncated[r], dict(timings))
+        for r, (p, prompt) in enumerate(zip(plans, prompts, strict=True))
+    ]
 
-    # 5. the decision
+    # 5. the decisions
     t_decide = time.perf_counter()
-    go_on = True if decide is None else bool(decide(score))
+    going = [r for r in range(requests) if decide is None or bool(decide(scores[r]))]
     timings["decide_ms"] = _ms(t_decide)
-    if not go_on:
-        timings["total_ms"] = _ms(t_start)
-        return Generation(
-            score=score, halted=True, images=[], timings_ms=timings, mode=mode, rollout=rollout_of
+    results: list[Any] = [None] * requests
+    for r in set(range(requests)) - set(going):
+        results[r] = Generation(
+            score=scores[r],
+            halted=True,
+            timings_ms={**timings, "total_ms": _ms(t_start)},
+            mode=mode,
+            rollout=rollout_of,
         )
+    if not going:
+        return results
 
-    # 6. finish the first step: the ordinary path (fast) or the M disentangled paths (full)
+    # 6. finish the first step: the ordinary path (fast) or the M disentangled paths (full) of each request
+    #    that goes on; each of its trajectories draws from its own seed's generator
     t_denoise = time.perf_counter()
-    rows, g, t0 = step.rows, plan.rows_per_group, plan.timesteps[0]
+    rows, g = step.rows, plan.rows_per_group
+    per_request = 1 if mode == "fast" else len(plan.experts)
+    own_rows = torch.nonzero(rows.forced < 0 if mode == "fast" else rows.forced >= 0).flatten()
+    chosen = torch.cat([own_rows.view(requests, -1)[r] for r in going])  # the rows of the requests going on
+    encoder_states = rows.encoder_states[chosen]
     if mode == "fast":
-        idx = (rows.forced < 0).nonzero(as_tuple=True)[0]
-        encoder_states = rows.encoder_states[idx]
         with routing(ensemble.routing, rows_per_group=g, forced_expert=None, split_layers=frozenset()):
-            noise = unet_passes.up(ensemble.unet, step.state.rows(idx), encoder_states)
+            noise = unet_passes.up(ensemble.unet, step.state.rows(chosen), encoder_states)
         forced = None
-        trajectories = 1
     else:
-        idx = (rows.forced >= 0).nonzero(as_tuple=True)[0]
-        encoder_states = rows.encoder_states[idx]
-        forced = rows.forced[idx]
-        noise = step.gate_noise
-        if noise is None:
+        forced = rows.forced[chosen]
+        if step.gate_noise is not None:  # the gate ran the up blocks already (latent eps or z_prev)
+            noise = torch.cat(
+                [step.gate_noise.view(requests, -1, *step.gate_noise.shape[1:])[r] for r in going]
+            )
+        else:
             with routing(
                 ensemble.routing, rows_per_group=g, forced_expert=forced, split_layers=plan.split_layers
             ):
-                noise = unet_passes.up(ensemble.unet, step.state.rows(idx), encoder_states)
-        trajectories = len(plan.experts)
-    schedulers = [plan.fresh_scheduler() for _ in range(trajectories)]
-    generators = seeded_generators(generator_state, trajectories)
-    eps = guided(noise, plan)
-    latents = torch.cat(
-        [
-            sched.step(eps[i : i + 1], t0, latents, **step_kwargs(sched, gen)).prev_sample
-            for i, (sched, gen) in enumerate(zip(schedulers, generators, strict=True))
-        ]
-    ).to(ensemble.dtype)
+                noise = unet_passes.up(ensemble.unet, step.state.rows(chosen), encoder_states)
+    owner = [r for r in going for _ in range(per_request)]  # the request of each trajectory
+    schedulers = [plans[r].fresh_scheduler() for r in owner]
+    generators = [gen for r in going for gen in seeded_generators(states[r], per_request)]
+    z = latents[owner]
+    z = denoise(ensemble, plan, z, encoder_states, forced, schedulers, generators, 0, 1, first_noise=noise)
 
-    # 7. denoise the rest: each trajectory through the ordinary MoE (Algorithm 1, line 15), or still forced
+    # 7. denoise the rest: each trajectory through the ordinary MoE (Algorithm 1, line 15), or still forced;
+    #    a request whose `should_stop` says stop leaves the batch before the next step, the others go on
     later_forced = forced if rollout == "experts" else None
-    latents = denoise(
-        ensemble,
-        plan,
-        latents,
-        encoder_states,
-        later_forced,
-        schedulers,
-        generators,
-        first=1,
-        should_stop=should_stop,
-    )
+    first = 1
+    while True:
+        try:
+            z = denoise(
+                ensemble,
+                plan,
+                z,
+                encoder_states,
+                later_forced,
+                schedulers,
+                generators,
+                first=first,
+                should_stop=_any_stop(owner, asked),
+            )
+            break
+        except GenerationCancelled as stop:
+            assert stop.step is not None and stop.latents is not None
+            stopped = {r for r in set(owner) if (check := asked[r]) is not None and check.last}
+            for r in stopped:
+                results[r] = GenerationCancelled(str(stop))
+            keep = [i for i, r in enumerate(owner) if r not in stopped]
+            if not keep:
+                return results
+            index = torch.tensor(keep)
+            z = stop.latents[index]
+            rows_kept = torch.tensor([i * g + k for i in keep for k in range(g)])
+            encoder_states = encoder_states[rows_kept]
+            forced = forced[rows_kept] if forced is not None else None
+            later_forced = later_forced[rows_kept] if later_forced is not None else None
+            owner = [owner[i] for i in keep]
+            schedulers = [schedulers[i] for i in keep]
+            generators = [generators[i] for i in keep]
+            first = stop.step
     timings["denoise_ms"] = _ms(t_denoise)
 
-    # 8. decode
+    # 8. decode, one request at a time (the VAE's kernels, like the UNet's, depend on the batch's size)
     t_decode = time.perf_counter()
-    images = decode(ensemble, latents)
+    done = {}
+    for r in dict.fromkeys(owner):
+        mine = [i for i, o in enumerate(owner) if o == r]
+        final = z[mine[0] : mine[-1] + 1]
+        done[r] = (final, decode(ensemble, final))
     timings["decode_ms"] = _ms(t_decode)
     timings["total_ms"] = _ms(t_start)
-    return Generation(
-        score=score,
-        halted=False,
-        images=images,
-        timings_ms=timings,
-        mode=mode,
-        rollout=rollout_of,
-        latents=latents,
-    )
+    for r, (final, images) in done.items():
+        results[r] = Generation(
+            score=scores[r],
+            halted=False,
+            images=images,
+            timings_ms=dict(timings),
+            mode=mode,
+            rollout=rollout_of,
+            latents=final,
+        )
+    return results
+
+
+class _Asked:
+    """A request's `should_stop`, remembering its last answer (so a batch knows who said stop)."""
+
+    def __init__(self, check: StopCheck) -> None:
+        self.check = check
+        self.last = False
+
+    def __call__(self) -> bool:
+        self.last = bool(self.check())
+        return self.last
+
+
+def _any_stop(owner: list[int], asked: list[_Asked | None]) -> StopCheck | None:
+    """One check for the batch: asks every request still in it (each once), True if any said stop."""
+    checks = [asked[r] for r in dict.fromkeys(owner) if asked[r] is not None]
+    if not checks:
+        return None
+    return lambda: any([check() for check in checks])  # a list: every request is asked, not the first only

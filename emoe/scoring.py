@@ -81,6 +81,7 @@ class Score:
 # the plan: a ScoreConfig resolved against an ensemble
 # ----------------------------------------------------------------------------------------------------
 
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
@@ -187,7 +188,7 @@ def layout(
     cond_only: bool = False,
 ) -> Rows:
     """Rows for R requests: per request, M gate paths (+ the ordinary path), each with its CFG rows (only the
-    conditional row with `cond_only`). `negative`: one negative-prompt embedding for all, or one per request."""
+    conditional row with `cond_only`). `negative`: one negative-prompt embedding for all, or one a request."""
     requests = embeds.shape[0]
     paths = len(plan.experts) + (1 if ordinary else 0)
     cfg = plan.cfg and not cond_only

@@ -160,11 +160,11 @@ def write_tiny_sources(
 
 def build_tiny(folder: str | Path, **source_options: object) -> Path:
     """Build the tiny ensemble through segmoe from fresh sources; save the merged checkpoint to `folder`."""
-    from emoe.ensemble import RANDOM_NOTICE, _load_yaml, save_ensemble
+    from emoe.ensemble import RANDOM_NOTICE, load_yaml, save_ensemble
 
     with tempfile.TemporaryDirectory(prefix="emoe-tiny-src-") as tmp:
         yaml_path = write_tiny_sources(tmp, **source_options)  # type: ignore[arg-type]
-        ensemble = _load_yaml(yaml_path, device="cpu", dtype=torch.float32)
+        ensemble = load_yaml(yaml_path, device="cpu", dtype=torch.float32)
     ensemble.name = "tiny"
     ensemble.is_random = True
     ensemble.description = (
