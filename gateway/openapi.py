@@ -50,6 +50,13 @@ EVENT_MEANING = {
 }
 
 
+class Readiness(BaseModel):
+    """`/readyz`: 200 when ready, 503 (with the same body) when something it needs is not."""
+
+    ready: bool
+    checks: dict[str, Any] = Field(description="database, broker: ok or why not; workers_ready: a count.")
+
+
 def operation_id(route: APIRoute) -> str:
     """The endpoint function's name: `submit_job`, `get_job`, `create_image`, ..."""
     return route.name
@@ -142,7 +149,7 @@ def improve(spec: dict[str, Any]) -> dict[str, Any]:
     """FastAPI's document with a Problem schema on every error response and `Prefer` beside `?wait=`."""
     spec = copy.deepcopy(spec)
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-    for model in (FieldError, Problem):
+    for model in (FieldError, Problem, Readiness):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schema.pop("$defs", None)
         schemas[model.__name__] = schema
@@ -153,6 +160,11 @@ def improve(spec: dict[str, Any]) -> dict[str, Any]:
                 continue
             if path.startswith(OPENAI_PATHS):  # OpenAI's shape, and 400 (not 422) for a bad request
                 operation["responses"].pop("422", None)
+            if path == "/readyz":  # its 503 is the readiness report, not a problem
+                for response in operation["responses"].values():
+                    response["content"] = {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}
+                    }
             for status, response in operation["responses"].items():
                 for media, body in response.get("content", {}).items():
                     if media.startswith("image/") and not body.get("schema"):
@@ -165,6 +177,9 @@ def improve(spec: dict[str, Any]) -> dict[str, Any]:
             params = operation.get("parameters", [])
             if any(p.get("name") == "wait" and p.get("in") == "query" for p in params):
                 params.append(dict(PREFER))
+    for item in spec.get("webhooks", {}).values():  # the receiver answers these, not the gateway
+        for operation in item.values():
+            operation.get("responses", {}).pop("422", None)
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     if '/schemas/HTTPValidationError"' in json.dumps(spec):  # pragma: no cover - a route FastAPI documents

@@ -48,6 +48,7 @@ def test_every_error_response_has_the_problem_schema(spec: dict[str, Any]) -> No
                 continue
             schema = response["content"]["application/json"]["schema"]
             wanted = "OpenAIErrorBody" if path.startswith("/v1/images/") else "Problem"
+            wanted = "Readiness" if path == "/readyz" else wanted
             assert schema == {"$ref": f"#/components/schemas/{wanted}"}, (method, path, status)
             checked += 1
     assert checked > 30
@@ -80,6 +81,7 @@ def test_webhooks_describe_every_event_and_the_body_sent(spec: dict[str, Any], t
     for event, item in spec["webhooks"].items():
         body = item["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert body == {"$ref": "#/components/schemas/WebhookEvent"}, event
+        assert set(item["post"]["responses"]) == {"200"}
         headers = {p["name"] for p in item["post"]["parameters"] if p["in"] == "header"}
         assert {"webhook-id", "webhook-timestamp", "webhook-signature"} <= headers
     # the body a worker sends has exactly the fields the document names, at every level
