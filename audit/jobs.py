@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
-from audit.models import TERMINAL_STATUSES, Decision, Job
+from audit.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Decision, Job
 
 STAGES = ("scoring", "rendering")
 
@@ -362,19 +362,30 @@ def claim(
     if refused is not None:
         return refused
     if job.attempts >= max_attempts:
-        job.status = "failed"
-        job.error = f"gave up after {job.attempts} attempt(s) at {stage}" + (
-            f": {job.error}" if job.error else ""
-        )
-        job.finished_at = now
-        job.claimed_by = None
+        _dead_letter(job, stage, now)
         return ClaimRefused("dead")
+    claimed = _take(job, stage, now, owner)
+    session.flush()
+    return claimed
+
+
+def _take(job: Job, stage: str, now: datetime, owner: str | None) -> Claim:
+    """The claim itself: the job moves to `stage`, its attempt is counted and its owner named."""
     job.status = stage
     job.attempts += 1
     job.started_at = now
     job.claimed_by = owner
-    session.flush()
     return Claim(job.id, stage, job.attempts)
+
+
+def _dead_letter(job: Job, stage: str, now: datetime) -> None:
+    """A job out of attempts fails, naming the stage it gave up at and its last error."""
+    job.status = "failed"
+    job.error = f"gave up after {job.attempts} attempt(s) at {stage}" + (
+        f": {job.error}" if job.error else ""
+    )
+    job.finished_at = now
+    job.claimed_by = None
 
 
 def claim_waiting(
@@ -394,13 +405,42 @@ def claim_waiting(
         query = query.where(Job.id.not_in(excluded))
     query = _lock(query.order_by(Job.created_at).limit(limit), session)
     now = _now()
-    claims = []
+    claims = [_take(job, "scoring", now, owner) for job in session.scalars(query)]
+    session.flush()
+    return claims
+
+
+def claim_render_batch(
+    session: Session,
+    first: Claim,
+    *,
+    limit: int,
+    key: Callable[[Job], Hashable],
+    max_attempts: int,
+    owner: str | None = None,
+    look_at: int = 64,
+) -> list[Claim]:
+    """Claim up to `limit` more jobs waiting to be rendered whose `key` (what lets jobs share one denoising
+    loop: size, steps, mode...) equals that of `first`'s job, oldest first, among the `look_at` oldest."""
+    if limit <= 0:
+        return []
+    held = session.get(Job, first.job_id)
+    if held is None:
+        return []
+    wanted = key(held)
+    query = select(Job).where(
+        Job.status == "rendering",
+        Job.started_at.is_(None),
+        Job.attempts < max_attempts,
+        Job.id != first.job_id,
+        Job.mode == held.mode,
+    )
+    query = _lock(query.order_by(Job.created_at).limit(look_at), session)
+    now = _now()
+    claims: list[Claim] = []
     for job in session.scalars(query):
-        job.status = "scoring"
-        job.attempts += 1
-        job.started_at = now
-        job.claimed_by = owner
-        claims.append(Claim(job.id, "scoring", job.attempts))
+        if len(claims) < limit and key(job) == wanted:
+            claims.append(_take(job, "rendering", now, owner))
     session.flush()
     return claims
 
@@ -445,13 +485,29 @@ def move(session: Session, claim_: Claim, status: str, *, error: str | None = No
     return result.rowcount == 1
 
 
-def record_decision(job: Job, action: str, *, on_flag: str = "release", on_halt: str = "final") -> str:
+def fail(session: Session, claim_: Claim, error: str) -> bool:
+    """The claimed job cannot be done (its request is at fault, no retry helps): failed with `error`. False
+    if the claim no longer holds."""
+    return move(session, claim_, "failed", error=error)
+
+
+def record_decision(
+    job: Job,
+    action: str,
+    *,
+    on_flag: str = "release",
+    on_halt: str = "final",
+    language: str | None = None,
+) -> str:
     """Move a claimed, just-scored job (locked by `holds`) on by the gate's action: halted, completed
     (score_only) or rendering (its render stage's attempts start from zero). Returns the new status.
 
     With the policy's `on_flag="hold"` a flagged job is marked for review (rendered, then `held` by
     `complete`); with `on_halt="review"` a halted job waits in the review queue. A score_only job has no
-    images to hold and never enters review."""
+    images to hold and never enters review. `language`: the one the gate detected, for a job stored
+    without one."""
+    if job.language is None and language is not None:
+        job.language = language
     if job.mode != "score_only" and (
         (action == "flag" and on_flag == "hold") or (action == "halt" and on_halt == "review")
     ):
@@ -490,6 +546,38 @@ def release(session: Session, claim_: Claim, error: str) -> bool:
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
+
+
+def withdraw(session: Session, job_ids: Iterable[uuid.UUID]) -> int:
+    """Delete just-committed jobs that are still queued, because the broker refused their messages (so no
+    orphan row waits for a task that never comes). Commits; returns how many went."""
+    withdrawn = 0
+    for job_id in job_ids:
+        job = session.get(Job, job_id)
+        if job is not None and job.status == "queued":
+            session.delete(job)
+            withdrawn += 1
+    session.commit()
+    return withdrawn
+
+
+def requeue_unfinished(session: Session) -> list[tuple[uuid.UUID, str]]:
+    """At the start of a worker that is the only one (embedded mode): every claim is one a dead process left,
+    so scoring jobs go back to queued and rendering ones wait again. Returns (job id, "gate" or "render")
+    for every unfinished job, oldest first, to enqueue."""
+    rows = session.scalars(
+        select(Job).where(Job.status.in_(ACTIVE_STATUSES)).order_by(Job.created_at).with_for_update()
+    ).all()
+    found = []
+    for job in rows:
+        if job.status in STAGES:
+            job.started_at = None
+            job.claimed_by = None
+            if job.status == "scoring":
+                job.status = "queued"
+        found.append((job.id, "render" if job.status == "rendering" else "gate"))
+    session.flush()
+    return found
 
 
 @dataclass(frozen=True)

@@ -160,10 +160,6 @@ class GroupCommit:
     def _undo(self, job_ids: list[uuid.UUID]) -> None:
         session = self.sessionmaker()
         try:
-            for job_id in job_ids:
-                job = session.get(Job, job_id)
-                if job is not None and job.status == "queued":
-                    session.delete(job)
-            session.commit()
+            repo.withdraw(session, job_ids)
         finally:
             session.close()

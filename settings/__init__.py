@@ -58,6 +58,15 @@ class Settings(BaseSettings):
     )
     gate_batch_size: int = Field(default=8, ge=1, le=256)
     gate_batch_wait_ms: int = Field(default=20, ge=0, le=10_000)
+    render_batch_size: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description=(
+            "Accepted jobs a render worker renders in one denoising loop (same size, steps, guidance, "
+            "scheduler and mode); bench/render_batch.py measured the default."
+        ),
+    )
 
     # --- gateway limits -----------------------------------------------------
     max_prompt_chars: int = Field(default=1000, ge=1)

@@ -8,7 +8,7 @@ from celery import Celery
 from kombu import Queue
 
 from settings import Settings, get_settings
-from workers.dispatch import GATE_TASK, HOOK_TASK, QUEUES, RENDER_TASK
+from workers.queues import GATE_TASK, HOOK_TASK, QUEUES, RENDER_TASK
 
 
 def make_celery(settings: Settings) -> Celery:

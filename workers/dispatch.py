@@ -11,11 +11,7 @@ from contextlib import contextmanager
 from typing import Protocol
 
 from settings import Settings
-
-GATE_TASK = "emoe.gate"
-RENDER_TASK = "emoe.render"
-HOOK_TASK = "emoe.hook"
-QUEUES = ("gate", "render", "hooks")
+from workers.queues import GATE_TASK, HOOK_TASK, QUEUES, RENDER_TASK
 
 
 class Dispatcher(Protocol):

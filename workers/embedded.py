@@ -13,10 +13,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
-
+from audit import jobs as repo
 from audit.db import session_scope
-from audit.models import ACTIVE_STATUSES, Job
 from settings import Settings
 from workers import stages, webhooks
 from workers.runtime import Runtime, get_runtime
@@ -125,19 +123,9 @@ class InProcessWorker:
     def _resume_unfinished(self) -> None:
         # A previous process may have died mid-job; in embedded mode nobody else holds a claim.
         with session_scope(self.settings.resolved_database_url) as session:
-            rows = session.execute(
-                select(Job.id, Job.status)
-                .where(Job.status.in_(ACTIVE_STATUSES))
-                .order_by(Job.created_at)
-            ).all()
-            for job_id, status in rows:
-                job = session.get(Job, job_id)
-                if status in ("scoring", "rendering") and job is not None:
-                    job.started_at = None
-                    if status == "scoring":
-                        job.status = "queued"
-        for job_id, status in rows:
-            self._put(self.work, ("render", job_id) if status == "rendering" else ("gate", job_id))
+            found = repo.requeue_unfinished(session)
+        for job_id, queue_name in found:
+            self._put(self.work, (queue_name, job_id))
 
     def _work_loop(self) -> None:
         try:
@@ -188,7 +176,7 @@ class InProcessWorker:
         function = stages.run_gate if kind == "gate" else stages.run_render
         try:
             outcome = function(job_id, self.settings, self.runtime)
-        except stages.GateError as exc:
+        except stages.StageError as exc:  # the claims were released: retry as the outcome says
             outcome = exc.outcome
         for render_id in outcome.render:
             self.render(render_id)

@@ -77,21 +77,54 @@ def _dead(session: Any, job_id: uuid.UUID, outcome: Outcome) -> None:
 # --- gate ---------------------------------------------------------------------------------------------------
 
 
+class StageError(RuntimeError):
+    """A stage failed on something other than its job; the claims were released and `outcome.retry_in_s`
+    says when to retry."""
+
+    def __init__(self, message: str, outcome: Outcome) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+class GateError(StageError):
+    """Scoring failed; the batch's claims were released."""
+
+
+class RenderError(StageError):
+    """Rendering failed; the job's claim was released."""
+
+
+@dataclass
+class GateJob:
+    """A job claimed for scoring and what the gate needs of it."""
+
+    claim: repo.Claim
+    prompt: str
+    language: str | None
+    labels: dict[str, str]
+
+
 def run_gate(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outcome:
     """Score this job and any others waiting (one batch across requests), decide, record, move each on."""
-    from emoe import score as emoe_score
-    from policies import DecisionContext, decide
-
-    url = settings.resolved_database_url
     outcome = Outcome()
-    # 1. let a few concurrent submissions arrive, so that they share the batch
+    # let a few concurrent submissions arrive, so that they share the batch
     if settings.gate_batch_size > 1 and settings.gate_batch_wait_ms:
         time.sleep(settings.gate_batch_wait_ms / 1000)
-    # 2. claim this job, then fill the batch with other queued jobs
-    with session_scope(url) as session:
+    batch = claim_for_gate(job_id, settings, outcome)
+    if not batch:
+        return outcome
+    scores, gate_s = score_batch(batch, settings, runtime, outcome)
+    record_decisions(batch, scores, gate_s, settings, runtime, outcome)
+    return outcome
+
+
+def claim_for_gate(job_id: uuid.UUID, settings: Settings, outcome: Outcome) -> list[GateJob]:
+    """1. Claim this job, then fill the batch with other queued jobs; detect the language of those stored
+    without one (the gateway keeps detection off the submission path; it is written with the decision)."""
+    with session_scope(settings.resolved_database_url) as session:
         first = _claim(session, job_id, "scoring", settings, outcome)
         if first is None:
-            return outcome
+            return []
         claims = [
             first,
             *repo.claim_waiting(
@@ -102,74 +135,89 @@ def run_gate(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outcome
                 owner=worker_identity(),
             ),
         ]
-        jobs = {
-            j.id: (j.prompt or "", j.language, dict(j.labels or {}))
-            for j in repo.get_jobs(session, [c.job_id for c in claims])
-        }
-    # the gateway stores a job without its language (detection is kept off the submission path): detect it
-    # here, once per job; it is written with the decision, so a scored job always has it
-    detected = {
-        job_id: detect_language(prompt) for job_id, (prompt, language, _) in jobs.items() if language is None
-    }
-    jobs = {job_id: (p, detected.get(job_id, lang), labels) for job_id, (p, lang, labels) in jobs.items()}
-    # 3. score the batch (per-request routing makes a batch score exactly like each prompt alone)
+        jobs = {j.id: j for j in repo.get_jobs(session, [c.job_id for c in claims])}
+        batch = [
+            GateJob(
+                c, jobs[c.job_id].prompt or "", jobs[c.job_id].language, dict(jobs[c.job_id].labels or {})
+            )
+            for c in claims
+            if c.job_id in jobs
+        ]
+    for job in batch:
+        if job.language is None:
+            job.language = detect_language(job.prompt)
+    return batch
+
+
+def score_batch(
+    batch: list[GateJob], settings: Settings, runtime: Runtime, outcome: Outcome
+) -> tuple[list[Any], float]:
+    """2. Score the batch (per-request routing makes a batch score exactly like each prompt alone); the
+    scores and the seconds it took. On failure every claim is released and GateError raised."""
+    from emoe import score as emoe_score
+
     started = time.perf_counter()
     try:
-        scores = emoe_score([jobs[c.job_id][0] for c in claims], runtime.gate_config, runtime.ensemble)
+        scores = emoe_score([job.prompt for job in batch], runtime.gate_config, runtime.ensemble)
     except Exception as exc:
-        log.exception("gate scoring failed for %d job(s)", len(claims))
-        with session_scope(url) as session:
-            for c in claims:
-                repo.release(session, c, f"scoring failed: {type(exc).__name__}: {exc}")
+        log.exception("gate scoring failed for %d job(s)", len(batch))
+        with session_scope(settings.resolved_database_url) as session:
+            for job in batch:
+                repo.release(session, job.claim, f"scoring failed: {type(exc).__name__}: {exc}")
         outcome.retry_in_s = 1.0
         outcome.note = "error"
         raise GateError(str(exc), outcome) from exc
     gate_s = time.perf_counter() - started
     latency.observe(settings, gate_s)
-    # 4. decide and record each job: the decision row and the status change commit together
-    for c, score in zip(claims, scores, strict=True):
-        _prompt, language, labels = jobs[c.job_id]
+    return scores, gate_s
+
+
+def record_decisions(
+    batch: list[GateJob],
+    scores: list[Any],
+    gate_s: float,
+    settings: Settings,
+    runtime: Runtime,
+    outcome: Outcome,
+) -> None:
+    """3. Decide and record each job: the decision row and the status change commit together."""
+    from audit.chain import append_decision
+    from policies import DecisionContext, decide
+
+    url = settings.resolved_database_url
+    policy = runtime.policy
+    for item, score in zip(batch, scores, strict=True):
+        c = item.claim
         try:
-            decision = decide(score, DecisionContext(language=language, labels=labels), runtime.policy)
+            decision = decide(score, DecisionContext(language=item.language, labels=item.labels), policy)
         except ValueError as exc:  # e.g. FingerprintMismatch: the policy is for another scoring configuration
             with session_scope(url) as session:
-                if repo.move(session, c, "failed", error=f"policy refused the score: {exc}"):
+                if repo.fail(session, c, f"policy refused the score: {exc}"):
                     _dead(session, c.job_id, outcome)
             continue
         with session_scope(url) as session:
             job = repo.holds(session, c)
             if job is None:
                 continue  # cancelled or taken over meanwhile: write nothing
-            if job.language is None:
-                job.language = language  # before append_decision, which copies it into the decision row
-            policy = runtime.policy
-            repo.record_decision(job, decision.action, on_flag=policy.on_flag, on_halt=policy.on_halt)
+            # before append_decision, which copies the language into the decision row
+            status = repo.record_decision(
+                job, decision.action, on_flag=policy.on_flag, on_halt=policy.on_halt, language=item.language
+            )
             timings = {
                 **dict(getattr(score, "timings_ms", {}) or {}),
                 "gate_batch_ms": gate_s * 1000,
-                "gate_batch_size": len(claims),
+                "gate_batch_size": len(batch),
                 "attempt": c.attempt,
             }
-            from audit.chain import append_decision
-
             append_decision(session, job, score, decision, timings)
-            if job.status == "rendering":
+            if status == "rendering":
                 outcome.render.append(job.id)
             if decision.action == "halt":
                 _hook(job, "halted", outcome)
             elif decision.action == "flag":
                 _hook(job, "flagged", outcome)
-            if job.status == "completed":
+            if status == "completed":
                 _hook(job, "completed", outcome)
-    return outcome
-
-
-class GateError(RuntimeError):
-    """Scoring failed; the claims were released and `outcome.retry_in_s` says when to retry."""
-
-    def __init__(self, message: str, outcome: Outcome) -> None:
-        super().__init__(message)
-        self.outcome = outcome
 
 
 # --- render -------------------------------------------------------------------------------------------------
@@ -204,69 +252,169 @@ class _ClaimWatch:
             return not repo.still_holds(session, self.claim)
 
 
+@dataclass
+class RenderJob:
+    """A job claimed for rendering: its prompt, mode and render configuration (or why it has none)."""
+
+    claim: repo.Claim
+    prompt: str
+    mode: str
+    config: Any  # emoe.ScoreConfig, or the ValueError that the job's settings gave
+
+
 def run_render(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outcome:
-    """Finish an accepted job into its image(s) (1 in fast mode, one per expert path in full mode). A render
-    whose job is cancelled stops at the next denoising step and leaves no files."""
-    from emoe import GenerationCancelled, generate
+    """Finish this accepted job into its image(s) (1 in fast mode, one per expert path in full mode), with up
+    to `render_batch_size - 1` other accepted jobs that can share its denoising loop. A render whose job is
+    cancelled stops at the next denoising step and leaves no files; its neighbours go on."""
+    outcome = Outcome()
+    batch = claim_for_render(job_id, settings, runtime, outcome)
+    if not batch:
+        return outcome
+    results = render_batch(batch, settings, runtime)
+    failure: BaseException | None = None
+    for index, (job, result) in enumerate(zip(batch, results, strict=True)):
+        note = record_render(job, result, settings, outcome)
+        if index == 0:
+            outcome.note = note
+            failure = result if note == "error" else None
+    if failure is not None:  # this task's own job: retried by this task (the others by their own messages)
+        outcome.retry_in_s = 1.0
+        raise RenderError(str(failure), outcome) from failure
+    return outcome
+
+
+def _render_config(runtime: Runtime, job: Job) -> Any:
+    try:
+        return runtime.render_config(dict(job.params or {}), job.negative_prompt or "")
+    except ValueError as exc:
+        return exc
+
+
+def claim_for_render(
+    job_id: uuid.UUID, settings: Settings, runtime: Runtime, outcome: Outcome
+) -> list[RenderJob]:
+    """1. Claim this job, then other jobs waiting to be rendered that can share its batch (same mode, and
+    render configurations that differ in seed and negative prompt only)."""
+    from emoe.generation import batch_key
+
+    def key(job: Job) -> Any:
+        config = _render_config(runtime, job)
+        return (job.mode, batch_key(config)) if not isinstance(config, ValueError) else job.id
+
+    with session_scope(settings.resolved_database_url) as session:
+        first = _claim(session, job_id, "rendering", settings, outcome)
+        if first is None:
+            return []
+        claims = [first]
+        first_job = repo.get_job(session, job_id)
+        if not isinstance(_render_config(runtime, first_job), ValueError):
+            claims += repo.claim_render_batch(
+                session,
+                first,
+                limit=settings.render_batch_size - 1,
+                key=key,
+                max_attempts=settings.max_attempts,
+                owner=worker_identity(),
+            )
+        jobs = {j.id: j for j in repo.get_jobs(session, [c.job_id for c in claims])}
+        return [
+            RenderJob(
+                c, jobs[c.job_id].prompt or "", jobs[c.job_id].mode, _render_config(runtime, jobs[c.job_id])
+            )
+            for c in claims
+            if c.job_id in jobs
+        ]
+
+
+def render_batch(batch: list[RenderJob], settings: Settings, runtime: Runtime) -> list[Any]:
+    """2. Generate the batch in one denoising loop; one result per job: a Generation, the ValueError its
+    request gave, GenerationCancelled, or another exception. The decision was taken by the gate, so nothing
+    here halts. If a batch as a whole fails, each of its jobs is tried alone: one job cannot fail the rest."""
+    from emoe import GenerationCancelled, generate, generate_batch
 
     url = settings.resolved_database_url
-    outcome = Outcome()
-    # 1. claim
-    with session_scope(url) as session:
-        c = _claim(session, job_id, "rendering", settings, outcome)
-        if c is None:
-            return outcome
-        job = repo.get_job(session, job_id)
-        prompt, mode = job.prompt or "", job.mode
-        params, negative = dict(job.params or {}), job.negative_prompt or ""
-    # 2. generate; the decision was taken by the gate, so nothing here halts
+    results: list[Any] = [job.config if isinstance(job.config, ValueError) else None for job in batch]
+    todo = [i for i, result in enumerate(results) if result is None]
+    by_mode: dict[str, list[int]] = {}
+    for i in todo:
+        by_mode.setdefault(batch[i].mode, []).append(i)
+    for mode, members in by_mode.items():
+        try:
+            done = generate_batch(
+                [(batch[i].prompt, batch[i].config) for i in members],
+                runtime.ensemble,
+                mode=mode,  # type: ignore[arg-type]
+                should_stop=[_ClaimWatch(url, batch[i].claim) for i in members],
+            )
+        except Exception as exc:
+            if len(members) == 1:
+                if not isinstance(exc, ValueError):
+                    log.exception("render failed for job %s", batch[members[0]].claim.job_id)
+                done = [exc]
+            else:
+                log.exception("render batch of %d job(s) failed; rendering each alone", len(members))
+                done = [_alone(batch[i], url, runtime, generate, GenerationCancelled) for i in members]
+        for i, result in zip(members, done, strict=True):
+            results[i] = result
+    return results
+
+
+def _alone(job: RenderJob, url: str, runtime: Runtime, generate: Any, cancelled: type) -> Any:
     try:
-        config = runtime.render_config(params, negative)
-        watch = _ClaimWatch(url, c)
-        generation = generate(prompt, config, runtime.ensemble, mode=mode, decide=None, should_stop=watch)
-    except GenerationCancelled:
-        log.info("render of job %s stopped: the job was cancelled or taken over", job_id)
-        outcome.note = "stopped"
-        return outcome
-    except ValueError as exc:  # the request itself cannot be rendered (a bad size or setting): no retry helps
-        with session_scope(url) as session:
-            if repo.move(session, c, "failed", error=f"cannot render: {exc}"):
-                _dead(session, job_id, outcome)
-        outcome.note = "failed"
-        return outcome
+        return generate(
+            job.prompt, job.config, runtime.ensemble, mode=job.mode, should_stop=_ClaimWatch(url, job.claim)
+        )
+    except (ValueError, cancelled) as exc:
+        return exc
     except Exception as exc:
-        log.exception("render failed for job %s", job_id)
+        log.exception("render failed for job %s", job.claim.job_id)
+        return exc
+
+
+def record_render(job: RenderJob, result: Any, settings: Settings, outcome: Outcome) -> str:
+    """3. Record one job's result: write its images (idempotent paths: a redelivery overwrites the same
+    bytes) and their rows, then complete it; or fail it (its request cannot be rendered), or release it (an
+    error not its own). Returns the note: done, stopped, failed or error."""
+    from emoe import Generation, GenerationCancelled
+
+    url = settings.resolved_database_url
+    c = job.claim
+    if isinstance(result, GenerationCancelled):
+        log.info("render of job %s stopped: the job was cancelled or taken over", c.job_id)
+        return "stopped"
+    if isinstance(result, ValueError):  # the request itself cannot be rendered (a bad size or setting)
         with session_scope(url) as session:
-            repo.release(session, c, f"rendering failed: {type(exc).__name__}: {exc}")
-        outcome.retry_in_s = 1.0
-        outcome.note = "error"
-        raise GateError(str(exc), outcome) from exc
-    # 3. write the images (idempotent paths: a redelivery overwrites the same bytes), then record them
-    folder = Path(settings.resolved_artifacts_dir) / str(job_id)
+            if repo.fail(session, c, f"cannot render: {result}"):
+                _dead(session, c.job_id, outcome)
+        return "failed"
+    if not isinstance(result, Generation):
+        with session_scope(url) as session:
+            repo.release(session, c, f"rendering failed: {type(result).__name__}: {result}")
+        return "error"
+    folder = Path(settings.resolved_artifacts_dir) / str(c.job_id)
     written = []
-    for index, image in enumerate(generation.images):
+    for index, image in enumerate(result.images):
         path = folder / f"{index}.png"
         digest, size = _write_png(image, path)
         written.append((index, path, digest, size, image.width, image.height))
     with session_scope(url) as session:
-        job = repo.holds(session, c)
-        if job is None:
+        held = repo.holds(session, c)
+        if held is None:
             # cancelled meanwhile: leave no files; taken over: the new holder writes the same paths itself
-            current = repo.get_job(session, job_id)
+            current = repo.get_job(session, c.job_id)
             if current is None or current.status == "cancelled":
                 for _, path, *_ in written:
                     path.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     folder.rmdir()
-            outcome.note = "stopped"
-            return outcome
-        from audit.chain import append_artifacts
+            return "stopped"
+        from audit.chain import append_artifacts  # the artifacts' hash chain
 
         append_artifacts(
             session,
             [
                 Artifact(
-                    job_id=job.id,
+                    job_id=held.id,
                     path_index=index,
                     storage_uri=f"file://{path}",
                     sha256=digest,
@@ -277,8 +425,8 @@ def run_render(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outco
                 for index, path, digest, size, width, height in written
             ],
         )
-        _hook(job, repo.complete(job), outcome)  # completed, or held for review
-    return outcome
+        _hook(held, repo.complete(held), outcome)  # completed, or held for review
+    return "done"
 
 
 # --- recovery -----------------------------------------------------------------------------------------------

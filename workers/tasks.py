@@ -20,8 +20,8 @@ from celery.signals import worker_process_init, worker_process_shutdown
 
 from settings import Settings, get_settings
 from workers import stages, webhooks
-from workers.dispatch import GATE_TASK, HOOK_TASK, RENDER_TASK
 from workers.heartbeat import Heartbeat
+from workers.queues import GATE_TASK, HOOK_TASK, RENDER_TASK
 from workers.runtime import get_runtime, set_torch_threads
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def _run(task: Task, function: Any, job_id: str) -> str:
     settings = _settings(task)
     try:
         outcome = function(uuid.UUID(job_id), settings, get_runtime(settings))
-    except stages.GateError as exc:
+    except stages.StageError as exc:  # the claims were released: retry as the outcome says
         outcome = exc.outcome
     except Exception as exc:  # the database went away mid-stage, a time limit: the claim is retaken on retry
         retries = task.request.retries or 0
@@ -63,7 +63,7 @@ def gate(self: Task, job_id: str) -> str:
 
 @shared_task(name=RENDER_TASK, bind=True)
 def render(self: Task, job_id: str) -> str:
-    """Finish an accepted job into its image(s)."""
+    """Finish an accepted job into its image(s), with other accepted jobs that can share its batch."""
     return _run(self, stages.run_render, job_id)
 
 

@@ -95,3 +95,83 @@ def test_moving_a_job_on_clears_its_owner(migrated_sqlite_url: str) -> None:
         job = repo.holds(session, render)
         repo.complete(job)
         assert (job.status, job.claimed_by) == ("completed", None) and job.finished_at is not None
+
+
+def _waiting_render(url: str, params: dict, mode: str = "fast") -> uuid.UUID:
+    """A job the gate accepted: waiting to be rendered."""
+    with session_scope(url) as session:
+        job, _ = repo.create_job(
+            session,
+            tenant="t",
+            prompt="a red circle",
+            negative_prompt="",
+            mode=mode,
+            params=params,
+            labels={},
+            language="en",
+            callback_url=None,
+        )
+        job_id = job.id
+    with session_scope(url) as session:
+        claim = repo.claim(session, job_id, "scoring", lease_s=600, max_attempts=3)
+        assert repo.record_decision(repo.holds(session, claim), "continue") == "rendering"
+    return job_id
+
+
+@pytest.mark.parametrize("url_fixture", ["migrated_sqlite_url", "migrated_pg_url"])
+def test_a_render_batch_claims_only_jobs_that_can_share_it(url_fixture: str, request) -> None:
+    url = request.getfixturevalue(url_fixture)
+    first = _waiting_render(url, {"steps": 25})
+    same = [_waiting_render(url, {"steps": 25, "seed": s}) for s in (1, 2, 3)]
+    other_steps = _waiting_render(url, {"steps": 10})
+    other_mode = _waiting_render(url, {"steps": 25}, mode="full")
+
+    def key(job: Job) -> tuple:
+        return (job.params or {}).get("steps"), job.mode
+
+    with session_scope(url) as session:
+        claim = repo.claim(session, first, "rendering", lease_s=600, max_attempts=3, owner="host:1")
+        assert isinstance(claim, repo.Claim)
+        more = repo.claim_render_batch(session, claim, limit=2, key=key, max_attempts=3, owner="host:1")
+    assert [c.job_id for c in more] == same[:2] and all(c.attempt == 1 for c in more)
+    with session_scope(url) as session:
+        rest = repo.claim(session, first, "rendering", lease_s=600, max_attempts=3, owner="host:1")
+        again = repo.claim_render_batch(session, rest, limit=8, key=key, max_attempts=3, owner="host:1")
+        assert [c.job_id for c in again] == [same[2]]  # the claimed ones are not waiting any more
+        statuses = {j.id: (j.status, j.claimed_by) for j in repo.get_jobs(session, [other_steps, other_mode])}
+    assert statuses == {other_steps: ("rendering", None), other_mode: ("rendering", None)}
+    with session_scope(url) as session:  # each claim is its own token: one job failing leaves the others
+        assert repo.fail(session, more[0], "cannot render: height")
+        assert repo.holds(session, more[1]) is not None and not repo.fail(session, more[0], "twice")
+
+
+def test_withdraw_deletes_only_jobs_still_queued(migrated_sqlite_url: str) -> None:
+    queued, started = _queued(migrated_sqlite_url), _queued(migrated_sqlite_url)
+    _claim(migrated_sqlite_url, started, "host:1", alive={"host:1"})
+    with session_scope(migrated_sqlite_url) as session:
+        assert repo.withdraw(session, [queued, started, uuid.uuid4()]) == 1
+    with session_scope(migrated_sqlite_url) as session:
+        assert session.get(Job, queued) is None and session.get(Job, started).status == "scoring"
+
+
+def test_requeue_unfinished_gives_every_claim_back(migrated_sqlite_url: str) -> None:
+    waiting, scoring = _queued(migrated_sqlite_url), _queued(migrated_sqlite_url)
+    rendering = _waiting_render(migrated_sqlite_url, {})
+    _claim(migrated_sqlite_url, scoring, "host:1", alive={"host:1"})
+    with session_scope(migrated_sqlite_url) as session:
+        repo.claim(session, rendering, "rendering", lease_s=600, max_attempts=3, owner="host:1")
+    with session_scope(migrated_sqlite_url) as session:
+        found = repo.requeue_unfinished(session)
+    assert found == [(waiting, "gate"), (scoring, "gate"), (rendering, "render")]
+    with session_scope(migrated_sqlite_url) as session:
+        jobs = {j.id: j for j in repo.get_jobs(session, [scoring, rendering])}
+        assert (jobs[scoring].status, jobs[scoring].started_at, jobs[scoring].claimed_by) == (
+            "queued",
+            None,
+            None,
+        )
+        assert (jobs[rendering].status, jobs[rendering].started_at) == ("rendering", None)
+        assert isinstance(
+            repo.claim(session, rendering, "rendering", lease_s=600, max_attempts=3, owner="host:2"),
+            repo.Claim,
+        )

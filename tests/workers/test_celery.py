@@ -152,6 +152,32 @@ def test_twenty_jobs_reach_terminal_states(real) -> None:
     assert "emoe_gate_latency_seconds_count" in metrics and 'emoe_decisions{action="halt"' in metrics
 
 
+def test_accepted_jobs_rendered_together_each_get_the_image_they_get_alone(real, tiny_runtime) -> None:
+    """The worker renders up to EMOE_RENDER_BATCH_SIZE (8) accepted jobs in one denoising loop: each job is
+    rendered once, and its image is the bytes it gets rendered alone."""
+    import hashlib
+    import io
+
+    from emoe import generate
+
+    client, auth = real["client"], real["auth"]
+    accepted = sorted(PROMPTS, key=tiny_runtime.expected.get)[:6]  # below the test policy's flag_at
+    bodies = [
+        {"prompt": p, "steps": 3, "seed": 40 + i, "negative_prompt": ["", "blurry"][i % 2]}
+        for i, p in enumerate(accepted)
+    ]
+    ids = [client.post("/v1/jobs", json=body, headers=auth).json()["id"] for body in bodies]
+    jobs = wait_terminal(real, ids)
+    assert [j["status"] for j in jobs] == ["completed"] * len(ids)
+    for job, body in zip(jobs, bodies, strict=True):
+        assert rows(real["db"], job["id"]) == (1, 1)
+        params = {k: body.get(k) for k in ("seed", "steps")}
+        config = tiny_runtime.render_config(params, body["negative_prompt"])
+        buffer = io.BytesIO()
+        generate(body["prompt"], config, tiny_runtime.ensemble).images[0].save(buffer, format="PNG")
+        assert job["artifacts"][0]["sha256"] == hashlib.sha256(buffer.getvalue()).hexdigest(), body
+
+
 def test_webhooks_go_through_the_hooks_queue_signed_and_retried(real, tiny_runtime) -> None:
     import json
 

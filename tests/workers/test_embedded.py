@@ -340,3 +340,45 @@ def test_images_are_served_only_from_the_artifacts_folder_and_only_unaltered(emb
         )
     outside = client.get(url, headers=auth)
     assert outside.status_code == 404 and b"root:" not in outside.content
+
+
+def test_a_render_batch_renders_each_job_as_alone_and_one_failure_fails_only_its_job(
+    migrated_sqlite_url, tmp_path, tiny_runtime
+) -> None:
+    import io
+
+    from emoe import generate
+
+    settings = make_settings(migrated_sqlite_url, tmp_path, render_batch_size=4, gate_batch_size=8)
+    accepted = sorted(PROMPTS, key=tiny_runtime.expected.get)[:5]  # below the test policy's flag_at
+    ids = [_queued_job(migrated_sqlite_url, p) for p in accepted]
+    with session_scope(migrated_sqlite_url) as session:  # each its own seed and negative prompt
+        for n, job_id in enumerate(ids):
+            job = session.get(Job, job_id)
+            job.params = {**job.params, "seed": 100 + n}
+            job.negative_prompt = ["", "blurry"][n % 2]
+    assert sorted(stages.run_gate(ids[0], settings, tiny_runtime).render) == sorted(ids)  # one gate batch
+    with session_scope(migrated_sqlite_url) as session:  # a job whose request turns out unrenderable
+        session.get(Job, ids[2]).prompt = "   "
+    outcome = stages.run_render(ids[0], settings, tiny_runtime)
+    assert outcome.note == "done" and outcome.retry_in_s is None
+    with session_scope(migrated_sqlite_url) as session:
+        jobs = {j.id: j for j in repo.get_jobs(session, ids)}
+        assert [jobs[i].status for i in ids] == ["completed", "completed", "failed", "completed", "rendering"]
+        assert jobs[ids[2]].error.startswith("cannot render: prompts[0]")
+        assert jobs[ids[4]].started_at is None  # the fifth did not fit: it waits for its own message
+        stored = {i: jobs[i].artifacts[0].sha256 for i in (ids[0], ids[1], ids[3])}
+    for job_id, digest in stored.items():
+        with session_scope(migrated_sqlite_url) as session:
+            job = session.get(Job, job_id)
+            config = tiny_runtime.render_config(dict(job.params), job.negative_prompt)
+            prompt = job.prompt
+        alone = generate(prompt, config, tiny_runtime.ensemble)
+        buffer = io.BytesIO()
+        alone.images[0].save(buffer, format="PNG")
+        assert hashlib.sha256(buffer.getvalue()).hexdigest() == digest  # byte-equal to the image alone
+    assert [stages.run_render(i, settings, tiny_runtime).note for i in ids[1:4]] == [
+        "done"
+    ] * 3  # redelivered
+    assert stages.run_render(ids[4], settings, tiny_runtime).note == "done"
+    assert [counts(migrated_sqlite_url, i) for i in ids] == [(1, 1), (1, 1), (1, 0), (1, 1), (1, 1)]
