@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,9 +55,17 @@ class ReportOptions:
 
 
 def build_report(
-    session: Session, options: ReportOptions | None = None, *, database: str = "", notes: Sequence[str] = ()
+    session: Session,
+    options: ReportOptions | None = None,
+    *,
+    database: str = "",
+    notes: Sequence[str] = (),
+    describe_scoring: Callable[[dict[str, Any]], str] | None = None,
 ) -> dict[str, Any]:
-    """Everything the report shows, as a JSON-safe dict with `ci_low`/`ci_high` beside each estimate."""
+    """Everything the report shows, as a JSON-safe dict with `ci_low`/`ci_high` beside each estimate.
+
+    `describe_scoring` (the composition root passes `emoe.config.describe_scoring`; audit does not import
+    emoe) names each scoring configuration the decisions were measured with, in the report's "scoring"."""
     opt = options or ReportOptions()
     scope = {"since": opt.since, "tenant": opt.tenant}
     loaded = load_records(session, group_by=opt.group_by, with_prompts=bool(opt.keywords), **scope)
@@ -70,8 +78,32 @@ def build_report(
         n_shadow=loaded.n_shadow,
         quality_metrics=loaded.quality_metrics,
         notes=[*notes, *loaded.notes],
-        extra={"reviews": _review_sections(session, opt)},
+        extra={
+            "reviews": _review_sections(session, opt),
+            "scoring": _scoring_configurations(session, opt, describe_scoring),
+        },
     )
+
+
+def _scoring_configurations(
+    session: Session, opt: ReportOptions, describe: Callable[[dict[str, Any]], str] | None
+) -> list[dict[str, Any]]:
+    """Per scoring fingerprint in scope: its decisions and (with `describe`) the phrase that names it."""
+    from sqlalchemy import func, select
+
+    from audit.models import Decision
+
+    stmt = select(Decision.fingerprint, func.count()).group_by(Decision.fingerprint)
+    if opt.since is not None:
+        stmt = stmt.where(Decision.created_at >= opt.since)
+    if opt.tenant is not None:
+        stmt = stmt.where(Decision.tenant == opt.tenant)
+    out = []
+    for fingerprint, n in session.execute(stmt.order_by(func.count().desc())).all():
+        scoring = session.scalar(select(Decision.scoring).where(Decision.fingerprint == fingerprint).limit(1))
+        text = describe({**(scoring or {}), "fingerprint": fingerprint}) if describe is not None else None
+        out.append({"fingerprint": fingerprint, "decisions": int(n), "description": text})
+    return out
 
 
 def _review_sections(session: Session, opt: ReportOptions) -> dict[str, Any]:

@@ -75,7 +75,10 @@ def report(
     url = open_database(db_url)
     try:
         with spinner("reading the decisions and computing the statistics"), db.session_scope(url) as session:
-            data = build_report(session, options, database=make_url(url).render_as_string(hide_password=True))
+            from emoe.config import describe_scoring  # cheap: no torch
+
+            database = make_url(url).render_as_string(hide_password=True)
+            data = build_report(session, options, database=database, describe_scoring=describe_scoring)
     except ValueError as exc:
         raise bad(str(exc)) from exc
     names = [g["group"] for g in data["fairness"]["groups"]]

@@ -324,6 +324,10 @@ def demo(
         f"policy: {runtime.policy.name} v{runtime.policy.version} ({runtime.policy.mode}), "
         f"flag above {runtime.policy.flag_at:.4g}, halt above {runtime.policy.halt_at:.4g}"
     )
+    from emoe.config import describe_scoring
+
+    scoring = describe_scoring(runtime.gate_config)
+    console.print(scoring, highlight=False, soft_wrap=True)
     # 3. submit the prompts as jobs, as the gateway would
     prompts = load_demo_prompts(limit)
     # the paper scores a translated prompt's image against the English text (the CLIP score's reference)
@@ -373,7 +377,14 @@ def demo(
     console.print(simulated_review(settings.resolved_database_url, DEMO_TENANT, scenes, runtime.policy, out))
     # 6. the summary and the report
     with spinner("writing the summary and the fairness report"):
-        summary = _summarise(settings, ids, out, time.perf_counter() - started, min_group_size)
+        summary = _summarise(
+            settings,
+            ids,
+            out,
+            time.perf_counter() - started,
+            min_group_size,
+            gate_scoring=(runtime.policy.fingerprint, scoring),
+        )
     _print_summary(console, summary)
     console.print(f"images: {out / 'images'}; report: {summary['report_files']}")
     _print_next_steps(console, settings.resolved_database_url, out, min_group_size)
@@ -404,11 +415,23 @@ def _print_next_steps(console: Any, url: str, out: Path, min_group_size: int) ->
 
 
 def _summarise(
-    settings: Any, ids: list, out: Path, seconds: float, min_group_size: int = DEMO_MIN_GROUP_SIZE
+    settings: Any,
+    ids: list,
+    out: Path,
+    seconds: float,
+    min_group_size: int = DEMO_MIN_GROUP_SIZE,
+    gate_scoring: tuple[str, str | None] = ("", None),
 ) -> dict[str, Any]:
     from audit import jobs as repo
     from audit.checkpoint import verify_all
     from audit.db import session_scope
+    from emoe.config import describe_scoring
+
+    gate_fingerprint, scoring = gate_scoring
+
+    def describe(stored: dict[str, Any]) -> str:
+        # the gate's own configuration by its name ("whole expert paths"); a decision records resolved layers
+        return scoring if scoring and stored["fingerprint"] == gate_fingerprint else describe_scoring(stored)
 
     with session_scope(settings.resolved_database_url) as session:
         jobs = repo.get_jobs(session, ids)
@@ -455,6 +478,7 @@ def _summarise(
         "images": sum(len(r["images"]) for r in rows),
         "audit_chain_ok": chain_ok,
         "policy": policy,
+        "scoring": scoring,
         "database": settings.resolved_database_url,
         "results": rows,
     }
@@ -477,6 +501,7 @@ def _summarise(
             ReportOptions(min_group_size=min_group_size),
             database=settings.resolved_database_url,
             notes=[note],
+            describe_scoring=describe,
         )
     (out / "report.html").write_text(render_html(report), encoding="utf-8")
     files.append(out / "report.html")

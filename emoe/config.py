@@ -145,6 +145,17 @@ def is_paper_scoring(config: ScoreConfig) -> bool:
     return all(getattr(config, k) == v for k, v in PAPER_SCORING.items())
 
 
+_FIRST_BLOCK = "down_blocks.0.attentions.0.transformer_blocks.0"  # the SD 1.x UNet's first transformer block
+
+
+def _named_split(layers: tuple[str, ...]) -> str | tuple[str, ...]:
+    """A resolved split (MoE layer names, as a fingerprint records it) back to attn2/attn1 where it is one."""
+    for name in ("attn2", "attn1"):
+        if layers and all(layer.startswith(f"{_FIRST_BLOCK}.{name}.") for layer in layers):
+            return name
+    return layers
+
+
 def describe_scoring(config: ScoreConfig | Mapping[str, Any]) -> str:
     """One short phrase naming the scoring configuration, and saying where it is not the paper's.
 
@@ -154,12 +165,12 @@ def describe_scoring(config: ScoreConfig | Mapping[str, Any]) -> str:
     """
     if not isinstance(config, ScoreConfig):
         fields = {k: config[k] for k in ("split", "latent", "at_step") if config.get(k) is not None}
-        if isinstance(fields.get("split"), list):
-            fields["split"] = tuple(fields["split"])
+        if isinstance(fields.get("split"), list | tuple):
+            fields["split"] = _named_split(tuple(fields["split"]))
         config = ScoreConfig(**fields)
     split = config.split
     if isinstance(split, tuple):
-        where = f"split at {len(split)} named MoE layer{'s' if len(split) != 1 else ''}"
+        where = f"split at {len(split)} MoE layer{'s' if len(split) != 1 else ''}"
     else:
         where = _SPLIT_WORDS[split]
     what = _LATENT_WORDS[config.latent]
@@ -175,7 +186,8 @@ def describe_scoring(config: ScoreConfig | Mapping[str, Any]) -> str:
         )
         if not same
     ]
-    return f"scoring: {where}, {what}{step} \u2014 not the paper's {' and '.join(differs)}; see {RESULTS_DOC}"
+    listed = " and ".join(differs) if len(differs) < 3 else f"{', '.join(differs[:-1])} and {differs[-1]}"
+    return f"scoring: {where}, {what}{step} \u2014 not the paper's {listed}; see {RESULTS_DOC}"
 
 
 def default_score_config(ensemble: Ensemble) -> ScoreConfig:

@@ -122,3 +122,21 @@ def test_generate_writes_image_and_score(tiny_folder: Path, tmp_path: Path) -> N
     assert not (tmp_path / "h" / "image.png").exists()
     assert json.loads((tmp_path / "h" / "score.json").read_text())["halted"] is True
     assert result.stdout.splitlines()[0].startswith("scoring: the paper's")
+
+
+def test_describe_scoring_reads_a_recorded_configuration() -> None:
+    """What a decision records (the split resolved to layer names) is named as the configuration was."""
+    from emoe.config import ScoreConfig, describe_scoring
+
+    first = "down_blocks.0.attentions.0.transformer_blocks.0"
+    paper = {"split": [f"{first}.attn2.to_{p}" for p in "kqv"], "latent": "m_post", "fingerprint": "f"}
+    assert (
+        describe_scoring(paper)
+        == describe_scoring(ScoreConfig())
+        == ("scoring: the paper's (split at the first cross-attention, mid-block output variance)")
+    )
+    later = {"split": ["a.to_q", "b.to_q"], "latent": "eps", "at_step": 3}
+    assert describe_scoring(later) == (
+        "scoring: split at 2 MoE layers, noise-prediction variance, at step 4 \u2014 not the paper's split, "
+        "latent and first step; see docs/reference-results.md"
+    )

@@ -104,3 +104,7 @@ def test_demo_on_the_reference_ensemble_scores_quality_against_english(tmp_path,
         assert fi.labels["reference_text"] == "a small red circle on the left"  # the English of its scene
     report = json.loads((out / "summary.json").read_text())
     assert report["images"] == len(artifacts)
+    # what is not the paper is said where the scores are shown: console, summary.json, the HTML report
+    named = "scoring: whole expert paths, noise-prediction variance \u2014 not the paper's split and latent"
+    assert named in result.output and report["scoring"].startswith(named)
+    assert named in (out / "report.html").read_text(encoding="utf-8")
