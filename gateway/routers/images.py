@@ -47,7 +47,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         400: "Invalid request, or `content_policy_violation`: the gate halted the prompt (score, policy).",
         401: "Missing or invalid API key.",
         403: "`held_for_review`: the policy flagged the prompt and holds its image for human review.",
-        413: "The request body is too large.",
         429: "Too many requests or the queue is full; see Retry-After.",
         500: "The job failed.",
         503: "Database or queue unavailable; see Retry-After.",
