@@ -139,7 +139,13 @@ def ood(
         f"{_auroc(r['token_stratified'])}"
         for name, r in scored
     ]
-    _report(result, as_json, [*lines, f"written to {out}/ood.json and ood.png"])
+    lines += [
+        f"{name} on {result['scenes']['choice_scenes']}: {_auroc(r['choice_scenes'])}; "
+        f"on {result['scenes']['all_scenes']}: {_auroc(r['all_scenes'])}"
+        for name, r in scored
+    ]
+    head = f"on {result['scenes']['headline']}:"
+    _report(result, as_json, [head, *lines, f"written to {out}/ood.json and ood.png"])
 
 
 def languages(
@@ -171,7 +177,8 @@ def quartiles(
 
     result = eval_quartiles(_load(ensemble), quick=quick, out_dir=out)
     lines = [
-        f"Q{q['quartile']}: clip {q['clip_score']:.2f} rule {q['rule_accuracy']:.3f} chars {q['chars']:.1f}"
+        f"Q{q['quartile']}: clip {q['clip_score']:.2f} rule {q['rule_accuracy']:.3f} ssim {q['ssim']:.3f}"
+        f" chars {q['chars']:.1f}"
         for q in result["quartiles"]
     ]
     _report(result, as_json, [*lines, f"written to {out}/quartiles.json and quartiles.png"])

@@ -39,6 +39,18 @@ REFERENCE_SCORE_CONFIG: dict[str, Any] = {
 REFERENCE_SCORE_REASON = (
     "chosen by eval ablation: whole expert paths, noise-prediction variance (docs/reference-results.md)"
 )
+REFERENCE_DESCRIPTION = (
+    "Reference ensemble: 4 experts fine-tuned from one base on web-like samples of a captioned shapes world "
+    "(32x32), trained on CPU from seeds"
+)
+
+
+def reference_description() -> str:
+    """The shipped emoe.json's description: what the ensemble is, and the scoring phrase of its default."""
+    from emoe.config import ScoreConfig, describe_scoring
+
+    default = ScoreConfig.from_dict(REFERENCE_SCORE_CONFIG)
+    return f"{REFERENCE_DESCRIPTION}; default {describe_scoring(default)}"
 
 
 def sha256_file(path: Path) -> str:
@@ -112,10 +124,7 @@ def ship(
         shutil.rmtree(dest)
     info = {
         "name": "reference",
-        "description": (
-            "Reference ensemble: 4 experts fine-tuned from one base on web-like samples of a captioned "
-            "shapes world (32x32), trained on CPU from seeds; see docs/reference-results.md"
-        ),
+        "description": reference_description(),
         "score_config": REFERENCE_SCORE_CONFIG,
         "score_config_reason": REFERENCE_SCORE_REASON,
         **(extra or {}),

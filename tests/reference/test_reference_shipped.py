@@ -26,6 +26,14 @@ def test_shipped_files_match_the_manifest() -> None:
         assert dtypes <= {"F16", "I64"}, (name, dtypes)
 
 
+def test_shipped_description_names_the_default_scoring() -> None:
+    from reference.ship import reference_description
+
+    description = json.loads((ENSEMBLE_DIR / "emoe.json").read_text())["description"]
+    assert description == reference_description()  # what a rebuild (`reference.ship`) writes
+    assert "default scoring: whole expert paths, noise-prediction variance" in description
+
+
 def test_manifest_check_finds_changed_missing_and_extra_files(tmp_path: Path) -> None:
     folder = tmp_path / "ens"
     folder.mkdir()
@@ -70,7 +78,11 @@ def test_eval_ood_quick_json_separates_languages(
     result = CliRunner().invoke(app, ["eval", "ood", "--quick", "--json", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output.strip().splitlines()[-1])
-    assert data["prompts_per_language"] == 16
+    headline = experiments.headline_scenes(quick=True)
+    assert data["prompts_per_language"] == len(headline) == (120 - 16 + 3) // 4
+    # the headline is measured on scenes the ablation that chose the default never saw
+    assert not {s.key for s in headline} & {s.key for s in experiments.choice_scenes()}
+    assert data["default"]["choice_scenes"]["auroc"] > 0.8 and "all_scenes" in data["default"]
     assert {"auroc", "ci_low", "ci_high", "scoring"} <= set(data)
     assert data["ci_low"] <= data["auroc"] <= data["ci_high"]
     assert data["scoring"]["fingerprint"] and data["scoring"]["config"]["seed"] == 0
@@ -78,6 +90,13 @@ def test_eval_ood_quick_json_separates_languages(
     # the shipped ensemble's claim, on a small sample: few-expert languages score above English
     assert data["auroc"] > 0.8
     assert (tmp_path / "ood.json").is_file() and (tmp_path / "ood.png").is_file()
+
+
+def test_the_ablation_never_sees_the_headline_scenes() -> None:
+    headline = {s.key for s in experiments.headline_scenes()}
+    chosen = {s.key for s in experiments.choice_scenes()}
+    assert len(headline) == 80 and len(chosen) == 40
+    assert not headline & chosen and len(headline | chosen) == len(experiments.all_scenes())
 
 
 def test_verify_command_exit_codes(tmp_path: Path) -> None:
