@@ -3,7 +3,9 @@
 Paths are batch rows. Per request r and path m there are the CFG rows (negative, prompt) - one routing group,
 so every later MoE layer routes exactly as that path would alone. At the split layers each path is forced to
 its own expert (no gate). EU(y) is the mean over the d latent dimensions of the population variance across the
-M paths of the conditional row; the reported score is sqrt(d) * EU.
+M paths of the conditional row; the reported score is sqrt(d) * EU, where d is the size of the chosen latent
+(the reference ensemble's eps at 32x32: 4 x 8 x 8 = 256; SD 1.5's m_post: 1280 x 8 x 8), not the paper's fixed
+1280 x 8 x 8, so scores of different latents or image sizes are not on one scale.
 """
 
 from __future__ import annotations

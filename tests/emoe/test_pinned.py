@@ -179,6 +179,11 @@ def test_default_batch_scores_exactly_as_each_alone(reference) -> None:
     for prompt, batched in zip(PROMPTS, together, strict=True):
         alone = score([prompt], config.replace(batch_size=1), reference)[0]
         assert (batched.score, batched.expert_deviation) == (alone.score, alone.expert_deviation), prompt
+    # d in sqrt(d) * EU is the size of the chosen latent (eps: the UNet's output), here 4 x 8 x 8 = 256
+    side = config.height // reference.vae_scale_factor
+    d = reference.unet.config.out_channels * side * (config.width // reference.vae_scale_factor)
+    assert config.latent == "eps" and d == 256
+    assert all(s.score == math.sqrt(d) * s.eu for s in together)
 
 
 def test_pinned_pixels_default(reference) -> None:
