@@ -18,6 +18,7 @@ writes to the service's database), or nothing. torch and the EMoE core load on f
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,10 @@ class Gate:
         """Score `prompts` at the first denoising step (one batch) and decide each under the policy."""
         from emoe import score
 
-        texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        # NFC, the form the service scores, hashes and stores (so a prompt scores here as it does there)
+        texts = [
+            unicodedata.normalize("NFC", p) for p in ([prompts] if isinstance(prompts, str) else prompts)
+        ]
         if languages is not None and len(languages) != len(texts):
             raise ValueError(f"languages: {len(languages)} given for {len(texts)} prompts")
         langs = list(languages) if languages is not None else [self._language(p) for p in texts]

@@ -4,6 +4,7 @@ audit log."""
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,8 @@ def test_scores_and_decisions_match_the_core_and_policy(gate) -> None:
     alone = score([HALTED], default_score_config(gate.ensemble), gate.ensemble)[0]
     assert results[2].score.score == alone.score  # a batch scores exactly as each prompt alone
     assert results[2].decision == decide(alone, DecisionContext(language="fi"), policy)
+    decomposed = gate(unicodedata.normalize("NFD", HALTED))[0]  # "ä" as a + combining diaeresis
+    assert decomposed.prompt == HALTED and decomposed.score.score == alone.score
 
 
 def test_callback_halts_the_pipeline_after_its_first_step(gate) -> None:
