@@ -244,7 +244,10 @@ def install_openapi(app: FastAPI) -> None:
         spec = plain()
         if id(spec) not in improved:
             improved.clear()
-            improved[id(spec)] = improve(spec)
+            improved[id(spec)] = better = improve(spec)
+            public_url = getattr(getattr(app.state, "settings", None), "public_url", None)
+            if public_url:  # generated clients default to it
+                better["servers"] = [{"url": public_url}]
         return improved[id(spec)]
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -161,6 +161,7 @@ def test_links_are_absolute(make_client, module_pg_url: str) -> None:
         "self": f"https://gate.example.com/v1/jobs/{job['id']}",
         "cancel": f"https://gate.example.com/v1/jobs/{job['id']}/cancel",
     }
+    assert public.get("/openapi.json").json()["servers"] == [{"url": "https://gate.example.com"}]
     listed = public.get("/v1/jobs", headers=auth).json()["jobs"]
     assert all(j["links"]["self"].startswith("https://gate.example.com/v1/jobs/") for j in listed)
 
