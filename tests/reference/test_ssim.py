@@ -39,3 +39,16 @@ def test_ssim_of_one_channel_and_the_analytic_cases() -> None:
 def test_ssim_refuses_images_of_different_shapes() -> None:
     with pytest.raises(ValueError, match=r"^ssim: images must have the same"):
         ssim(TRUTH, TRUTH[:16])
+
+
+def test_quartile_rows_report_ssim_per_quartile() -> None:
+    from reference.experiments import _quartile_rows
+
+    rows = [
+        {"score": float(i), "clip": 0.0, "rule": 0.0, "ssim": i / 10, "chars": 1, "words": 1, "n_tokens": 1}
+        for i in range(8)
+    ]
+    quartiles = _quartile_rows(rows)
+    assert [q["n"] for q in quartiles] == [2, 2, 2, 2]
+    assert [q["ssim"] for q in quartiles] == pytest.approx([0.05, 0.25, 0.45, 0.65])
+    assert [q["ssim_sd"] for q in quartiles] == pytest.approx([0.05] * 4)
