@@ -142,6 +142,9 @@ def main() -> None:
     parser.add_argument("--waits", type=int, default=40, help="A's concurrent waits")
     parser.add_argument("--big-side", type=int, default=256, help="height and width of A's jobs")
     parser.add_argument(
+        "--tenant-max-queued", type=int, help="EMOE_TENANT_MAX_QUEUED for the run (default: the setting's)"
+    )
+    parser.add_argument(
         "--split-workers", action="store_true", help="a gate worker and a render,hooks worker"
     )
     args = parser.parse_args()
