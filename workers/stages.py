@@ -12,6 +12,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,19 +238,28 @@ def _write_png(image: Any, path: Path) -> tuple[str, int]:
 
 
 class _ClaimWatch:
-    """`should_stop` for a render: True once the claim no longer holds (the job was cancelled or taken over),
-    asked of the database at most every `every_s`."""
+    """`should_stop` for each job of a render: True once its claim no longer holds (the job was cancelled or
+    taken over). The database is asked about all the batch's claims in one query, at most every `every_s`."""
 
-    def __init__(self, url: str, claim: repo.Claim, every_s: float = 0.5) -> None:
-        self.url, self.claim, self.every_s = url, claim, every_s
+    def __init__(self, url: str, claims: list[repo.Claim], every_s: float = 0.5) -> None:
+        self.url, self.claims, self.every_s = url, claims, every_s
         self.checked = time.monotonic()
+        self.held = {c.job_id for c in claims}
 
-    def __call__(self) -> bool:
-        if time.monotonic() - self.checked < self.every_s:
-            return False
-        self.checked = time.monotonic()
-        with session_scope(self.url) as session:
-            return not repo.still_holds(session, self.claim)
+    def stop_check(self, claim: repo.Claim) -> Callable[[], bool]:
+        """The StopCheck of one job of the batch."""
+
+        def stopped() -> bool:
+            self._refresh()
+            return claim.job_id not in self.held
+
+        return stopped
+
+    def _refresh(self) -> None:
+        if time.monotonic() - self.checked >= self.every_s:
+            self.checked = time.monotonic()
+            with session_scope(self.url) as session:
+                self.held = repo.still_held(session, [c for c in self.claims if c.job_id in self.held])
 
 
 @dataclass
@@ -339,12 +349,13 @@ def render_batch(batch: list[RenderJob], settings: Settings, runtime: Runtime) -
     for i in todo:
         by_mode.setdefault(batch[i].mode, []).append(i)
     for mode, members in by_mode.items():
+        watch = _ClaimWatch(url, [batch[i].claim for i in members])
         try:
             done = generate_batch(
                 [(batch[i].prompt, batch[i].config) for i in members],
                 runtime.ensemble,
                 mode=mode,  # type: ignore[arg-type]
-                should_stop=[_ClaimWatch(url, batch[i].claim) for i in members],
+                should_stop=[watch.stop_check(batch[i].claim) for i in members],
             )
         except Exception as exc:
             if len(members) == 1:
@@ -362,7 +373,11 @@ def render_batch(batch: list[RenderJob], settings: Settings, runtime: Runtime) -
 def _alone(job: RenderJob, url: str, runtime: Runtime, generate: Any, cancelled: type) -> Any:
     try:
         return generate(
-            job.prompt, job.config, runtime.ensemble, mode=job.mode, should_stop=_ClaimWatch(url, job.claim)
+            job.prompt,
+            job.config,
+            runtime.ensemble,
+            mode=job.mode,
+            should_stop=_ClaimWatch(url, [job.claim]).stop_check(job.claim),
         )
     except (ValueError, cancelled) as exc:
         return exc

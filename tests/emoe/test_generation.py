@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from emoe import Score, default_score_config, generate, generation, score, segmoe_adapter
+from emoe.pipeline import encode_prompts, initial_noise, step_kwargs
 from emoe.routing import routing
-from emoe.scoring import encode_prompts, initial_noise, make_plan, step_kwargs
+from emoe.scoring import make_plan
 
 PROMPT = "a photo of a cat"
 # Exact: a path alone and the M paths batched, and diffusers' forward and ours, give bit-equal latents (the
