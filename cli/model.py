@@ -66,7 +66,8 @@ def _policy(path: Path | None) -> tuple[Any, bool]:
     try:
         return load_policy(chosen), path is not None
     except (OSError, PolicyError) as exc:
-        _fail(f"--policy: {exc}")
+        where = "--policy" if path else ("EMOE_POLICY_PATH" if settings.policy_path else "bundled policy")
+        _fail(f"{where}: {exc}")
         raise AssertionError("unreachable") from exc
 
 
