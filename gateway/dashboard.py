@@ -77,13 +77,11 @@ DASHBOARD_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-# FastAPI's /docs and /redoc load Swagger UI and ReDoc from jsDelivr and start them with an inline script.
+# /docs and /redoc are served with their assets by the gateway (fastapi-offline): nothing from outside;
+# their pages start Swagger UI and ReDoc with an inline script, and ReDoc runs a blob: worker
 DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-    "font-src https://fonts.gstatic.com; "
-    "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
-    "worker-src blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; worker-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 HTML_HEADERS = [
     (b"x-frame-options", b"DENY"),

@@ -173,6 +173,7 @@ def test_docs_load_nothing_from_outside(make_client) -> None:
         assert html.status_code == 200
         sources = re.findall(r'(?:src|href)="([^"]+)"', html.text)
         assert sources and not [s for s in sources if s.startswith(("http:", "https:", "//"))], sources
+        assert "http" not in html.headers["content-security-policy"]  # nor does its policy allow it
         for source in sources:
             asset = client.get(source)
             assert asset.status_code == 200 and len(asset.content) > 100, source
