@@ -50,15 +50,27 @@ def run_migrations_online() -> None:
 
 
 def _run(connection, url: str) -> None:
-    context.configure(
-        connection=connection,
-        target_metadata=target_metadata,
-        render_as_batch=is_sqlite(url),
-        compare_type=True,
-        transactional_ddl=True,  # SQLite too: our engine begins every transaction itself (BEGIN IMMEDIATE)
-    )
-    with context.begin_transaction():
-        context.run_migrations()
+    sqlite = is_sqlite(url)
+    if sqlite:
+        # SQLite drops a column by rebuilding the table (batch mode), and with foreign keys on, dropping the old
+        # `jobs` fails while decisions reference it. SQLite's own recipe (lang_altertable.html): keys off outside
+        # the transaction, `foreign_key_check` before commit, keys on again.
+        connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+    try:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=sqlite,
+            compare_type=True,
+            transactional_ddl=True,  # SQLite too: our engine begins every transaction itself (BEGIN IMMEDIATE)
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+            if sqlite and (broken := connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()):
+                raise RuntimeError(f"migration left rows whose foreign keys point nowhere: {broken[:5]}")
+    finally:
+        if sqlite:
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
 
 
 if context.is_offline_mode():

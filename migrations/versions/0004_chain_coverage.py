@@ -165,6 +165,16 @@ def _drop_decisions_column(name: str) -> None:
 
 
 def downgrade() -> None:
+    # A version-2 decision's hash covers its labels, which 0003 has no column for: going below 0004 would
+    # leave a chain that no longer verifies. Refuse, and lose nothing.
+    covered = (
+        op.get_bind().execute(sa.text("SELECT count(*) FROM decisions WHERE chain_version >= 2")).scalar()
+    )
+    if covered:
+        raise RuntimeError(
+            f"cannot downgrade below 0004: {covered} decision(s) are chain version 2 (their hashes cover labels, "
+            "which 0003 cannot store); restore a backup taken before 0004 instead"
+        )
     _execute_for_dialect(PG_DOWNGRADE, SQLITE_DOWNGRADE)
     with op.batch_alter_table("artifacts") as batch:
         batch.drop_constraint(op.f("uq_artifacts_row_hash"), type_="unique")

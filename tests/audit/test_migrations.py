@@ -161,3 +161,30 @@ def test_rows_from_before_0004_still_verify(empty_url: str) -> None:
     assert all(r.ok for r in reports), [str(r) for r in reports]
     assert [r.rows for r in reports] == [2, 1, 0]
     assert versions == [1, 2]
+
+
+def test_downgrade_keeps_rows_and_refuses_to_break_the_chain(empty_url: str) -> None:
+    """0005 goes down on a database with decisions in it (on SQLite the rebuilt `jobs` table must not trip
+    over the decisions that reference it) and back up with the chain intact; below 0004 a version-2 decision
+    could no longer be verified, so that downgrade is refused and changes nothing."""
+    from audit.checkpoint import verify_all
+    from tests.audit.factories import append_one
+
+    db.upgrade(empty_url)
+    with db.session_scope(empty_url) as session:
+        append_one(session, 0.5, prompt="kept across the downgrade")
+    db.downgrade(empty_url, "0004")
+    with pytest.raises(RuntimeError, match="cannot downgrade below 0004: 1 decision"):
+        db.downgrade(empty_url, "0003")
+    assert db.current_revision(empty_url) == "0004"
+    engine = db.make_engine(empty_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar_one() == 1
+            assert conn.execute(sa.text("SELECT count(*) FROM jobs")).scalar_one() == 1
+    finally:
+        engine.dispose()
+    db.upgrade(empty_url)
+    with db.session_scope(empty_url) as session:
+        reports = verify_all(session)
+    assert all(r.ok for r in reports), [str(r) for r in reports]
