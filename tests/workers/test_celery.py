@@ -222,13 +222,14 @@ def _pool_children(worker: subprocess.Popen) -> list[psutil.Process]:
 def _lock_while_rendering(conn: Any, job_id: uuid.UUID, deadline: float) -> Any | None:
     """Poll the job under its row lock; return the open transaction (lock held) once a pool process has
     claimed it in `rendering`, or None if it finished before the test could see it so."""
+    query = select(Job.status, Job.started_at).where(Job.id == job_id)
     while True:
         lock = conn.begin()
-        status, started = conn.execute(
-            select(Job.status, Job.started_at).where(Job.id == job_id).with_for_update()
-        ).one()
+        status, started = conn.execute(query).one()  # unlocked: a claim skips locked rows
         if status == "rendering" and started is not None:
-            return lock
+            status, started = conn.execute(query.with_for_update()).one()
+            if status == "rendering" and started is not None:
+                return lock
         lock.rollback()
         if status in TERMINAL_STATUSES:
             return None
