@@ -107,13 +107,26 @@ def _embedded_worker(settings: Any) -> Any:
     return InProcessWorker(settings, runtime=runtime)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends it SIGTERM when the worker dies, even by SIGKILL (Linux)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class _HooksConsumer:
-    """The worker's webhook consumer: a child process, restarted if it dies, stopped with the worker."""
+    """The worker's webhook consumer: a child process, restarted if it dies, stopped with the worker.
+
+    A worker killed outright cannot stop it, so the child asks the kernel to end it when its parent dies:
+    otherwise every restarted worker would leave one more consumer behind.
+    """
 
     def __init__(self, command: list[str]) -> None:
         self.command = command
         self.stopping = threading.Event()
-        self.proc = subprocess.Popen(command)
+        self.proc = self._start()
         self.watch = threading.Thread(target=self._keep_alive, name="emoe-hooks-watch", daemon=True)
         self.watch.start()
 
@@ -121,7 +134,11 @@ class _HooksConsumer:
         while not self.stopping.wait(2.0):
             if self.proc.poll() is not None:
                 typer.echo(f"webhook consumer exited ({self.proc.returncode}); starting it again", err=True)
-                self.proc = subprocess.Popen(self.command)
+                self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        on_linux = sys.platform == "linux"
+        return subprocess.Popen(self.command, preexec_fn=_die_with_parent if on_linux else None)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -85,3 +85,18 @@ def test_a_redis_restart_mid_run_loses_no_job(stack: Stack) -> None:
     stack.redis.restart()  # no persistence: every queued message and every heartbeat key is gone
     jobs = stack.wait_terminal(ids, timeout=300)
     _assert_once_each(stack, jobs)
+
+
+def test_no_child_outlives_a_worker_killed_alone(stack: Stack) -> None:
+    """SIGKILL of the worker's main process only (the OOM killer's way, not a container kill): its webhook
+    consumer and its pool go too, so a restarted worker does not leave one more consumer behind."""
+    import os
+    import signal
+
+    worker = stack.workers[0]
+    children = psutil.Process(worker.pid).children()
+    assert any("hooks" in p.cmdline() for p in children)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(30)
+    gone, alive = psutil.wait_procs(children, timeout=60)
+    assert not alive, [(p.pid, p.cmdline()) for p in alive]
