@@ -33,9 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TERMINAL = ("completed", "held", "rejected", "halted", "failed", "cancelled")  # job statuses that end a wait
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-PROMPTS = [
-    row["prompt"] for row in json.loads((ROOT / "cli" / "demo_prompts.json").read_text())["prompts"]
-]
+PROMPTS = [row["prompt"] for row in json.loads((ROOT / "cli" / "demo_prompts.json").read_text())["prompts"]]
 
 
 def free_port() -> int:

@@ -81,7 +81,8 @@ DASHBOARD_CSP = (
 # their pages start Swagger UI and ReDoc with an inline script, and ReDoc runs a blob: worker
 DOCS_CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; worker-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    "img-src 'self' data:; worker-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'self'"
 )
 HTML_HEADERS = [
     (b"x-frame-options", b"DENY"),

@@ -52,9 +52,9 @@ def run_migrations_online() -> None:
 def _run(connection, url: str) -> None:
     sqlite = is_sqlite(url)
     if sqlite:
-        # SQLite drops a column by rebuilding the table (batch mode), and with foreign keys on, dropping the old
-        # `jobs` fails while decisions reference it. SQLite's own recipe (lang_altertable.html): keys off outside
-        # the transaction, `foreign_key_check` before commit, keys on again.
+        # SQLite drops a column by rebuilding the table (batch mode), and with foreign keys on, dropping the
+        # old `jobs` fails while decisions reference it. SQLite's own recipe (lang_altertable.html): keys off
+        # outside the transaction, `foreign_key_check` before commit, keys on again.
         connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
     try:
         context.configure(
@@ -62,7 +62,8 @@ def _run(connection, url: str) -> None:
             target_metadata=target_metadata,
             render_as_batch=sqlite,
             compare_type=True,
-            transactional_ddl=True,  # SQLite too: our engine begins every transaction itself (BEGIN IMMEDIATE)
+            # SQLite too: our engine begins every transaction itself (BEGIN IMMEDIATE)
+            transactional_ddl=True,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -102,41 +102,9 @@ class Settings(BaseSettings):
         default=200, ge=1, description="Unfinished (queued, scoring, rendering) jobs one tenant may have."
     )
     submit_rate_per_s: float = Field(
-        default=20.0, gt=0, description="Submissions a second per API key (a token bucket per gateway process)."
-    )
-    submit_burst: int = Field(default=40, ge=1, description="Submissions an idle API key may make at once.")
-    max_waits_per_key: int = Field(
-        default=16, ge=1, description="Concurrent waiting requests (`?wait=`, `/v1/score`) per API key."
-    )
-    max_body_bytes: int = Field(
-        default=1024 * 1024, ge=1024, description="Largest request body; larger ones get 413 unread."
-    )
-    header_timeout_s: float = Field(
-        default=10.0, gt=0, description="Longest a client may take to send a request's headers."
-    )
-
-    # --- fair shares: per API key and per tenant (gateway.admission) ---------
-    max_request_cost: int = Field(
-        default=512 * 512 * 25 * 4,
-        ge=1,
-        description=(
-            "Largest height x width x steps x images one request may ask for (full mode: one image per "
-            "expert); default: four 512x512 images at 25 steps."
-        ),
-    )
-    cost_default_side: int = Field(
-        default=512,
-        ge=8,
-        description="Side counted for a request that names no height/width when the gateway holds no model.",
-    )
-    cost_full_images: int = Field(
-        default=4, ge=1, description="Images a full-mode job is counted for when the gateway holds no model."
-    )
-    tenant_max_queued: int = Field(
-        default=200, ge=1, description="Unfinished (queued, scoring, rendering) jobs one tenant may have."
-    )
-    submit_rate_per_s: float = Field(
-        default=20.0, gt=0, description="Submissions a second per API key (a token bucket per gateway process)."
+        default=20.0,
+        gt=0,
+        description="Submissions a second per API key (a token bucket per gateway process).",
     )
     submit_burst: int = Field(default=40, ge=1, description="Submissions an idle API key may make at once.")
     max_waits_per_key: int = Field(
@@ -157,7 +125,7 @@ class Settings(BaseSettings):
         default=120,
         ge=5,
         le=3600,
-        description="How long opening a job for review leases it to the reviewer (no one else may review it).",
+        description="How long opening a job for review leases it to one reviewer (no one else may review it)",
     )
     webhook_secret: str | None = Field(
         default=None,
@@ -262,7 +230,7 @@ class Settings(BaseSettings):
     metrics_token: str | None = Field(
         default=None,
         description=(
-            "Bearer token `/metrics` asks for; unset: `/metrics` answers only clients on the loopback address."
+            "Bearer token `/metrics` asks for; unset: `/metrics` answers only clients on the loopback address"
         ),
     )
 

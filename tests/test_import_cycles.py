@@ -62,9 +62,7 @@ def import_graph() -> dict[str, set[str]]:
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         is_package = path.name == "__init__.py"
         graph[name] = {
-            target
-            for node in runtime_imports(tree)
-            for target in imported(node, name, is_package, known)
+            target for node in runtime_imports(tree) for target in imported(node, name, is_package, known)
         }
     return graph
 

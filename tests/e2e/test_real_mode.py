@@ -98,5 +98,5 @@ def test_no_child_outlives_a_worker_killed_alone(stack: Stack) -> None:
     assert any("hooks" in p.cmdline() for p in children)
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait(30)
-    gone, alive = psutil.wait_procs(children, timeout=60)
+    _, alive = psutil.wait_procs(children, timeout=60)
     assert not alive, [(p.pid, p.cmdline()) for p in alive]

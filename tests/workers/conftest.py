@@ -8,9 +8,7 @@ from typing import Any
 
 import pytest
 
-DEMO = json.loads((Path(__file__).resolve().parents[2] / "cli" / "demo_prompts.json").read_text())[
-    "prompts"
-]
+DEMO = json.loads((Path(__file__).resolve().parents[2] / "cli" / "demo_prompts.json").read_text())["prompts"]
 PROMPTS: list[str] = [row["prompt"] for row in DEMO[:20]]
 
 
