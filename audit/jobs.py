@@ -335,7 +335,7 @@ def _claimable(
 
 def _lock(query: Any, session: Session) -> Any:
     if session.get_bind().dialect.name == "postgresql":
-        return query.with_for_update(skip_locked=True)
+        return query.with_for_update(skip_locked=True, of=Job)  # the job rows, not a joined subquery's
     return query
 
 
@@ -388,6 +388,22 @@ def _dead_letter(job: Job, stage: str, now: datetime) -> None:
     job.claimed_by = None
 
 
+def _fair_order(candidates: Any, limit: int) -> Any:
+    """The first `limit` jobs among `candidates` (a filtered select of Job) in fair-share order: each tenant's
+    oldest job first, then each tenant's second oldest, and so on (oldest first within a round), so that a
+    tenant with a backlog cannot keep another tenant's job out of every batch."""
+    turns = candidates.with_only_columns(
+        Job.id,
+        func.row_number().over(partition_by=Job.tenant, order_by=(Job.created_at, Job.id)).label("turn"),
+    ).subquery()
+    return (
+        select(Job)
+        .join(turns, turns.c.id == Job.id)
+        .order_by(turns.c.turn, Job.created_at, Job.id)
+        .limit(limit)
+    )
+
+
 def claim_waiting(
     session: Session,
     *,
@@ -396,14 +412,15 @@ def claim_waiting(
     exclude: Iterable[uuid.UUID] = (),
     owner: str | None = None,
 ) -> list[Claim]:
-    """Claim up to `limit` more queued jobs for scoring, oldest first (cross-request gate batching)."""
+    """Claim up to `limit` more queued jobs for scoring (cross-request gate batching), in fair-share order:
+    every tenant's oldest waiting job before any tenant's second."""
     if limit <= 0:
         return []
     query = select(Job).where(Job.status == "queued", Job.attempts < max_attempts)
     excluded = list(exclude)
     if excluded:
         query = query.where(Job.id.not_in(excluded))
-    query = _lock(query.order_by(Job.created_at).limit(limit), session)
+    query = _lock(_fair_order(query, limit), session)
     now = _now()
     claims = [_take(job, "scoring", now, owner) for job in session.scalars(query)]
     session.flush()
@@ -421,7 +438,8 @@ def claim_render_batch(
     look_at: int = 64,
 ) -> list[Claim]:
     """Claim up to `limit` more jobs waiting to be rendered whose `key` (what lets jobs share one denoising
-    loop: size, steps, mode...) equals that of `first`'s job, oldest first, among the `look_at` oldest."""
+    loop: size, steps, mode...) equals that of `first`'s job, among the `look_at` first in fair-share order
+    (every tenant's oldest before any tenant's second)."""
     if limit <= 0:
         return []
     held = session.get(Job, first.job_id)
@@ -435,7 +453,7 @@ def claim_render_batch(
         Job.id != first.job_id,
         Job.mode == held.mode,
     )
-    query = _lock(query.order_by(Job.created_at).limit(look_at), session)
+    query = _lock(_fair_order(query, look_at), session)
     now = _now()
     claims: list[Claim] = []
     for job in session.scalars(query):

@@ -175,3 +175,50 @@ def test_requeue_unfinished_gives_every_claim_back(migrated_sqlite_url: str) -> 
             repo.claim(session, rendering, "rendering", lease_s=600, max_attempts=3, owner="host:2"),
             repo.Claim,
         )
+
+
+def _queued_for(url: str, tenant: str) -> uuid.UUID:
+    with session_scope(url) as session:
+        job, _ = repo.create_job(
+            session,
+            tenant=tenant,
+            prompt="a red circle",
+            negative_prompt="",
+            mode="fast",
+            params={},
+            labels={},
+            language="en",
+            callback_url=None,
+        )
+        return job.id
+
+
+@pytest.mark.parametrize("url_fixture", ["migrated_sqlite_url", "migrated_pg_url"])
+def test_a_tenants_backlog_does_not_keep_another_tenant_out_of_a_batch(url_fixture: str, request) -> None:
+    """Fair shares (issue 12): tenant a queued 10 jobs before tenant b's one; a gate batch of 4 takes b's job
+    in its first round (each tenant's oldest first), not after a's backlog, and likewise a render batch."""
+    url = request.getfixturevalue(url_fixture)
+    backlog = [_queued_for(url, "a") for _ in range(10)]
+    other = _queued_for(url, "b")
+    with session_scope(url) as session:
+        claims = repo.claim_waiting(session, limit=4, max_attempts=3, owner="host:1")
+    assert [c.job_id for c in claims] == [backlog[0], other, backlog[1], backlog[2]]
+    with session_scope(url) as session:  # the next batch goes on with a's backlog, oldest first
+        assert [c.job_id for c in repo.claim_waiting(session, limit=2, max_attempts=3)] == backlog[3:5]
+
+    renders = [_waiting_render(url, {"steps": 25}) for _ in range(4)]  # tenant "t"
+    with session_scope(url) as session:
+        job, _ = repo.create_job(
+            session, tenant="u", prompt="a blue square", negative_prompt="", mode="fast",
+            params={"steps": 25}, labels={}, language="en", callback_url=None,
+        )  # fmt: skip
+        late = job.id
+    with session_scope(url) as session:
+        claim = repo.claim(session, late, "scoring", lease_s=600, max_attempts=3)
+        assert repo.record_decision(repo.holds(session, claim), "continue") == "rendering"
+    with session_scope(url) as session:
+        first = repo.claim(session, renders[0], "rendering", lease_s=600, max_attempts=3)
+        more = repo.claim_render_batch(
+            session, first, limit=2, key=lambda j: (j.params or {}).get("steps"), max_attempts=3
+        )
+    assert [c.job_id for c in more] == [renders[1], late]  # u's only job in the first round
