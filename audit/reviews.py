@@ -279,8 +279,11 @@ def _queue_filters(
     min_score: float | None = None,
     max_score: float | None = None,
     label: tuple[str, str] | None = None,
+    min_age_s: float | None = None,
+    max_age_s: float | None = None,
 ) -> list[Any]:
-    """The WHERE clauses of the queue's filters (over `jobs` joined to `decisions`)."""
+    """The WHERE clauses of the queue's filters (over `jobs` joined to `decisions`); a job's age counts from
+    its submission."""
     where: list[Any] = [Job.tenant == tenant]
     if state == "open":
         where += [Job.review.in_(OPEN), Job.status.in_(("held", "halted"))]
@@ -296,6 +299,11 @@ def _queue_filters(
         where.append(Decision.score <= max_score)
     if label is not None:
         where.append(Job.labels[label[0]].as_string() == label[1])
+    now = datetime.now(UTC)
+    if min_age_s is not None:
+        where.append(Job.created_at <= now - timedelta(seconds=min_age_s))
+    if max_age_s is not None:
+        where.append(Job.created_at >= now - timedelta(seconds=max_age_s))
     return where
 
 
@@ -315,12 +323,21 @@ def review_queue(
     min_score: float | None = None,
     max_score: float | None = None,
     label: tuple[str, str] | None = None,
+    min_age_s: float | None = None,
+    max_age_s: float | None = None,
     limit: int = 50,
 ) -> Queue:
     """The tenant's jobs in review: `open` (pending first, then escalated, oldest first; only jobs ready to
     judge, i.e. held or halted), `decided` (most recently decided first) or `all` (like decided)."""
     where = _queue_filters(
-        tenant, state=state, language=language, min_score=min_score, max_score=max_score, label=label
+        tenant,
+        state=state,
+        language=language,
+        min_score=min_score,
+        max_score=max_score,
+        label=label,
+        min_age_s=min_age_s,
+        max_age_s=max_age_s,
     )
     base = select(Job).join(Decision, Decision.job_id == Job.id).where(*where)
     if state == "open":

@@ -257,11 +257,13 @@ class Client(_Base):
         min_score: float | None = None,
         max_score: float | None = None,
         label: str | None = None,
+        min_age_s: float | None = None,
+        max_age_s: float | None = None,
         limit: int | None = None,
     ) -> ReviewQueue:
         """The human-review queue (a review key): pending before escalated, oldest first."""
         params = dict(state=state, language=language, min_score=min_score, max_score=max_score)
-        params.update(label=label, limit=limit)
+        params.update(label=label, min_age_s=min_age_s, max_age_s=max_age_s, limit=limit)
         return _parse(ReviewQueue, self._request("GET", "/v1/reviews", params=_drop_none(params)))
 
     def review(
@@ -455,11 +457,13 @@ class AsyncClient(_Base):
         min_score: float | None = None,
         max_score: float | None = None,
         label: str | None = None,
+        min_age_s: float | None = None,
+        max_age_s: float | None = None,
         limit: int | None = None,
     ) -> ReviewQueue:
         """The human-review queue (a review key)."""
         params = dict(state=state, language=language, min_score=min_score, max_score=max_score)
-        params.update(label=label, limit=limit)
+        params.update(label=label, min_age_s=min_age_s, max_age_s=max_age_s, limit=limit)
         return _parse(ReviewQueue, await self._request("GET", "/v1/reviews", params=_drop_none(params)))
 
     async def review(

@@ -81,10 +81,18 @@ def list_reviews(
     label: Annotated[
         str | None, Query(max_length=330, pattern=r"^[A-Za-z0-9_.:-]+:.*$", description="key:value")
     ] = None,
+    min_age_s: Annotated[
+        float | None, Query(ge=0, allow_inf_nan=False, description="Waiting at least this long (seconds).")
+    ] = None,
+    max_age_s: Annotated[
+        float | None, Query(ge=0, allow_inf_nan=False, description="Waiting at most this long (seconds).")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> ReviewQueue:
     if min_score is not None and max_score is not None and min_score > max_score:
         raise field_error(["query", "max_score"], f"is below min_score {min_score}")
+    if min_age_s is not None and max_age_s is not None and min_age_s > max_age_s:
+        raise field_error(["query", "max_age_s"], f"is below min_age_s {min_age_s}")
     wanted = _label(label)
     with transaction(request.app.state.sessionmaker) as session:
         queue = repo.review_queue(
@@ -95,6 +103,8 @@ def list_reviews(
             min_score=min_score,
             max_score=max_score,
             label=wanted,
+            min_age_s=min_age_s,
+            max_age_s=max_age_s,
             limit=limit,
         )
         history = repo.verdicts_of(session, [j.id for j in queue.jobs])

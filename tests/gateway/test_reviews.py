@@ -138,6 +138,20 @@ def test_the_queue_lists_pending_first_oldest_first_and_filters(
     assert ids(state="decided") == []
     bad = client.get("/v1/reviews", params={"min_score": 2, "max_score": 1}, headers=keys["review"])
     assert bad.status_code == 422 and "max_score" in str(bad.json())
+    # age counts from submission: the first job has waited two hours
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(module_pg_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE jobs SET created_at = created_at - interval '2 hours' WHERE id = :id"),
+            {"id": first},
+        )
+    engine.dispose()
+    assert ids(min_age_s=3600) == [str(first)]
+    assert ids(max_age_s=3600) == [str(second), str(halted)]
+    bad = client.get("/v1/reviews", params={"min_age_s": 60, "max_age_s": 1}, headers=keys["review"])
+    assert bad.status_code == 422 and "max_age_s" in str(bad.json())
     assert client.get("/v1/reviews", headers=keys["other"]).json()["total"] == 0
 
 
