@@ -12,11 +12,11 @@ from audit.db import session_scope
 from audit.models import Job
 
 
-def _queued(url: str) -> uuid.UUID:
+def _queued(url: str, tenant: str = "t") -> uuid.UUID:
     with session_scope(url) as session:
         job, _ = repo.create_job(
             session,
-            tenant="t",
+            tenant=tenant,
             prompt="a red circle",
             negative_prompt="",
             mode="fast",
@@ -177,29 +177,13 @@ def test_requeue_unfinished_gives_every_claim_back(migrated_sqlite_url: str) -> 
         )
 
 
-def _queued_for(url: str, tenant: str) -> uuid.UUID:
-    with session_scope(url) as session:
-        job, _ = repo.create_job(
-            session,
-            tenant=tenant,
-            prompt="a red circle",
-            negative_prompt="",
-            mode="fast",
-            params={},
-            labels={},
-            language="en",
-            callback_url=None,
-        )
-        return job.id
-
-
 @pytest.mark.parametrize("url_fixture", ["migrated_sqlite_url", "migrated_pg_url"])
 def test_a_tenants_backlog_does_not_keep_another_tenant_out_of_a_batch(url_fixture: str, request) -> None:
     """Fair shares (issue 12): tenant a queued 10 jobs before tenant b's one; a gate batch of 4 takes b's job
     in its first round (each tenant's oldest first), not after a's backlog, and likewise a render batch."""
     url = request.getfixturevalue(url_fixture)
-    backlog = [_queued_for(url, "a") for _ in range(10)]
-    other = _queued_for(url, "b")
+    backlog = [_queued(url, "a") for _ in range(10)]
+    other = _queued(url, "b")
     with session_scope(url) as session:
         claims = repo.claim_waiting(session, limit=4, max_attempts=3, owner="host:1")
     assert [c.job_id for c in claims] == [backlog[0], other, backlog[1], backlog[2]]
