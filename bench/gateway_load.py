@@ -28,6 +28,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,6 +41,42 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def create_database() -> tuple[str, str]:
+    """A fresh PostgreSQL database for one run on 127.0.0.1:5432: its name and its URL."""
+    import sqlalchemy as sa
+
+    name = f"emoe_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    finally:
+        admin.dispose()
+    return name, PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(name: str) -> None:
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.dispose()
+
+
+def start_redis(port: int, folder: Path, **popen: Any) -> subprocess.Popen:
+    """A redis-server of the run's own on 127.0.0.1:`port` that keeps nothing on disk."""
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    return subprocess.Popen([*command, "--dir", str(folder)], stdout=subprocess.DEVNULL, **popen)
+
+
+def user_environment() -> dict[str, str]:
+    """The environment a user has: none of this machine's EMOE_* or thread settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("EMOE_", "OMP_", "MKL_"))}
 
 
 def wait_http(url: str, timeout: float = 120) -> None:
@@ -198,36 +235,14 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="emoe-bench-"))
     redis_port, http_port = free_port(), free_port()
-    db_name = f"emoe_bench_{uuid.uuid4().hex[:10]}"
-    db_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + db_name
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{db_name}"')
+    db_name, db_url = create_database()
     procs: list[subprocess.Popen] = []
     try:
-        procs.append(
-            subprocess.Popen(
-                [
-                    "redis-server",
-                    "--port",
-                    str(redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(tmp),
-                ],
-                stdout=subprocess.DEVNULL,
-            )
-        )
+        procs.append(start_redis(redis_port, tmp))
         upgrade(db_url)
         with session_scope(db_url) as session:
             key, _ = create_key(session, "bench")
-        # the environment a user has: none of this machine's EMOE_* or thread settings
-        user = {k: v for k, v in os.environ.items() if not k.startswith(("EMOE_", "OMP_", "MKL_"))}
+        user = user_environment()
         env = {
             **user,
             "EMOE_DATABASE_URL": db_url,
@@ -325,9 +340,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
         dispose_engine(db_url)
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        admin.dispose()
+        drop_database(db_name)
 
 
 if __name__ == "__main__":

@@ -29,23 +29,15 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gateway_load import ROOT, create_database, drop_database, free_port, start_redis, user_environment
+
 # English, the reference ensemble's dominant language: the bundled policy lets these through to rendering
 PROMPTS = [
     row["prompt"]
     for row in json.loads((ROOT / "cli" / "demo_prompts.json").read_text())["prompts"]
     if row["language"] == "en"
 ]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def submit(db_url: str, dispatcher, jobs: int, steps: int, tag: str) -> list[uuid.UUID]:
@@ -190,36 +182,15 @@ def main() -> None:
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
 
-    import sqlalchemy as sa
-
     from audit.db import dispose_engine, upgrade
 
     tmp = Path(tempfile.mkdtemp(prefix="emoe-render-bench-"))
     redis_port = free_port()
-    db_name = f"emoe_bench_{uuid.uuid4().hex[:10]}"
-    db_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + db_name
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{db_name}"')
-    redis = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        cwd=tmp,
-    )
+    db_name, db_url = create_database()
+    redis = start_redis(redis_port, tmp)
     try:
         upgrade(db_url)
-        # the environment a user has: none of this machine's EMOE_* or thread settings
-        user = {k: v for k, v in os.environ.items() if not k.startswith(("EMOE_", "OMP_", "MKL_"))}
+        user = user_environment()
         env = {
             **user,
             "EMOE_DATABASE_URL": db_url,
@@ -267,9 +238,7 @@ def main() -> None:
         redis.terminate()
         redis.wait(30)
         dispose_engine(db_url)
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        admin.dispose()
+        drop_database(db_name)
 
 
 if __name__ == "__main__":

@@ -27,12 +27,20 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_load import PG_ADMIN, ROOT, free_port, percentile, wait_http
+from gateway_load import (
+    ROOT,
+    create_database,
+    drop_database,
+    free_port,
+    percentile,
+    start_redis,
+    user_environment,
+    wait_http,
+)
 
 sys.path.insert(0, str(ROOT))
 
@@ -150,46 +158,26 @@ def main() -> None:
     args = parser.parse_args()
 
     import httpx
-    import sqlalchemy as sa
 
     from audit.db import dispose_engine, session_scope, upgrade
     from audit.keys import create_key
 
     tmp = Path(tempfile.mkdtemp(prefix="emoe-two-tenants-"))
     redis_port, http_port = free_port(), free_port()
-    db_name = f"emoe_bench_{uuid.uuid4().hex[:10]}"
-    db_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + db_name
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{db_name}"')
+    db_name, db_url = create_database()
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), SlowReceiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
     procs: list[subprocess.Popen] = []
     try:
-        procs.append(
-            subprocess.Popen(
-                [
-                    "redis-server",
-                    "--port",
-                    str(redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--dir",
-                    str(tmp),
-                ],
-                stdout=subprocess.DEVNULL,
-                start_new_session=True,  # stopped as a group, as the others
-            )
-        )
+        # a session of its own: stopped as a group, as the others
+        procs.append(start_redis(redis_port, tmp, start_new_session=True))
         upgrade(db_url)
         with session_scope(db_url) as session:
             a_submit, _ = create_key(session, "tenant-a")
             a_read, _ = create_key(session, "tenant-a", "read")
             b_key, _ = create_key(session, "tenant-b")
-        user = {k: v for k, v in os.environ.items() if not k.startswith(("EMOE_", "OMP_", "MKL_"))}
+        user = user_environment()
         env = {
             **user,
             "EMOE_DATABASE_URL": db_url,
@@ -264,9 +252,7 @@ def main() -> None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
         dispose_engine(db_url)
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        admin.dispose()
+        drop_database(db_name)
 
 
 if __name__ == "__main__":
