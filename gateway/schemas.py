@@ -329,6 +329,8 @@ class ReviewRequest(Strict):
 
 
 class VerdictOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # built from a `reviews` row
+
     id: int
     verdict: Verdict
     previous: ReviewState = Field(description="The job's review state before this verdict.")

@@ -35,17 +35,7 @@ router = APIRouter(prefix="/v1", tags=["reviews"], responses=AUTH_RESPONSES)
 
 
 def verdict_out(row: Review) -> VerdictOut:
-    return VerdictOut(
-        id=row.id,
-        verdict=row.verdict,
-        previous=row.previous,
-        outcome=row.outcome,
-        override=row.override,
-        reviewer=row.reviewer,
-        note=row.note,
-        created_at=row.created_at,
-        row_hash=row.row_hash,
-    )
+    return VerdictOut.model_validate(row)
 
 
 def _age_s(moment: datetime | None, now: datetime) -> float | None:
