@@ -16,7 +16,8 @@ Every estimate comes with an interval (`Estimate.ci_low`/`ci_high`) and the name
 
 A percentile interval that misses its own estimate (possible with heavy skew and few records) is widened to
 include it, so every interval contains its estimate. Groups of one get no interval for a mean or median (one
-value says nothing about spread); groups smaller than `min_group_size` carry a warning.
+value says nothing about spread); groups smaller than `min_group_size` carry a warning. The settings of every
+interval (`confidence`, `n_boot`, `seed`, `bootstrap_max_n`) travel together as one `IntervalOptions`.
 """
 
 from __future__ import annotations
@@ -208,6 +209,21 @@ class Records:
 
 
 @dataclass(frozen=True)
+class IntervalOptions:
+    """How every interval is made: its confidence level and the seeded bootstrap's size and cut-over."""
+
+    confidence: float = 0.95
+    n_boot: int = DEFAULT_N_BOOT  # bootstrap resamples
+    seed: int = 0
+    bootstrap_max_n: int = DEFAULT_BOOTSTRAP_MAX_N  # larger groups get normal/order-statistic intervals
+
+    def __post_init__(self) -> None:
+        _z(self.confidence)
+        if self.n_boot < 10:
+            raise ValueError(f"field 'n_boot' must be at least 10, got {self.n_boot}")
+
+
+@dataclass(frozen=True)
 class Estimate:
     """A point estimate with its interval; `None` where it cannot be computed (then `method` says why)."""
 
@@ -327,24 +343,16 @@ def _percentile_interval(draws: np.ndarray, confidence: float) -> tuple[float, f
 
 
 def mean_estimate(
-    x: Sequence[float] | np.ndarray,
-    *,
-    confidence: float = 0.95,
-    n_boot: int = DEFAULT_N_BOOT,
-    seed: int = 0,
-    key: str = "",
-    bootstrap_max_n: int = DEFAULT_BOOTSTRAP_MAX_N,
+    x: Sequence[float] | np.ndarray, *, intervals: IntervalOptions = IntervalOptions(), key: str = ""
 ) -> Estimate:
     """The mean with a percentile-bootstrap interval (normal above `bootstrap_max_n`); none for n < 2."""
-    est, _ = _mean_with_draws(np.asarray(x, dtype=np.float64), confidence, n_boot, seed, key, bootstrap_max_n)
+    est, _ = _mean_with_draws(np.asarray(x, dtype=np.float64), intervals, key)
     return est
 
 
 def _mean_with_draws(
-    x: np.ndarray, confidence: float, n_boot: int, seed: int, key: str, max_n: int
+    x: np.ndarray, intervals: IntervalOptions, key: str
 ) -> tuple[Estimate, np.ndarray | None]:
-    if n_boot < 10:
-        raise ValueError(f"field 'n_boot' must be at least 10, got {n_boot}")
     x = np.sort(x)  # resamples depend only on the values, not on the records' order
     n = x.shape[0]
     if n == 0:
@@ -352,20 +360,15 @@ def _mean_with_draws(
     value = float(x.mean())
     if n < 2:
         return Estimate(value, None, None, "none: an interval needs at least 2 records"), None
-    draws, method = _mean_draws(x, _rng(seed, "mean", key), n_boot, max_n)
-    lo, hi = _percentile_interval(draws, confidence)
+    rng = _rng(intervals.seed, "mean", key)
+    draws, method = _mean_draws(x, rng, intervals.n_boot, intervals.bootstrap_max_n)
+    lo, hi = _percentile_interval(draws, intervals.confidence)
     # the percentile interval of a skewed bootstrap can miss the estimate by rounding only; keep it honest
     return Estimate(value, min(lo, value), max(hi, value), method), draws
 
 
 def median_estimate(
-    x: Sequence[float] | np.ndarray,
-    *,
-    confidence: float = 0.95,
-    n_boot: int = DEFAULT_N_BOOT,
-    seed: int = 0,
-    key: str = "",
-    bootstrap_max_n: int = DEFAULT_BOOTSTRAP_MAX_N,
+    x: Sequence[float] | np.ndarray, *, intervals: IntervalOptions = IntervalOptions(), key: str = ""
 ) -> Estimate:
     """The median with a percentile-bootstrap interval (order-statistic interval above `bootstrap_max_n`)."""
     x = np.sort(np.asarray(x, dtype=np.float64))
@@ -375,8 +378,9 @@ def median_estimate(
     value = float(np.median(x))
     if n < 2:
         return Estimate(value, None, None, "none: an interval needs at least 2 records")
-    if n <= bootstrap_max_n:
-        rng = _rng(seed, "median", key)
+    n_boot, confidence = intervals.n_boot, intervals.confidence
+    if n <= intervals.bootstrap_max_n:
+        rng = _rng(intervals.seed, "median", key)
         draws = np.empty(n_boot)
         chunk = max(1, 2_000_000 // n)
         for start in range(0, n_boot, chunk):
@@ -460,9 +464,7 @@ class FairnessTable:
     groups: list[GroupStats]
     reference: str
     reference_present: bool
-    confidence: float
-    n_boot: int
-    seed: int
+    intervals: IntervalOptions
     min_group_size: int
     notes: list[str] = field(default_factory=list)
     parity: dict[str, ParitySummary] = field(default_factory=dict)
@@ -477,9 +479,9 @@ class FairnessTable:
         return {
             "reference": self.reference,
             "reference_present": self.reference_present,
-            "confidence": self.confidence,
-            "n_boot": self.n_boot,
-            "seed": self.seed,
+            "confidence": self.intervals.confidence,
+            "n_boot": self.intervals.n_boot,
+            "seed": self.intervals.seed,
             "min_group_size": self.min_group_size,
             "notes": list(self.notes),
             "groups": [g.to_dict() for g in self.groups],
@@ -503,16 +505,13 @@ def group_stats(
     records: Records,
     *,
     reference: str = DEFAULT_REFERENCE,
-    confidence: float = 0.95,
-    n_boot: int = DEFAULT_N_BOOT,
-    seed: int = 0,
+    intervals: IntervalOptions = IntervalOptions(),
     min_group_size: int = DEFAULT_MIN_GROUP_SIZE,
-    bootstrap_max_n: int = DEFAULT_BOOTSTRAP_MAX_N,
 ) -> FairnessTable:
     """Per group: counts, mean/median score, halt/flag rates, mean quality, disparity against `reference`."""
     if min_group_size < 1:
         raise ValueError(f"field 'min_group_size' must be at least 1, got {min_group_size}")
-    _z(confidence)
+    confidence = intervals.confidence
     # 1. the per-group estimates, keeping each group's mean draws for the disparities
     rows: dict[str, dict[str, Any]] = {}
     for name, idx in records.group_indices().items():
@@ -522,7 +521,7 @@ def group_stats(
         quality = quality[~np.isnan(quality)]
         n = int(scores.shape[0])
         halts, flags = int(np.sum(actions == "halt")), int(np.sum(actions == "flag"))
-        mean, draws = _mean_with_draws(scores, confidence, n_boot, seed, name, bootstrap_max_n)
+        mean, draws = _mean_with_draws(scores, intervals, name)
         warnings = []
         if n < min_group_size:
             warnings.append(
@@ -537,23 +536,9 @@ def group_stats(
             "flags": flags,
             "mean": mean,
             "draws": draws,
-            "median": median_estimate(
-                scores,
-                confidence=confidence,
-                n_boot=n_boot,
-                seed=seed,
-                key=name,
-                bootstrap_max_n=bootstrap_max_n,
-            ),
+            "median": median_estimate(scores, intervals=intervals, key=name),
             "quality_n": int(quality.shape[0]),
-            "quality": mean_estimate(
-                quality,
-                confidence=confidence,
-                n_boot=n_boot,
-                seed=seed,
-                key="q:" + name,
-                bootstrap_max_n=bootstrap_max_n,
-            ),
+            "quality": mean_estimate(quality, intervals=intervals, key="q:" + name),
             "warnings": warnings,
         }
 
@@ -611,9 +596,7 @@ def group_stats(
         groups=out,
         reference=reference,
         reference_present=ref is not None,
-        confidence=confidence,
-        n_boot=n_boot,
-        seed=seed,
+        intervals=intervals,
         min_group_size=min_group_size,
         notes=notes,
         parity={
@@ -769,13 +752,7 @@ class QuartileRow:
 
 
 def quartile_table(
-    records: Records,
-    *,
-    confidence: float = 0.95,
-    n_boot: int = DEFAULT_N_BOOT,
-    seed: int = 0,
-    key: str = "",
-    bootstrap_max_n: int = DEFAULT_BOOTSTRAP_MAX_N,
+    records: Records, *, intervals: IntervalOptions = IntervalOptions(), key: str = ""
 ) -> list[QuartileRow]:
     """Quartiles of `records` by score: mean ± sd character and word counts and mean quality per quartile."""
     q = score_quartiles(records.score)
@@ -787,19 +764,18 @@ def quartile_table(
         words = records.words[mask].astype(np.float64)
         quality = records.quality[mask]
         quality = quality[~np.isnan(quality)]
-        kw = {"confidence": confidence, "n_boot": n_boot, "seed": seed, "bootstrap_max_n": bootstrap_max_n}
         rows.append(
             QuartileRow(
                 quartile=quartile,
                 n=n,
                 score_min=float(records.score[mask].min()) if n else None,
                 score_max=float(records.score[mask].max()) if n else None,
-                mean_chars=mean_estimate(chars, key=f"{key}:q{quartile}:chars", **kw),
+                mean_chars=mean_estimate(chars, intervals=intervals, key=f"{key}:q{quartile}:chars"),
                 sd_chars=float(chars.std(ddof=1)) if n > 1 else None,
-                mean_words=mean_estimate(words, key=f"{key}:q{quartile}:words", **kw),
+                mean_words=mean_estimate(words, intervals=intervals, key=f"{key}:q{quartile}:words"),
                 sd_words=float(words.std(ddof=1)) if n > 1 else None,
                 quality_n=int(quality.shape[0]),
-                mean_quality=mean_estimate(quality, key=f"{key}:q{quartile}:quality", **kw),
+                mean_quality=mean_estimate(quality, intervals=intervals, key=f"{key}:q{quartile}:quality"),
             )
         )
     return rows

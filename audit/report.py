@@ -12,7 +12,7 @@ import io
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,11 +46,8 @@ class ReportOptions:
     since: datetime | None = None
     reference: str | None = None  # None: `en` when it is a group, else the largest group
     keywords: tuple[str, ...] = ()
-    confidence: float = 0.95
-    n_boot: int = fairness.DEFAULT_N_BOOT
-    seed: int = 0
+    intervals: fairness.IntervalOptions = field(default_factory=fairness.IntervalOptions)
     min_group_size: int = fairness.DEFAULT_MIN_GROUP_SIZE
-    bootstrap_max_n: int = fairness.DEFAULT_BOOTSTRAP_MAX_N
     tenant: str | None = None
 
 
@@ -110,11 +107,9 @@ def _review_sections(session: Session, opt: ReportOptions) -> dict[str, Any]:
     """The human-review sections (`audit.review_stats`), on the report's groups and intervals."""
     from audit.review_stats import build_review_sections
 
-    stat_kw = {"confidence": opt.confidence, "n_boot": opt.n_boot, "seed": opt.seed}
     return build_review_sections(
-        session, group_by=opt.group_by, since=opt.since, tenant=opt.tenant, **stat_kw,
-        bootstrap_max_n=opt.bootstrap_max_n,
-    )  # fmt: skip
+        session, group_by=opt.group_by, since=opt.since, tenant=opt.tenant, intervals=opt.intervals
+    )
 
 
 def report_from_records(
@@ -135,32 +130,29 @@ def report_from_records(
     over_time = over_time or {"bucket": "day", "rows": []}
     policies = policies or []
     # 1. the per-group statistics and the paper's analyses
-    stat_kw = {
-        "confidence": opt.confidence,
-        "n_boot": opt.n_boot,
-        "seed": opt.seed,
-        "bootstrap_max_n": opt.bootstrap_max_n,
-    }
+    intervals = opt.intervals
     by_group = rec.group_indices()
     reference, reference_note = fairness.choose_reference(
         {name: len(idx) for name, idx in by_group.items()}, opt.reference
     )
-    table = fairness.group_stats(rec, reference=reference, min_group_size=opt.min_group_size, **stat_kw)
+    table = fairness.group_stats(
+        rec, reference=reference, intervals=intervals, min_group_size=opt.min_group_size
+    )
     quartiles = {
-        "all": [r.to_dict() for r in fairness.quartile_table(rec, key="all", **stat_kw)],
+        "all": [r.to_dict() for r in fairness.quartile_table(rec, intervals=intervals, key="all")],
         "groups": {},
     }
     for name, idx in by_group.items():
         sub = rec.subset(idx)
         if len(sub) >= 4:
             quartiles["groups"][name] = [
-                r.to_dict() for r in fairness.quartile_table(sub, key=name, **stat_kw)
+                r.to_dict() for r in fairness.quartile_table(sub, intervals=intervals, key=name)
             ]
     keywords = [
         {"keyword": kw, "groups": [s.to_dict() for s in fairness.keyword_lowest_quartile_share(rec, kw)]}
         for kw in opt.keywords
     ]
-    correlation = fairness.score_quality_correlation(table, confidence=opt.confidence)
+    correlation = fairness.score_quality_correlation(table, confidence=opt.intervals.confidence)
 
     # 2. what the report must say in words
     n_quality = int(np.sum(~np.isnan(rec.quality)))
@@ -191,11 +183,11 @@ def report_from_records(
         "settings": {
             "reference": reference,
             "reference_requested": opt.reference,
-            "confidence": opt.confidence,
-            "n_boot": opt.n_boot,
-            "seed": opt.seed,
+            "confidence": opt.intervals.confidence,
+            "n_boot": opt.intervals.n_boot,
+            "seed": opt.intervals.seed,
             "min_group_size": opt.min_group_size,
-            "bootstrap_max_n": opt.bootstrap_max_n,
+            "bootstrap_max_n": opt.intervals.bootstrap_max_n,
             "keywords": list(opt.keywords),
         },
         "n_decisions": len(rec),

@@ -83,7 +83,7 @@ def load_review_records(
 
 
 def _section(
-    name: str, records: Sequence[ReviewRecord], confidence: float, stat_kw: dict[str, Any]
+    name: str, records: Sequence[ReviewRecord], intervals: fairness.IntervalOptions
 ) -> dict[str, Any]:
     flagged = [r for r in records if r.action == "flag"]
     halted = [r for r in records if r.action == "halt"]
@@ -93,7 +93,7 @@ def _section(
     in_review = sum(r.review is not None for r in records)
 
     def rate(k: int, n: int) -> dict[str, Any]:
-        return fairness.rate_estimate(k, n, confidence).to_dict()
+        return fairness.rate_estimate(k, n, intervals.confidence).to_dict()
 
     times = [r.waited_s for r in decided if r.waited_s is not None]
     return {
@@ -112,7 +112,7 @@ def _section(
         "rejection_rate": rate(sum(r.review == "rejected" for r in decided), len(decided)),
         "halt_overturn_rate": rate(sum(r.review == "approved" for r in halts_decided), len(halts_decided)),
         "median_time_to_review_s": fairness.median_estimate(
-            times, key=f"review-time-{name}", **stat_kw
+            times, intervals=intervals, key=f"review-time-{name}"
         ).to_dict(),
     }
 
@@ -120,20 +120,16 @@ def _section(
 def review_sections(
     records: Iterable[ReviewRecord],
     *,
-    confidence: float = 0.95,
-    n_boot: int = fairness.DEFAULT_N_BOOT,
-    seed: int = 0,
-    bootstrap_max_n: int = fairness.DEFAULT_BOOTSTRAP_MAX_N,
+    intervals: fairness.IntervalOptions = fairness.IntervalOptions(),
     simulated: bool = False,
 ) -> dict[str, Any]:
     """The review sections of the report: one row per group and one for all, JSON-safe."""
     rows = list(records)
-    stat_kw = {"confidence": confidence, "n_boot": n_boot, "seed": seed, "bootstrap_max_n": bootstrap_max_n}
     by_group: dict[str, list[ReviewRecord]] = {}
     for r in rows:
         by_group.setdefault(r.group, []).append(r)
-    groups = [_section(name, by_group[name], confidence, stat_kw) for name in sorted(by_group)]
-    total = _section("all", rows, confidence, stat_kw)
+    groups = [_section(name, by_group[name], intervals) for name in sorted(by_group)]
+    total = _section("all", rows, intervals)
     notes = []
     if total["in_review"] == 0:
         notes.append("No job entered human review (the policy releases flags, or nothing was flagged).")
@@ -150,9 +146,9 @@ def build_review_sections(
     group_by: str = GROUP_BY_LANGUAGE,
     since: datetime | None = None,
     tenant: str | None = None,
-    **stat_kw: Any,
+    intervals: fairness.IntervalOptions = fairness.IntervalOptions(),
 ) -> dict[str, Any]:
     """`review_sections` of the decisions in the audit log (noting simulated verdicts, if any)."""
     records = load_review_records(session, group_by=group_by, since=since, tenant=tenant)
     simulated = bool(session.scalar(select(func.count()).where(Review.reviewer == SIMULATED_REVIEWER)))
-    return review_sections(records, simulated=simulated, **stat_kw)
+    return review_sections(records, intervals=intervals, simulated=simulated)

@@ -54,6 +54,7 @@ def report(
     from sqlalchemy.engine import make_url
 
     from audit import db
+    from audit.fairness import IntervalOptions
     from audit.report import FORMATS, ReportOptions, build_report, write_report
     from audit.report_queries import check_group_by, parse_since
 
@@ -65,10 +66,12 @@ def report(
     try:
         check_group_by(group_by)
         since_dt = parse_since(since)
+        intervals = IntervalOptions(
+            confidence=confidence, n_boot=n_boot, seed=seed, bootstrap_max_n=bootstrap_max_n
+        )
         options = ReportOptions(
             group_by=group_by, since=since_dt, reference=reference, keywords=tuple(keyword or ()),
-            confidence=confidence, n_boot=n_boot, seed=seed, min_group_size=min_group_size,
-            bootstrap_max_n=bootstrap_max_n, tenant=tenant,
+            intervals=intervals, min_group_size=min_group_size, tenant=tenant,
         )  # fmt: skip
     except ValueError as exc:
         raise bad(str(exc)) from exc

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from audit.fairness import (
+    IntervalOptions,
     Records,
     group_stats,
     keyword_lowest_quartile_share,
@@ -113,9 +114,10 @@ def test_mean_and_median_of_zeros_are_exactly_zero() -> None:
 def test_bootstrap_is_seeded_contains_estimate_and_shrinks_with_n() -> None:
     rng = np.random.default_rng(1)
     small, large = rng.gamma(2.0, 0.2, size=20), rng.gamma(2.0, 0.2, size=2000)
-    a, b = mean_estimate(small, seed=3), mean_estimate(small, seed=3)
+    seed3 = IntervalOptions(seed=3)
+    a, b = mean_estimate(small, intervals=seed3), mean_estimate(small, intervals=seed3)
     assert a == b and a.method == "bootstrap"
-    assert mean_estimate(small, seed=4) != a
+    assert mean_estimate(small, intervals=IntervalOptions(seed=4)) != a
     assert a.value == pytest.approx(small.mean())
     for est in (a, mean_estimate(large), median_estimate(small), median_estimate(large)):
         assert est.contains_value
@@ -127,7 +129,7 @@ def test_bootstrap_is_seeded_contains_estimate_and_shrinks_with_n() -> None:
 
 def test_bootstrap_mean_interval_is_close_to_the_standard_error() -> None:
     x = np.arange(100, dtype=float)  # mean 49.5, population sd sqrt((100²-1)/12) = 28.866
-    m = mean_estimate(x, n_boot=4000)
+    m = mean_estimate(x, intervals=IntervalOptions(n_boot=4000))
     se = math.sqrt((100**2 - 1) / 12) / 10
     assert m.ci_low == pytest.approx(49.5 - Z * se, abs=0.35)
     assert m.ci_high == pytest.approx(49.5 + Z * se, abs=0.35)
@@ -135,11 +137,11 @@ def test_bootstrap_mean_interval_is_close_to_the_standard_error() -> None:
 
 def test_large_groups_use_normal_and_order_statistic_intervals() -> None:
     x = np.arange(2001, dtype=float)
-    med = median_estimate(x, bootstrap_max_n=2000)
+    med = median_estimate(x, intervals=IntervalOptions(bootstrap_max_n=2000))
     # ranks floor(n/2 - z√n/2) = 956 and ceil(1 + n/2 + z√n/2) = 1046 (1-based) of 0..2000
     assert med.method == "order-statistic"
     assert (med.value, med.ci_low, med.ci_high) == (1000.0, 955.0, 1045.0)
-    m = mean_estimate(x, bootstrap_max_n=2000, n_boot=4000)
+    m = mean_estimate(x, intervals=IntervalOptions(n_boot=4000, bootstrap_max_n=2000))
     se = x.std() / math.sqrt(2001)
     assert m.method == "normal"
     assert m.ci_low == pytest.approx(1000 - Z * se, rel=0.003)
@@ -210,6 +212,23 @@ def test_group_stats_json_has_intervals_beside_estimates() -> None:
     for key in ("mean_score", "median_score", "halt_rate", "flag_rate", "mean_quality"):
         assert set(fi[key]) == {"value", "ci_low", "ci_high", "method"}
     assert set(fi["disparity"]["halt_rate_ratio"]) == {"value", "ci_low", "ci_high", "method"}
+
+
+def test_interval_options_name_the_bad_field_and_reach_every_interval() -> None:
+    with pytest.raises(ValueError, match="field 'confidence'"):
+        IntervalOptions(confidence=1.0)
+    with pytest.raises(ValueError, match="field 'n_boot' must be at least 10"):
+        IntervalOptions(n_boot=9)
+    opts = IntervalOptions(confidence=0.8, n_boot=50, seed=9, bootstrap_max_n=2)
+    table = group_stats(recs(TABLE_ROWS), intervals=opts)
+    d = table.to_dict()
+    assert (d["confidence"], d["n_boot"], d["seed"]) == (0.8, 50, 9)
+    en = table.group("en")
+    assert en.halt_rate == rate_estimate(en.halts, en.n, 0.8)
+    assert en.mean_score.method == "normal" and en.median_score.method == "order-statistic"  # n > 2
+    assert en.mean_score == mean_estimate(
+        [g[1] for g in TABLE_ROWS if g[0] == "en"], intervals=opts, key="en"
+    )
 
 
 def test_records_validation_names_the_field() -> None:
@@ -340,7 +359,7 @@ def test_every_interval_contains_its_estimate_on_random_records(seed: int) -> No
     quality = np.where(rng.random(n) < 0.5, 30 - 10 * scores + rng.normal(0, 1, n), np.nan)
     rec = Records.from_columns(score=scores, action=actions, group=groups, quality=quality,
                                chars=rng.integers(5, 80, n), words=rng.integers(1, 15, n))  # fmt: skip
-    table = group_stats(rec, bootstrap_max_n=100)
+    table = group_stats(rec, intervals=IntervalOptions(bootstrap_max_n=100))
     checked = 0
     for g in table.groups:
         ests = [g.mean_score, g.median_score, g.halt_rate, g.flag_rate, g.mean_quality]
@@ -350,7 +369,7 @@ def test_every_interval_contains_its_estimate_on_random_records(seed: int) -> No
             if est.ci_low is not None:
                 assert est.ci_low <= est.value <= est.ci_high, (g.group, est)
                 checked += 1
-    for row in quartile_table(rec, bootstrap_max_n=100):
+    for row in quartile_table(rec, intervals=IntervalOptions(bootstrap_max_n=100)):
         for est in (row.mean_chars, row.mean_words, row.mean_quality):
             if est.ci_low is not None:
                 assert est.ci_low <= est.value <= est.ci_high

@@ -9,7 +9,7 @@ import pytest
 
 from audit import db
 from audit.db import session_scope
-from audit.fairness import rate_estimate
+from audit.fairness import IntervalOptions, rate_estimate
 from audit.report import build_report, render_html
 from audit.review_stats import ReviewRecord, build_review_sections, review_sections
 from audit.reviews import record_verdict
@@ -25,7 +25,7 @@ def test_rates_per_group_are_the_exact_shares_with_wilson_intervals() -> None:
         + [ReviewRecord("de", "flag", "approved", 5.0)] * 4
         + [ReviewRecord("de", "halt", "approved", 20.0), ReviewRecord("de", "halt", "rejected", 40.0)]
     )
-    out = review_sections(records, confidence=0.9, n_boot=200)
+    out = review_sections(records, intervals=IntervalOptions(confidence=0.9, n_boot=200))
     en, de = (next(g for g in out["groups"] if g["group"] == name) for name in ("en", "de"))
     assert (en["n"], en["flagged"], en["in_review"], en["decided"], en["open"]) == (12, 6, 6, 4, 2)
     assert en["sent_to_review"] == rate_estimate(6, 12, 0.9).to_dict()
@@ -55,7 +55,7 @@ def test_the_report_shows_review_sections_from_the_log(backend, request, tmp_pat
         record_verdict(session, rejected, "acme", verdict="reject", reviewer="simulated")
         record_verdict(session, halted, "acme", verdict="approve", reviewer="emg_a", note="fine")
     with session_scope(url) as session:
-        sections = build_review_sections(session, n_boot=100)
+        sections = build_review_sections(session, intervals=IntervalOptions(n_boot=100))
         report = build_report(session, database=url)
     de = next(g for g in sections["groups"] if g["group"] == "de")
     assert (de["flagged"], de["halted"], de["decided"], de["rejected"]) == (1, 1, 2, 1)

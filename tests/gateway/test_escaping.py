@@ -145,13 +145,16 @@ def test_every_dashboard_page_shows_the_payloads_as_text(hostile) -> None:
 
 
 def test_the_html_report_shows_the_payloads_as_text_and_its_json_survives(hostile) -> None:
+    from audit.fairness import IntervalOptions
     from audit.report import ReportOptions, build_report, render_html
 
     tenant, body = hostile["tenant"], hostile["body"]
     settings = hostile["client"].app.state.settings
     with session_scope(settings.resolved_database_url) as session:
         for group_by in ("team", "region", "language"):
-            report = build_report(session, ReportOptions(group_by=group_by, tenant=tenant, n_boot=50))
+            report = build_report(
+                session, ReportOptions(group_by=group_by, tenant=tenant, intervals=IntervalOptions(n_boot=50))
+            )
             html = render_html(report)
             parsed = assert_inert(html, f"report by {group_by}", {"report-data"})
             (data,) = parsed.data
