@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from audit.db import ensure_schema, get_sessionmaker, is_sqlite, resolve_url
 from gateway.admission import Admission
 from gateway.auth import KeyCache
-from gateway.dashboard import SecurityHeaders
+from gateway.dashboard.headers import SecurityHeaders
 from gateway.deps import GatewayState
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics

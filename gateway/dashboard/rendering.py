@@ -1,0 +1,51 @@
+"""The dashboard's templates, the page every route renders through, and its static files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from audit.report import cell, fmt, fmt_ci, fmt_pct, missing_notes, rates_svg
+from gateway.dashboard.sessions import Viewer
+
+PAGE_SIZE = 50
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates" / "dashboard"
+STATIC_FILES = {
+    "dashboard.css": "text/css; charset=utf-8",
+    "review.js": "text/javascript; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+
+router = APIRouter()
+templates = Jinja2Templates(directory=str(TEMPLATES))
+templates.env.filters["num"] = fmt
+templates.env.filters["ci"] = fmt_ci
+templates.env.filters["pct"] = fmt_pct  # rates read the same here as in the HTML report
+templates.env.filters["cell"] = cell
+templates.env.globals["missing_notes"] = missing_notes
+templates.env.globals["rates_svg"] = rates_svg
+
+
+def page(request: Request, name: str, viewer: Viewer, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """Render template `name` for `viewer` (its tenant, role and CSRF token go to every page)."""
+    return templates.TemplateResponse(
+        request,
+        name,
+        {"tenant": viewer.tenant, "viewer": viewer, "csrf": viewer.csrf, "active": name, **context},
+        status_code=status_code,
+    )
+
+
+@router.get("/static/{name}")
+def static_file(name: str) -> Response:
+    """One of the dashboard's own files (the CSP allows these and nothing else)."""
+    media = STATIC_FILES.get(name)
+    if media is None:
+        raise HTTPException(status_code=404, detail=f"no static file {name!r}")
+    return Response(
+        (TEMPLATES / name).read_bytes(), media_type=media, headers={"Cache-Control": "public, max-age=3600"}
+    )
