@@ -149,10 +149,16 @@ def report_from_records(
                 r.to_dict() for r in fairness.quartile_table(sub, intervals=intervals, key=name)
             ]
     keywords = [
-        {"keyword": kw, "groups": [s.to_dict() for s in fairness.keyword_lowest_quartile_share(rec, kw)]}
+        {
+            "keyword": kw,
+            "groups": [
+                s.to_dict()
+                for s in fairness.keyword_lowest_quartile_share(rec, kw, confidence=intervals.confidence)
+            ],
+        }
         for kw in opt.keywords
     ]
-    correlation = fairness.score_quality_correlation(table, confidence=opt.intervals.confidence)
+    correlation = fairness.score_quality_correlation(table, confidence=intervals.confidence)
 
     # 2. what the report must say in words
     n_quality = int(np.sum(~np.isnan(rec.quality)))

@@ -319,6 +319,16 @@ def test_keyword_share_in_lowest_quartile_per_language() -> None:
         keyword_lowest_quartile_share(recs(rows), "  ")
 
 
+def test_the_report_keyword_shares_use_the_report_confidence() -> None:
+    from audit.report import ReportOptions, report_from_records
+
+    rec = recs([("en", i, "continue", "a pizza" if i % 2 else "a dog") for i in range(12)])
+    options = ReportOptions(keywords=("pizza",), intervals=IntervalOptions(confidence=0.8))
+    (en,) = report_from_records(rec, options)["keywords"][0]["groups"]
+    assert en["share_q1"] == rate_estimate(en["n_keyword_q1"], en["n_keyword"], 0.8).to_dict()
+    assert en["share_q1"] != rate_estimate(en["n_keyword_q1"], en["n_keyword"]).to_dict()
+
+
 def test_keyword_absent_gives_undefined_share() -> None:
     (en,) = keyword_lowest_quartile_share(recs([("en", 1, "continue", "a dog")]), "pizza")
     assert en.n_keyword == 0 and en.share_q1.value is None
