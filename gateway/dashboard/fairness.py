@@ -73,5 +73,5 @@ def fairness_page(
         since=since,
         groups=sorted(sizes.items()),
         reference_note=reference_note,
-        bootstrap_max_n=fairness.DEFAULT_BOOTSTRAP_MAX_N,
+        bootstrap_max_n=table.intervals.bootstrap_max_n,
     )
