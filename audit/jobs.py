@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -432,33 +432,35 @@ def claim_render_batch(
     first: Claim,
     *,
     limit: int,
-    key: Callable[[Job], Hashable],
+    defaults: dict[str, float],
     max_attempts: int,
     owner: str | None = None,
-    look_at: int = 64,
 ) -> list[Claim]:
-    """Claim up to `limit` more jobs waiting to be rendered whose `key` (what lets jobs share one denoising
-    loop: size, steps, mode...) equals that of `first`'s job, among the `look_at` first in fair-share order
-    (every tenant's oldest before any tenant's second)."""
+    """Claim up to `limit` more jobs waiting to be rendered that can share `first`'s denoising loop: the same
+    mode and, for each name of `defaults` (steps, guidance, height, width: what lets jobs share one loop), the
+    same value (a job's param, or the default where it has none). The database finds them, in fair-share
+    order (every tenant's oldest before any tenant's second), however many others wait ahead of them."""
     if limit <= 0:
         return []
     held = session.get(Job, first.job_id)
     if held is None:
         return []
-    wanted = key(held)
+    params = held.params or {}
     query = select(Job).where(
         Job.status == "rendering",
         Job.started_at.is_(None),
         Job.attempts < max_attempts,
         Job.id != first.job_id,
         Job.mode == held.mode,
+        *(
+            func.coalesce(Job.params[name].as_float(), float(default))
+            == float(params[name] if params.get(name) is not None else default)
+            for name, default in defaults.items()
+        ),
     )
-    query = _lock(_fair_order(query, look_at), session)
+    query = _lock(_fair_order(query, limit), session)
     now = _now()
-    claims: list[Claim] = []
-    for job in session.scalars(query):
-        if len(claims) < limit and key(job) == wanted:
-            claims.append(_take(job, "rendering", now, owner))
+    claims = [_take(job, "rendering", now, owner) for job in session.scalars(query)]
     session.flush()
     return claims
 

@@ -14,8 +14,12 @@ picture.
 Batches across requests (`generate_batch`): requests that share a `batch_key` (size, steps, guidance,
 scheduler, gate settings; seeds and negative prompts may differ) run as one batch of trajectories, each with
 its own seed's noise and generator and its own routing group, so each routes as it would alone. Their numbers
-match a request rendered alone up to float rounding, not bit for bit: CPU BLAS (MKL sgemm) and oneDNN pick
-their kernels, and so the order of their sums, by the size of the whole batch.
+match a request rendered alone bit for bit (tests/emoe/test_render_batch.py): a row's numbers do not depend on
+what else is in the batch (emoe/unet_passes.py, emoe/routing.py).
+
+`gate=False` renders fast-mode requests whose decision was taken already (a worker's gate stage): no gate
+paths at the first step, only the ordinary path, which is all that Fast EMoE's image is made of; the images
+are bit-identical to those of the gated call (tested on the tiny and the reference ensemble).
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ __all__ = [
 class Generation:
     """The score, whether the request was halted, and the images (1 fast, M full, none when halted)."""
 
-    score: Score
+    score: Score | None  # None when rendered with gate=False
     halted: bool
     images: list[Any] = field(default_factory=list)  # PIL.Image.Image
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -95,16 +99,23 @@ def generate(
     decide: Decide | None = None,
     rollout: Rollout = "moe",
     should_stop: StopCheck | None = None,
+    gate: bool = True,
 ) -> Generation:
     """Score `prompt` at the first step, ask `decide` (True: continue; None: always), then generate.
 
     `rollout` (full mode): after the first step each path continues through the ordinary MoE ("moe", the
     paper's Algorithm 1) or stays forced to its expert at the split layers ("experts", not the paper).
     `should_stop` (e.g. "was the job cancelled?") is asked before each later denoising step; True raises
-    `GenerationCancelled`.
+    `GenerationCancelled`. `gate=False` (fast mode, no `decide`): the same image without the score (None).
     """
     (result,) = generate_batch(
-        [(prompt, config)], ensemble, mode=mode, decide=decide, rollout=rollout, should_stop=[should_stop]
+        [(prompt, config)],
+        ensemble,
+        mode=mode,
+        decide=decide,
+        rollout=rollout,
+        should_stop=[should_stop],
+        gate=gate,
     )
     if isinstance(result, Exception):
         raise result
@@ -119,12 +130,14 @@ def generate_batch(
     decide: Decide | None = None,
     rollout: Rollout = "moe",
     should_stop: Sequence[StopCheck | None] | None = None,
+    gate: bool = True,
 ) -> list[Generation | ValueError | GenerationCancelled]:
     """`generate` for several (prompt, config) requests in one batch; one result per request, in order.
 
     A request that cannot be generated (a bad prompt or setting) gets its ValueError in its place, one whose
     `should_stop[i]` said stop its GenerationCancelled; the others go on. Configurations must share a
     `batch_key` (else ValueError for the whole call): a batch has one size, step count and scheduler.
+    `gate=False`: fast mode only, nothing to decide; the first step skips the gate paths (score None).
     """
     if mode not in MODES:
         raise ValueError(f"mode: must be 'fast' or 'full', got {mode!r}")
@@ -132,6 +145,10 @@ def generate_batch(
         raise ValueError(f"rollout: must be one of {ROLLOUTS}, got {rollout!r}")
     if mode == "fast" and rollout != "moe":
         raise ValueError(f"rollout: {rollout!r} needs mode 'full' (Fast EMoE renders the ordinary path only)")
+    if not gate and (mode != "fast" or decide is not None):
+        raise ValueError(
+            "gate: False renders fast mode without a decision (full mode needs the gate's paths)"
+        )
     stops = list(should_stop) if should_stop is not None else [None] * len(requests)
     if len(stops) != len(requests):
         raise ValueError(f"should_stop: {len(stops)} checks for {len(requests)} requests")
@@ -156,7 +173,9 @@ def generate_batch(
             results[i] = exc
     if planned:
         with ensemble.lock:
-            batch = _generate(planned, ensemble, mode, decide, rollout, [stops[i] for i, _, _ in planned])
+            batch = _generate(
+                planned, ensemble, mode, decide, rollout, [stops[i] for i, _, _ in planned], gate
+            )
         for (i, _, _), result in zip(planned, batch, strict=True):
             results[i] = result
     return results
@@ -170,6 +189,7 @@ def _generate(
     decide: Decide | None,
     rollout: Rollout,
     stops: list[StopCheck | None],
+    gate: bool = True,
 ) -> list[Generation | GenerationCancelled]:
     rollout_of = rollout if mode == "full" else None
     asked = [_Asked(check) if check is not None else None for check in stops]
@@ -190,65 +210,81 @@ def _generate(
     states = [gen.get_state() for _, gen in noise_and_generators]
     t_encoded = time.perf_counter()
 
-    # 4. first step: gate paths (+ the ordinary path in fast mode) through down+mid, then the scores
-    step = first_step(ensemble, plan, embeds, negative, latents, states, ordinary=mode == "fast")
-    timings = {"encode_ms": round((t_encoded - t_start) * 1000.0, 3), "gate_ms": _ms(t_encoded)}
+    timings = {"encode_ms": round((t_encoded - t_start) * 1000.0, 3)}
     if requests > 1:
         timings["render_batch_size"] = float(requests)
-    scores = [
-        make_score(ensemble, p, prompt, step, r, n_tokens[r], truncated[r], dict(timings))
-        for r, (p, prompt) in enumerate(zip(plans, prompts, strict=True))
-    ]
-
-    # 5. the decisions
-    t_decide = time.perf_counter()
-    going = [r for r in range(requests) if decide is None or bool(decide(scores[r]))]
-    timings["decide_ms"] = _ms(t_decide)
     results: list[Any] = [None] * requests
-    for r in set(range(requests)) - set(going):
-        results[r] = Generation(
-            score=scores[r],
-            halted=True,
-            timings_ms={**timings, "total_ms": _ms(t_start)},
-            mode=mode,
-            rollout=rollout_of,
-        )
-    if not going:
-        return results
-
-    # 6. finish the first step: the ordinary path (fast) or the M disentangled paths (full) of each request
-    #    that goes on; each of its trajectories draws from its own seed's generator
-    t_denoise = time.perf_counter()
-    rows, g = step.rows, plan.rows_per_group
-    per_request = 1 if mode == "fast" else len(plan.experts)
-    own_rows = torch.nonzero(rows.forced < 0 if mode == "fast" else rows.forced >= 0).flatten()
-    chosen = torch.cat([own_rows.view(requests, -1)[r] for r in going])  # the rows of the requests going on
-    encoder_states = rows.encoder_states[chosen]
-    if mode == "fast":
-        with routing(ensemble.routing, rows_per_group=g, forced_expert=None, split_layers=frozenset()):
-            noise = unet_passes.up(ensemble.unet, step.state.rows(chosen), encoder_states)
-        forced = None
+    g = plan.rows_per_group
+    if not gate:
+        # 4-6 (gate=False): the decision was taken; each request's ordinary path starts from its noise
+        t_denoise = time.perf_counter()
+        scores: list[Score | None] = [None] * requests
+        owner = list(range(requests))
+        schedulers = [p.fresh_scheduler() for p in plans]
+        generators = [seeded_generators(state, 1)[0] for state in states]
+        negatives_of = [negative[r if negative.shape[0] == requests else 0] for r in range(requests)]
+        pairs = [(negatives_of[r], embeds[r]) if plan.cfg else (embeds[r],) for r in range(requests)]
+        encoder_states = torch.stack([row for pair in pairs for row in pair])
+        z, forced, first = latents, None, 0
     else:
-        forced = rows.forced[chosen]
-        if step.gate_noise is not None:  # the gate ran the up blocks already (latent eps or z_prev)
-            noise = torch.cat(
-                [step.gate_noise.view(requests, -1, *step.gate_noise.shape[1:])[r] for r in going]
+        # 4. first step: gate paths (+ the ordinary path in fast mode) through down+mid, then the scores
+        step = first_step(ensemble, plan, embeds, negative, latents, states, ordinary=mode == "fast")
+        timings["gate_ms"] = _ms(t_encoded)
+        scores = [
+            make_score(ensemble, p, prompt, step, r, n_tokens[r], truncated[r], dict(timings))
+            for r, (p, prompt) in enumerate(zip(plans, prompts, strict=True))
+        ]
+
+        # 5. the decisions
+        t_decide = time.perf_counter()
+        going = [r for r in range(requests) if decide is None or bool(decide(scores[r]))]
+        timings["decide_ms"] = _ms(t_decide)
+        for r in set(range(requests)) - set(going):
+            results[r] = Generation(
+                score=scores[r],
+                halted=True,
+                timings_ms={**timings, "total_ms": _ms(t_start)},
+                mode=mode,
+                rollout=rollout_of,
             )
-        else:
-            with routing(
-                ensemble.routing, rows_per_group=g, forced_expert=forced, split_layers=plan.split_layers
-            ):
+        if not going:
+            return results
+
+        # 6. finish the first step: the ordinary path (fast) or the M disentangled paths (full) of each
+        #    request that goes on; each of its trajectories draws from its own seed's generator
+        t_denoise = time.perf_counter()
+        rows = step.rows
+        per_request = 1 if mode == "fast" else len(plan.experts)
+        own_rows = torch.nonzero(rows.forced < 0 if mode == "fast" else rows.forced >= 0).flatten()
+        chosen = torch.cat([own_rows.view(requests, -1)[r] for r in going])  # the rows of those going on
+        encoder_states = rows.encoder_states[chosen]
+        if mode == "fast":
+            with routing(ensemble.routing, rows_per_group=g, forced_expert=None, split_layers=frozenset()):
                 noise = unet_passes.up(ensemble.unet, step.state.rows(chosen), encoder_states)
-    owner = [r for r in going for _ in range(per_request)]  # the request of each trajectory
-    schedulers = [plans[r].fresh_scheduler() for r in owner]
-    generators = [gen for r in going for gen in seeded_generators(states[r], per_request)]
-    z = latents[owner]
-    z = denoise(ensemble, plan, z, encoder_states, forced, schedulers, generators, 0, 1, first_noise=noise)
+            forced = None
+        else:
+            forced = rows.forced[chosen]
+            if step.gate_noise is not None:  # the gate ran the up blocks already (latent eps or z_prev)
+                noise = torch.cat(
+                    [step.gate_noise.view(requests, -1, *step.gate_noise.shape[1:])[r] for r in going]
+                )
+            else:
+                with routing(
+                    ensemble.routing, rows_per_group=g, forced_expert=forced, split_layers=plan.split_layers
+                ):
+                    noise = unet_passes.up(ensemble.unet, step.state.rows(chosen), encoder_states)
+        owner = [r for r in going for _ in range(per_request)]  # the request of each trajectory
+        schedulers = [plans[r].fresh_scheduler() for r in owner]
+        generators = [gen for r in going for gen in seeded_generators(states[r], per_request)]
+        z = latents[owner]
+        z = denoise(
+            ensemble, plan, z, encoder_states, forced, schedulers, generators, 0, 1, first_noise=noise
+        )
+        first = 1
 
     # 7. denoise the rest: each trajectory through the ordinary MoE (Algorithm 1, line 15), or still forced;
     #    a request whose `should_stop` says stop leaves the batch before the next step, the others go on
     later_forced = forced if rollout == "experts" else None
-    first = 1
     while True:
         try:
             z = denoise(

@@ -304,13 +304,15 @@ def claim_for_render(
     job_id: uuid.UUID, settings: Settings, runtime: Runtime, outcome: Outcome
 ) -> list[RenderJob]:
     """1. Claim this job, then other jobs waiting to be rendered that can share its batch (same mode, and
-    render configurations that differ in seed and negative prompt only)."""
-    from emoe.generation import batch_key
-
-    def key(job: Job) -> Any:
-        config = _render_config(runtime, job)
-        return (job.mode, batch_key(config)) if not isinstance(config, ValueError) else job.id
-
+    render configurations that differ in seed and negative prompt only: the same steps, guidance and size,
+    the params that `Runtime.render_config` takes besides the seed; the scheduler is the worker's)."""
+    gate, ensemble = runtime.gate_config, runtime.ensemble
+    defaults = {
+        "steps": gate.steps,
+        "guidance": gate.guidance,
+        "height": gate.height or ensemble.default_height,
+        "width": gate.width or ensemble.default_width,
+    }
     with session_scope(settings.resolved_database_url) as session:
         first = _claim(session, job_id, "rendering", settings, outcome)
         if first is None:
@@ -322,7 +324,7 @@ def claim_for_render(
                 session,
                 first,
                 limit=settings.render_batch_size - 1,
-                key=key,
+                defaults=defaults,
                 max_attempts=settings.max_attempts,
                 owner=worker_identity(),
             )
@@ -356,6 +358,7 @@ def render_batch(batch: list[RenderJob], settings: Settings, runtime: Runtime) -
                 runtime.ensemble,
                 mode=mode,  # type: ignore[arg-type]
                 should_stop=[watch.stop_check(batch[i].claim) for i in members],
+                gate=mode != "fast",  # the gate stage decided: Fast EMoE's image is the ordinary path alone
             )
         except Exception as exc:
             if len(members) == 1:
@@ -378,6 +381,7 @@ def _alone(job: RenderJob, url: str, runtime: Runtime, generate: Any, cancelled:
             runtime.ensemble,
             mode=job.mode,
             should_stop=_ClaimWatch(url, [job.claim]).stop_check(job.claim),
+            gate=job.mode != "fast",
         )
     except (ValueError, cancelled) as exc:
         return exc

@@ -97,6 +97,9 @@ def test_moving_a_job_on_clears_its_owner(migrated_sqlite_url: str) -> None:
         assert (job.status, job.claimed_by) == ("completed", None) and job.finished_at is not None
 
 
+DEFAULTS = {"steps": 25, "guidance": 7.5, "height": 32, "width": 32}  # a worker's render defaults
+
+
 def _waiting_render(url: str, params: dict, mode: str = "fast") -> uuid.UUID:
     """A job the gate accepted: waiting to be rendered."""
     with session_scope(url) as session:
@@ -126,23 +129,54 @@ def test_a_render_batch_claims_only_jobs_that_can_share_it(url_fixture: str, req
     other_steps = _waiting_render(url, {"steps": 10})
     other_mode = _waiting_render(url, {"steps": 25}, mode="full")
 
-    def key(job: Job) -> tuple:
-        return (job.params or {}).get("steps"), job.mode
-
     with session_scope(url) as session:
         claim = repo.claim(session, first, "rendering", lease_s=600, max_attempts=3, owner="host:1")
         assert isinstance(claim, repo.Claim)
-        more = repo.claim_render_batch(session, claim, limit=2, key=key, max_attempts=3, owner="host:1")
+        more = repo.claim_render_batch(
+            session, claim, limit=2, defaults=DEFAULTS, max_attempts=3, owner="host:1"
+        )
     assert [c.job_id for c in more] == same[:2] and all(c.attempt == 1 for c in more)
     with session_scope(url) as session:
         rest = repo.claim(session, first, "rendering", lease_s=600, max_attempts=3, owner="host:1")
-        again = repo.claim_render_batch(session, rest, limit=8, key=key, max_attempts=3, owner="host:1")
+        again = repo.claim_render_batch(
+            session, rest, limit=8, defaults=DEFAULTS, max_attempts=3, owner="host:1"
+        )
         assert [c.job_id for c in again] == [same[2]]  # the claimed ones are not waiting any more
         statuses = {j.id: (j.status, j.claimed_by) for j in repo.get_jobs(session, [other_steps, other_mode])}
     assert statuses == {other_steps: ("rendering", None), other_mode: ("rendering", None)}
     with session_scope(url) as session:  # each claim is its own token: one job failing leaves the others
         assert repo.fail(session, more[0], "cannot render: height")
         assert repo.holds(session, more[1]) is not None and not repo.fail(session, more[0], "twice")
+
+
+@pytest.mark.parametrize("url_fixture", ["migrated_sqlite_url", "migrated_pg_url"])
+def test_a_render_batch_finds_compatible_jobs_behind_many_that_are_not(url_fixture: str, request) -> None:
+    """The database filters on mode, steps, guidance and size: 70 jobs that cannot share the batch (other
+    steps, guidance, size or mode) waiting ahead of the compatible ones do not keep these out. A param left
+    out counts as the worker's default; seeds and negative prompts may differ."""
+    url = request.getfixturevalue(url_fixture)
+    first = _waiting_render(url, {"steps": 25, "guidance": 7.5, "seed": 0})
+    unlike = [{"steps": 10}, {"guidance": 3.0}, {"height": 64}, {"width": 48, "steps": 25}]
+    ahead = [_waiting_render(url, {**unlike[i % 4], "seed": i}) for i in range(66)]
+    ahead += [_waiting_render(url, {"steps": 25}, mode="full") for _ in range(4)]
+    compatible = [
+        _waiting_render(url, {"steps": 25, "guidance": 7.5, "height": 32, "seed": 1}),
+        _waiting_render(url, {"seed": 2}),  # every render param the default
+        _waiting_render(url, {"steps": 25, "guidance": None, "height": None, "width": 32}),
+    ]
+    with session_scope(url) as session:
+        claim = repo.claim(session, first, "rendering", lease_s=600, max_attempts=3, owner="host:1")
+        more = repo.claim_render_batch(
+            session, claim, limit=7, defaults=DEFAULTS, max_attempts=3, owner="host:1"
+        )
+    assert [c.job_id for c in more] == compatible
+    with session_scope(url) as session:
+        statuses = {(j.status, j.started_at, j.claimed_by) for j in repo.get_jobs(session, ahead)}
+    assert statuses == {("rendering", None, None)}  # still waiting, unclaimed
+    with session_scope(url) as session:  # one of those ahead leads a batch of its own kind
+        lead = repo.claim(session, ahead[1], "rendering", lease_s=600, max_attempts=3, owner="host:1")
+        own = repo.claim_render_batch(session, lead, limit=100, defaults=DEFAULTS, max_attempts=3)
+    assert [c.job_id for c in own] == ahead[5:66:4]  # the other guidance 3.0 jobs, oldest first
 
 
 def test_withdraw_deletes_only_jobs_still_queued(migrated_sqlite_url: str) -> None:
@@ -202,7 +236,5 @@ def test_a_tenants_backlog_does_not_keep_another_tenant_out_of_a_batch(url_fixtu
         assert repo.record_decision(repo.holds(session, claim), "continue") == "rendering"
     with session_scope(url) as session:
         first = repo.claim(session, renders[0], "rendering", lease_s=600, max_attempts=3)
-        more = repo.claim_render_batch(
-            session, first, limit=2, key=lambda j: (j.params or {}).get("steps"), max_attempts=3
-        )
+        more = repo.claim_render_batch(session, first, limit=2, defaults=DEFAULTS, max_attempts=3)
     assert [c.job_id for c in more] == [renders[1], late]  # u's only job in the first round

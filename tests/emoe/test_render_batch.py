@@ -102,3 +102,27 @@ def test_only_requests_with_one_batch_key_share_a_batch(tiny) -> None:
     assert batch_key(other) != batch_key(a)
     with pytest.raises(ValueError, match=r"^requests:"):
         generate_batch([(PROMPTS[0], a), (PROMPTS[1], other)], tiny)
+
+
+@pytest.mark.parametrize("scheduler", [None, "euler_a", "dpm"])
+def test_a_render_without_the_gate_paths_gives_the_images_of_fast_emoe(ensemble, scheduler) -> None:
+    """gate=False (the worker's render stage: the gate decided already) drops the M gate paths from the first
+    step; the ordinary path's numbers do not depend on what else is in the batch, so the images are Fast
+    EMoE's, bit for bit, alone and in a batch."""
+    cfgs = [c.replace(scheduler=scheduler) if scheduler else c for c in configs(ensemble)]
+    gated = [generate(p, c, ensemble, mode="fast") for p, c in zip(PROMPTS, cfgs, strict=True)]
+    alone = [generate(p, c, ensemble, gate=False) for p, c in zip(PROMPTS[:2], cfgs[:2], strict=True)]
+    together = generate_batch(list(zip(PROMPTS, cfgs, strict=True)), ensemble, gate=False)
+    for i, (result, want) in enumerate(zip(alone + together, gated[:2] + gated, strict=True)):
+        assert result.score is None and not result.halted
+        assert torch.equal(result.latents, want.latents), f"result {i} ({scheduler})"
+        assert [png(x) for x in result.images] == [png(x) for x in want.images], f"result {i} ({scheduler})"
+    assert together[0].timings_ms["render_batch_size"] == 4 and "gate_ms" not in together[0].timings_ms
+
+
+def test_a_render_without_the_gate_is_fast_mode_and_undecided(tiny) -> None:
+    config = configs(tiny)[0]
+    with pytest.raises(ValueError, match=r"^gate:"):
+        generate(PROMPTS[0], config, tiny, mode="full", gate=False)
+    with pytest.raises(ValueError, match=r"^gate:"):
+        generate(PROMPTS[0], config, tiny, decide=lambda score: True, gate=False)
