@@ -1,4 +1,5 @@
-"""Parallel multilingual prompts built offline from the `clip-benchmark` wheel, and a resumable result store.
+"""Parallel multilingual prompts built offline from the `clip-benchmark` wheel, a resumable result store, and
+the evaluation run over them (`emoe-gate eval multilingual`; the scorer is passed in, audit imports no emoe).
 
 Prompts: the wheel's CLIP prompt templates machine-translated into ~90 languages (`nllb_dist13b_prompts.json`,
 80 templates per language, in the same order as the English ones) filled with its ImageNet class names in 93
@@ -16,12 +17,22 @@ import importlib.util
 import json
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from audit.fairness import Records
+from policies import (
+    DecisionContext,
+    FingerprintMismatch,
+    Policy,
+    PolicyError,
+    bundled_policy_path,
+    decide,
+    effective_action,
+    load_policy,
+)
 
 # 25 languages from several families and scripts, high- and low-resource (the paper used 25)
 DEFAULT_LANGUAGES = tuple(
@@ -218,3 +229,132 @@ def knowledge_note(summary: dict[str, Any], manifest: dict[str, Any]) -> str | N
             "are not evidence of fairness."
         )
     return None
+
+
+# --- the evaluation run: what it measures, scoring what is left, the report ---
+
+
+class MeasuredScore(Protocol):
+    """What the store keeps of a gate score (`emoe.Score` has these)."""
+
+    score: float
+    eu: float
+    fingerprint: str
+    n_tokens: int
+    truncated: bool
+
+
+# a batch of prompts in; one score and one quality (None without a quality model) per prompt out
+ScoreBatch = Callable[[Sequence[PromptItem]], tuple[Sequence[MeasuredScore], Sequence[float | None]]]
+
+SOURCE_NOTE = (
+    "Prompts are machine translations of CLIP templates filled with ImageNet class names "
+    "(clip-benchmark): parallel across languages, but translation quality varies by language."
+)
+MISMATCH_NOTE = (
+    "The policy in force was calibrated for another scoring configuration: halt and flag "
+    "rates here are not meaningful (every prompt counts as 'continue')."
+)
+
+
+def run_description(
+    items: Sequence[PromptItem],
+    summary: dict[str, Any],
+    score_config: dict[str, Any],
+    *,
+    per_language: int,
+    seed: int,
+    quality_model: str | None,
+) -> dict[str, Any]:
+    """The run a results folder holds (`run.json`): what a resumed run must measure the same."""
+    return {
+        "ensemble": summary["name"],
+        "weights_hash": summary["weights_hash"],
+        "score_config": {k: v for k, v in score_config.items() if k != "batch_size"},
+        "prompts_sha256": prompts_hash(items),
+        "per_language": per_language,
+        "languages": sorted({it.language for it in items}),
+        "seed": seed,
+        "quality_model": quality_model,
+    }
+
+
+def eval_policy(policy_path: str | Path | None, dtype: str) -> tuple[Policy | None, str | None]:
+    """The policy in force (the bundled one for `dtype` unless a path is set), or (None, why not)."""
+    try:
+        return load_policy(policy_path or bundled_policy_path(dtype)), None
+    except (PolicyError, OSError) as exc:
+        return None, f"No policy could be read ({exc}): halt and flag rates are not measured here."
+
+
+def score_pending(
+    todo: Sequence[PromptItem],
+    store: ResultStore,
+    score_batch: ScoreBatch,
+    policy: Policy | None,
+    *,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> None:
+    """Score `todo` batch by batch, appending each batch to `store` as it finishes (a rerun resumes).
+
+    Each row records what `policy` would do with its score; after the first score the policy refuses (another
+    scoring configuration), every row is "continue" with no policy.
+    """
+    mismatch = False
+    policy_id = policy.id if policy is not None else None
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        scores, quality = score_batch(batch)
+        rows = []
+        for it, sc, q in zip(batch, scores, quality, strict=True):
+            action, mismatch = _would_do(sc, it.language, policy, mismatch)
+            rows.append({**asdict(it), "score": sc.score, "eu": sc.eu, "fingerprint": sc.fingerprint,
+                         "n_tokens": sc.n_tokens, "truncated": sc.truncated, "action": action,
+                         "policy": None if mismatch else policy_id, "quality": q})  # fmt: skip
+        store.append(rows)
+        if on_batch is not None:
+            on_batch(len(batch))
+
+
+def _would_do(sc: MeasuredScore, language: str, policy: Policy | None, mismatch: bool) -> tuple[str, bool]:
+    """What the policy would do with this score ("continue" when there is none or it does not apply)."""
+    if policy is None or mismatch:
+        return "continue", mismatch
+    try:
+        d = decide(sc, DecisionContext(language=language), policy)
+    except FingerprintMismatch:
+        return "continue", True
+    return effective_action(d), False
+
+
+def multilingual_report(
+    items: Sequence[PromptItem],
+    results: dict[str, dict[str, Any]],
+    *,
+    summary: dict[str, Any],
+    manifest: dict[str, Any],
+    run: dict[str, Any],
+    keywords: Sequence[str] = (),
+    quality_metrics: Sequence[str] = (),
+    policy_note: str | None = None,
+) -> dict[str, Any]:
+    """The fairness report (every language against English) of the stored results of `items`."""
+    from audit.report import ReportOptions, report_from_records  # sqlalchemy: only when reporting
+
+    rows = [results[it.id] for it in items if it.id in results]
+    notes = []
+    note = knowledge_note(summary, manifest)
+    if note:
+        notes.append(note)
+    if policy_note or any(r.get("policy") is None for r in rows):
+        notes.append(policy_note or MISMATCH_NOTE)
+    notes.append(SOURCE_NOTE)
+    return report_from_records(
+        records_from_results(rows),
+        ReportOptions(keywords=tuple(keywords)),
+        quality_metrics=list(quality_metrics),
+        notes=notes,
+        title="emoe-gate multilingual evaluation",
+        extra={"ensemble": summary, "run": run},
+    )

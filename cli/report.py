@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cli.audit import open_database
 from cli.progress import quiet_libraries, spinner
+
+if TYPE_CHECKING:
+    from audit.multilingual import PromptItem, ScoreBatch
 
 FORMAT_HELP = (
     "html (one self-contained file with plots), json (every number, with intervals) or csv (per group)."
@@ -133,11 +138,13 @@ def eval_multilingual(
         DataNotFound,
         ResultStore,
         build_prompts,
+        eval_policy,
         knowledge_note,
-        prompts_hash,
-        records_from_results,
+        multilingual_report,
+        run_description,
+        score_pending,
     )
-    from audit.report import ReportOptions, render_html, render_json, report_from_records
+    from audit.report import render_html, render_json
     from settings import get_settings
 
     # 1. the prompt set (offline, fast) and the run it belongs to
@@ -156,7 +163,7 @@ def eval_multilingual(
         )
 
     # 2. the ensemble and its scoring configuration (torch loads here, not at CLI start)
-    from emoe import default_score_config, generate, load_ensemble, score
+    from emoe import default_score_config, load_ensemble
     from emoe.ensemble import read_manifest
 
     settings = get_settings()
@@ -168,24 +175,22 @@ def eval_multilingual(
         config = config.replace(batch_size=batch_size)
     summary = ensemble.summary()
     manifest = read_manifest(summary["source"]) if Path(str(summary["source"])).is_dir() else {}
-    run = {
-        "ensemble": summary["name"],
-        "weights_hash": summary["weights_hash"],
-        "score_config": {k: v for k, v in config.to_dict().items() if k != "batch_size"},
-        "prompts_sha256": prompts_hash(items),
-        "per_language": per_language,
-        "languages": sorted({it.language for it in items}),
-        "seed": seed,
-        "quality_model": str(quality_model) if quality_model else None,
-    }
-    scorer = None
+    run = run_description(
+        items,
+        summary,
+        config.to_dict(),
+        per_language=per_language,
+        seed=seed,
+        quality_model=str(quality_model) if quality_model else None,
+    )
+    clip = None
     if quality_model is not None:
         from emoe.quality import ClipScore
 
         quiet_libraries()
         try:
             with spinner("loading the CLIP"):
-                scorer = ClipScore.from_pretrained(quality_model)
+                clip = ClipScore.from_pretrained(quality_model)
         except (ValueError, OSError) as exc:
             raise typer.BadParameter(f"--quality-model: {exc}") from exc
     store = ResultStore(out)
@@ -199,90 +204,49 @@ def eval_multilingual(
         f"with {summary['name']} ({summary['num_experts']} experts)"
     )
 
-    # 3. the policy in force, if it was calibrated for this scoring configuration
-    policy, policy_note = _policy_for_eval(settings)
-
-    # 4. score what is left, appending each batch as it finishes (an interrupted run resumes here)
+    # 3. score what is left with the policy in force, appending each batch (an interrupted run resumes here)
     from tqdm.auto import tqdm
 
+    policy, policy_note = eval_policy(settings.policy_path, settings.dtype)
     bar = tqdm(
         total=len(items), initial=len(items) - len(todo), desc="scoring", unit="prompt", disable=not progress
     )
-    mismatch = False
-    policy_id = getattr(policy, "id", None)
-    for start in range(0, len(todo), config.batch_size):
-        batch = todo[start : start + config.batch_size]
-        rows = []
-        if scorer is None:
-            scores, quality = score([it.prompt for it in batch], config, ensemble), [None] * len(batch)
-        else:  # one generation per prompt gives its score and its image
-            gens = [generate(it.prompt, config, ensemble, mode="fast") for it in batch]
-            scores = [g.score for g in gens]
-            quality = scorer.score([g.images[0] for g in gens], [it.english for it in batch])
-        for it, sc, q in zip(batch, scores, quality, strict=True):
-            action, mismatch = _would_do(sc, it.language, policy, mismatch)
-            rows.append({**it.__dict__, "score": sc.score, "eu": sc.eu, "fingerprint": sc.fingerprint,
-                         "n_tokens": sc.n_tokens, "truncated": sc.truncated, "action": action,
-                         "policy": None if mismatch else policy_id, "quality": q})  # fmt: skip
-        store.append(rows)
-        bar.update(len(batch))
+    score_pending(
+        todo, store, _gate_scorer(config, ensemble, clip), policy, batch_size=config.batch_size,
+        on_batch=bar.update,
+    )  # fmt: skip
     bar.close()
 
-    # 5. the report, from everything stored
-    results = store.load()
-    rows = [results[it.id] for it in items if it.id in results]
-    notes = []
-    note = knowledge_note(summary, manifest)
-    if note:
-        notes.append(note)
-    if policy_note or any(r.get("policy") is None for r in rows):
-        notes.append(
-            policy_note
-            or "The policy in force was calibrated for another scoring configuration: halt and flag "
-            "rates here are not meaningful (every prompt counts as 'continue')."
-        )
-    notes.append(
-        "Prompts are machine translations of CLIP templates filled with ImageNet class names "
-        "(clip-benchmark): parallel across languages, but translation quality varies by language."
-    )
-    report = report_from_records(
-        records_from_results(rows),
-        ReportOptions(keywords=tuple(keyword or ())),
-        quality_metrics=[scorer.metric] if scorer else [],
-        notes=notes,
-        title="emoe-gate multilingual evaluation",
-        extra={"ensemble": summary, "run": run},
+    # 4. the report, from everything stored
+    report = multilingual_report(
+        items,
+        store.load(),
+        summary=summary,
+        manifest=manifest,
+        run=run,
+        keywords=keyword or (),
+        quality_metrics=[clip.metric] if clip else [],
+        policy_note=policy_note,
     )
     (out / "report.json").write_text(render_json(report), encoding="utf-8")
     (out / "report.html").write_text(render_html(report), encoding="utf-8")
-    typer.echo(f"report over {len(rows)} prompts -> {out / 'report.html'}, {out / 'report.json'}")
+    typer.echo(f"report over {report['n_decisions']} prompts -> {out / 'report.html'}, {out / 'report.json'}")
+    note = knowledge_note(summary, manifest)
     if note:
         typer.echo(f"note: {note}")
 
 
-def _policy_for_eval(settings: object) -> tuple[object | None, str | None]:
-    """The policy in force, or (None, why not)."""
-    from policies import PolicyError, bundled_policy_path, load_policy
+def _gate_scorer(config: Any, ensemble: Any, clip: Any | None) -> ScoreBatch:
+    """emoe's scores of a batch; with a CLIP, one Fast EMoE generation a prompt gives its score and image."""
+    from emoe import generate, score
 
-    dtype = getattr(settings, "dtype", "float32")
-    path = getattr(settings, "policy_path", None) or bundled_policy_path(dtype)
-    try:
-        return load_policy(path), None
-    except (PolicyError, OSError) as exc:
-        return None, f"No policy could be read ({exc}): halt and flag rates are not measured here."
+    def score_batch(batch: Sequence[PromptItem]) -> tuple[list[Any], list[float | None]]:
+        if clip is None:
+            return score([it.prompt for it in batch], config, ensemble), [None] * len(batch)
+        gens = [generate(it.prompt, config, ensemble, mode="fast") for it in batch]
+        return [g.score for g in gens], clip.score([g.images[0] for g in gens], [it.english for it in batch])
 
-
-def _would_do(sc: object, language: str, policy: object | None, mismatch: bool) -> tuple[str, bool]:
-    """What the policy would do with this score ("continue" when there is none or it does not apply)."""
-    if policy is None or mismatch:
-        return "continue", mismatch
-    from policies import DecisionContext, FingerprintMismatch, decide, effective_action
-
-    try:
-        d = decide(sc, DecisionContext(language=language), policy)
-    except FingerprintMismatch:
-        return "continue", True
-    return effective_action(d), False
+    return score_batch
 
 
 def eval_quality(
@@ -340,7 +304,7 @@ def store_clip_scores(
     url: str,
     model: Path | None = None,
     *,
-    since: object = None,
+    since: datetime | None = None,
     reference_label: str = "reference_text",
     overwrite: bool = False,
     batch_size: int = 16,
@@ -349,6 +313,7 @@ def store_clip_scores(
     """Score stored images with a CLIP (default: the reference CLIP); returns (scored, skipped, metric)."""
     from tqdm.auto import tqdm
 
+    from audit.quality import store_quality_scores
     from emoe.ensemble import REFERENCE_DIR
     from emoe.quality import ClipScore
 
@@ -357,51 +322,15 @@ def store_clip_scores(
     with spinner("loading the CLIP"):
         scorer = ClipScore.from_pretrained(model if model is not None else REFERENCE_DIR / "clip")
 
-    # 2. score batch by batch, committing each, so an interrupted run keeps what it did
+    # 2. score batch by batch (audit commits each, so an interrupted run keeps what it did)
     bar = tqdm(desc="CLIP score", unit="image", disable=not progress)
     with contextlib.nullcontext() if progress else spinner(f"scoring the images with {scorer.metric}"):
-        scored, skipped = _score_stored(url, scorer, bar, since, reference_label, overwrite, batch_size)
+        scored, skipped = store_quality_scores(
+            url, scorer, since=since, reference_label=reference_label, overwrite=overwrite,
+            batch_size=batch_size, on_batch=bar.update,
+        )  # fmt: skip
     bar.close()
     return scored, skipped, scorer.metric
-
-
-def _score_stored(
-    url: str, scorer: Any, bar: Any, since: Any, reference_label: str, overwrite: bool, batch_size: int
-) -> tuple[int, int]:
-    """The batches of `store_clip_scores`: (scored, skipped)."""
-    from PIL import Image
-
-    from audit import db
-    from audit.report_queries import artifacts_to_score, set_quality
-
-    scored = skipped = 0
-    after = 0
-    while True:
-        with db.session_scope(url) as session:
-            todo = artifacts_to_score(
-                session, overwrite=overwrite, since=since, after_id=after, limit=batch_size
-            )
-        if not todo:
-            break
-        after = todo[-1]["id"]
-        images, texts, ids = [], [], []
-        for row in todo:
-            text = row["labels"].get(reference_label) or row["prompt"]
-            path = Path(row["storage_uri"].removeprefix("file://"))
-            if not text or not path.is_file():
-                skipped += 1
-                continue
-            with Image.open(path) as im:
-                images.append(im.convert("RGB"))
-            texts.append(text)
-            ids.append(row["id"])
-        if ids:
-            values = scorer.score(images, texts)
-            with db.session_scope(url) as session:
-                set_quality(session, dict(zip(ids, values, strict=True)), scorer.metric)
-        scored += len(ids)
-        bar.update(len(todo))
-    return scored, skipped
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:

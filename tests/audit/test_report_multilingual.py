@@ -5,17 +5,25 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 from typer.testing import CliRunner
 
 from audit.multilingual import (
     DEFAULT_LANGUAGES,
+    MISMATCH_NOTE,
+    SOURCE_NOTE,
     ResultStore,
     build_prompts,
+    eval_policy,
     knowledge_note,
+    multilingual_report,
     records_from_results,
+    run_description,
+    score_pending,
 )
+from policies import Policy, bundled_policy_path, load_policy, parse_policy
 
 LANGS_20 = DEFAULT_LANGUAGES[:20]
 
@@ -72,6 +80,76 @@ def test_knowledge_note() -> None:
     ref = knowledge_note({"name": "reference", "is_random": False}, {"known_languages": ["en", "fi"]})
     assert "closed world (languages: en, fi)" in ref and "equally ignorant" in ref
     assert knowledge_note({"name": "sd15-moe", "is_random": False}, {}) is None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A gate score with what `score_pending` stores of it (the fields of `emoe.Score` it keeps)."""
+
+    score: float
+    fingerprint: str
+    eu: float = 0.001
+    n_tokens: int = 3
+    truncated: bool = False
+
+
+def a_policy(fingerprint: str, *, flag_at: float, halt_at: float) -> Policy:
+    return parse_policy(
+        {"name": "t", "version": "1", "fingerprint": fingerprint, "flag_at": flag_at, "halt_at": halt_at}
+    )
+
+
+def test_score_pending_stores_what_the_policy_would_do_and_resumes(tmp_path) -> None:
+    items = build_prompts(["en", "fi"], 3, seed=0)  # en:0, fi:0, en:1, fi:1, en:2, fi:2
+    values = dict(zip([it.id for it in items], [0.1, 0.6, 0.9, 0.2, 0.7, 0.95], strict=True))
+    policy = a_policy("a" * 64, flag_at=0.5, halt_at=0.8)
+    asked: list[list[str]] = []
+
+    def score_batch(batch):
+        asked.append([it.id for it in batch])
+        return [Measured(values[it.id], "a" * 64) for it in batch], [50.0] * len(batch)
+
+    summary = {"name": "x", "weights_hash": "w", "is_random": False}
+    run = run_description(items, summary, {"seed": 0, "batch_size": 8}, per_language=3, seed=0,
+                          quality_model=None)  # fmt: skip
+    assert run["score_config"] == {"seed": 0} and run["languages"] == ["en", "fi"]
+    store = ResultStore(tmp_path)
+    store.open(run)
+    seen: list[int] = []
+    score_pending(items[:4], store, score_batch, policy, batch_size=3, on_batch=seen.append)
+    assert seen == [3, 1] and asked == [["en:0", "fi:0", "en:1"], ["fi:1"]]
+    # a rerun scores only what is not stored yet
+    done = ResultStore(tmp_path).open(run)
+    score_pending([it for it in items if it.id not in done], store, score_batch, policy, batch_size=3)
+    assert asked[-1] == ["en:2", "fi:2"]
+    results = store.load()
+    actions = [results[it.id]["action"] for it in items]
+    assert actions == ["continue", "flag", "halt", "continue", "flag", "halt"]
+    first = results["fi:0"]
+    assert first["policy"] == policy.id and first["english"] == items[0].prompt and first["quality"] == 50.0
+    assert (first["score"], first["eu"], first["n_tokens"]) == (0.6, 0.001, 3)
+
+    report = multilingual_report(items, results, summary=summary, manifest={}, run=run, quality_metrics=["q"])
+    assert report["n_decisions"] == 6 and report["run"] == run and report["quality"]["metrics"] == ["q"]
+    assert SOURCE_NOTE in report["notes"] and MISMATCH_NOTE not in report["notes"]
+
+
+def test_a_policy_for_another_scoring_configuration_decides_nothing(tmp_path) -> None:
+    items = build_prompts(["en", "fi"], 1, seed=0)
+    other = a_policy("b" * 64, flag_at=0.0, halt_at=0.1)
+    store = ResultStore(tmp_path)
+    score_pending(items, store, lambda b: ([Measured(0.9, "a" * 64) for _ in b], [None] * len(b)), other,
+                  batch_size=8)  # fmt: skip
+    results = store.load()
+    assert {(r["action"], r["policy"]) for r in results.values()} == {("continue", None)}
+    report = multilingual_report(items, results, summary={"name": "x"}, manifest={}, run={})
+    assert MISMATCH_NOTE in report["notes"]
+
+
+def test_eval_policy_is_the_bundled_one_unless_a_path_is_set(tmp_path) -> None:
+    assert eval_policy(None, "float16") == (load_policy(bundled_policy_path("float16")), None)
+    policy, note = eval_policy(tmp_path / "missing.yaml", "float32")
+    assert policy is None and "No policy could be read" in note and "missing.yaml" in note
 
 
 @pytest.mark.slow

@@ -107,6 +107,41 @@ def test_eval_quality_stores_clip_scores_for_the_report(clip_folder, sqlite_url,
     db.dispose_engine(sqlite_url)
 
 
+def test_store_quality_scores_batches_skips_and_resumes(clip_folder, sqlite_url, tmp_path) -> None:
+    """audit's loop behind `eval quality`: one commit per batch, English text first, nothing scored twice."""
+    from audit.quality import store_quality_scores
+    from emoe.quality import ClipScore
+
+    db.ensure_schema(sqlite_url)
+    files = [tmp_path / f"q{i}.png" for i in range(3)]
+    for i, path in enumerate(files):
+        picture(20 + i).save(path)
+    rows = [
+        {"language": "fi", "score": 0.4, "action": "continue", "prompt": "kissa",
+         "labels": {"english": "a cat"}, "storage_uri": f"file://{files[0]}"},
+        {"language": "en", "score": 0.1, "action": "continue", "prompt": "a dog", "storage_uri": f"file://{files[1]}"},
+        {"language": "en", "score": 0.2, "action": "continue", "prompt": None, "storage_uri": f"file://{files[2]}"},
+        {"language": "de", "score": 0.3, "action": "flag", "prompt": "x", "storage_uri": "file:///gone.png"},
+    ]  # fmt: skip
+    seed(db.get_engine(sqlite_url), rows)
+    scorer = ClipScore.from_pretrained(clip_folder)
+    seen: list[int] = []
+    scored, skipped = store_quality_scores(
+        sqlite_url, scorer, reference_label="english", batch_size=3, on_batch=seen.append
+    )
+    assert (scored, skipped) == (2, 2) and seen == [3, 1]
+    expect = scorer.score([Image.open(files[0]), Image.open(files[1])], ["a cat", "a dog"])
+    with db.session_scope(sqlite_url) as session:
+        rep = build_report(session, ReportOptions())
+    groups = {g["group"]: g for g in rep["fairness"]["groups"]}
+    assert groups["fi"]["mean_quality"]["value"] == pytest.approx(expect[0], abs=1e-4)
+    assert groups["en"]["mean_quality"]["value"] == pytest.approx(expect[1], abs=1e-4)
+    # a second run finds only the two it could not score; --overwrite scores the other two again
+    assert store_quality_scores(sqlite_url, scorer, reference_label="english") == (0, 2)
+    assert store_quality_scores(sqlite_url, scorer, reference_label="english", overwrite=True) == (2, 2)
+    db.dispose_engine(sqlite_url)
+
+
 @pytest.mark.slow
 def test_eval_multilingual_with_quality_model(clip_folder, tmp_path, monkeypatch) -> None:
     """Each prompt's image is generated and CLIP-scored against its item's English text (figures 4 and 7)."""
