@@ -360,6 +360,11 @@ def render_batch(batch: list[RenderJob], settings: Settings, runtime: Runtime) -
                 should_stop=[watch.stop_check(batch[i].claim) for i in members],
                 gate=mode != "fast",  # the gate stage decided: Fast EMoE's image is the ordinary path alone
             )
+            log.info(
+                "render batch of %d job(s): %s",
+                len(members),
+                " ".join(str(batch[i].claim.job_id) for i in members),
+            )
         except Exception as exc:
             if len(members) == 1:
                 if not isinstance(exc, ValueError):

@@ -154,9 +154,12 @@ def test_twenty_jobs_reach_terminal_states(real) -> None:
 
 def test_accepted_jobs_rendered_together_each_get_the_image_they_get_alone(real, tiny_runtime) -> None:
     """The worker renders up to EMOE_RENDER_BATCH_SIZE (8) accepted jobs in one denoising loop: each job is
-    rendered once, and its image is the bytes it gets rendered alone."""
+    rendered once, in a batch of several (its log says which jobs each batch held), and its image is the bytes
+    it gets rendered alone."""
     import hashlib
     import io
+    import re
+    from concurrent.futures import ThreadPoolExecutor
 
     from emoe import generate
 
@@ -166,9 +169,17 @@ def test_accepted_jobs_rendered_together_each_get_the_image_they_get_alone(real,
         {"prompt": p, "steps": 3, "seed": 40 + i, "negative_prompt": ["", "blurry"][i % 2]}
         for i, p in enumerate(accepted)
     ]
-    ids = [client.post("/v1/jobs", json=body, headers=auth).json()["id"] for body in bodies]
+    with ThreadPoolExecutor(len(bodies)) as pool:  # submitted together, as concurrent users do
+        ids = list(
+            pool.map(lambda body: client.post("/v1/jobs", json=body, headers=auth).json()["id"], bodies)
+        )
     jobs = wait_terminal(real, ids)
     assert [j["status"] for j in jobs] == ["completed"] * len(ids)
+    logged = re.findall(r"render batch of \d+ job\(s\): ([0-9a-f -]+)", real["log"].read_text())
+    batches = [line.split() for line in logged]
+    ours = [[i for i in batch if i in ids] for batch in batches if set(batch) & set(ids)]
+    assert sorted(i for batch in ours for i in batch) == sorted(ids)  # each job in one batch
+    assert max(len(batch) for batch in ours) > 1, ours
     for job, body in zip(jobs, bodies, strict=True):
         assert rows(real["db"], job["id"]) == (1, 1)
         params = {k: body.get(k) for k in ("seed", "steps")}
