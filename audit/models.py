@@ -256,6 +256,19 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
+class WebhookSecret(Base):
+    """A tenant's webhook secret generation (the secret itself is derived from the operator's key and
+    (tenant, generation), never stored); no row: generation 0. The previous generation still signs until
+    `previous_until`."""
+
+    __tablename__ = "webhook_secrets"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    previous_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
 class ReplayRun(Base):
     """A stored replay of a policy over past decisions (what the dashboard shows as 'latest replay')."""
 

@@ -246,16 +246,34 @@ def keys_create(
     ] = "submit",
     db: KeysDb = None,
 ) -> None:
-    """Make an API key; it is printed once, on the last line, and stored only as its sha256."""
+    """Make an API key; it is printed once, on the last line, and stored only as its sha256. With the tenant's
+    first key, its webhook secret is printed too."""
+    from sqlalchemy import func, select
+
     from audit.keys import create_key
+    from audit.models import ApiKey
+    from audit.webhook_secrets import generations
+    from workers.webhooks import tenant_secret, webhook_secret
 
     try:
         with _keys_session(db) as session:
             secret, row = create_key(session, tenant, role)
             prefix = row.key_prefix
+            count = select(func.count()).select_from(ApiKey).where(ApiKey.tenant == tenant)
+            hook_secret = None
+            if session.scalar(count) == 1:  # derived before the key is committed: a failure leaves no key
+                operator = webhook_secret(_settings(database_url=db))
+                hook_secret = tenant_secret(operator, tenant, generations(session, tenant).current)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if hook_secret is not None:
+        typer.echo(
+            f"webhook secret of tenant {tenant!r}: its receivers verify each webhook with it and a Standard "
+            "Webhooks library (e.g. `standardwebhooks`: Webhook(secret).verify(body, headers)); "
+            "`emoe-gate webhooks secret` shows it again:"
+        )
+        typer.echo(hook_secret)
     typer.echo(f"created a {role!r} key for tenant {tenant!r} (prefix {prefix}); it is not shown again:")
     typer.echo(secret)
 

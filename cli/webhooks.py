@@ -1,10 +1,23 @@
-"""`emoe-gate webhooks secret`: a tenant's webhook signing secret, to give to its receiver."""
+"""`emoe-gate webhooks secret` and `rotate`: a tenant's webhook signing secret, to give to its receiver, and
+its rotation with an overlap window."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
+
+TenantOption = Annotated[str, typer.Option(help="The tenant whose receiver verifies the webhooks.")]
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="Database URL (default: EMOE_DATABASE_URL or embedded SQLite).")
+]
+WHEN = "%Y-%m-%d %H:%M:%S UTC"
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
@@ -18,25 +31,84 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         typer.echo(make())
 
     @groups["webhooks"].command("secret")
-    def secret(
-        tenant: Annotated[str, typer.Option(help="The tenant whose receiver verifies the webhooks.")],
-    ) -> None:
-        """Print the tenant's Standard Webhooks secret (`whsec_...`), derived from EMOE_WEBHOOK_SECRET; while
-        EMOE_WEBHOOK_SECRET_PREVIOUS is set, also the one it replaces (webhooks carry both signatures)."""
-        from settings import get_settings
-        from workers.webhooks import tenant_secrets
+    def secret(tenant: TenantOption, db: DbOption = None) -> None:
+        """Print the tenant's current Standard Webhooks secret (`whsec_...`, last line), derived from
+        EMOE_WEBHOOK_SECRET and its generation; before it, the older ones that still sign."""
+        from audit.keys import check_tenant
+        from audit.webhook_secrets import generations
+        from cli.service import _keys_session, _settings
+        from workers.webhooks import tenant_secret, webhook_secret
 
-        if not tenant.strip():
-            typer.echo("error: --tenant: must not be empty", err=True)
-            raise typer.Exit(2)
         try:
-            current, *previous = tenant_secrets(get_settings(), tenant)
+            check_tenant(tenant)
         except ValueError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from exc
+            raise _fail(f"--tenant: {exc}") from exc
+        try:
+            settings = _settings(database_url=db)
+            operator = webhook_secret(settings)
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+        with _keys_session(db) as session:
+            state = generations(session, tenant)
+        if state.previous_until is not None and len(state.signing()) > 1:
+            typer.echo(
+                f"previous secret (generation {state.current - 1}), still signing until "
+                f"{state.previous_until.strftime(WHEN)}: {tenant_secret(operator, tenant, state.current - 1)}"
+            )
+        if settings.webhook_secret_previous:
+            for g in state.signing():
+                typer.echo(
+                    f"under the previous operator secret (generation {g}), still signing until "
+                    f"EMOE_WEBHOOK_SECRET_PREVIOUS is unset: "
+                    f"{tenant_secret(settings.webhook_secret_previous, tenant, g)}"
+                )
         typer.echo(
-            f"webhook secret of tenant {tenant!r} (give it to its receiver's Standard Webhooks verifier):"
+            f"webhook secret of tenant {tenant!r}, generation {state.current} (give it to its receiver's "
+            "Standard Webhooks verifier):"
         )
-        typer.echo(current)
-        for old in previous:
-            typer.echo(f"previous secret, still signing until EMOE_WEBHOOK_SECRET_PREVIOUS is unset: {old}")
+        typer.echo(tenant_secret(operator, tenant, state.current))
+
+    @groups["webhooks"].command("rotate")
+    def rotate(
+        tenant: TenantOption,
+        overlap: Annotated[
+            str,
+            typer.Option(help="How long the old secret still signs too: e.g. 24h, 90m, 2d, 0 (at most 30d)."),
+        ] = "24h",
+        db: DbOption = None,
+    ) -> None:
+        """Give the tenant a new webhook secret (printed on the last line); its webhooks carry both signatures
+        until the overlap ends, then only the new one (an older generation still in its overlap stops now)."""
+        from audit.keys import check_tenant
+        from audit.webhook_secrets import parse_overlap
+        from audit.webhook_secrets import rotate as start_next
+        from cli.service import _keys_session, _settings
+        from workers.webhooks import tenant_secret, webhook_secret
+
+        try:
+            check_tenant(tenant)
+        except ValueError as exc:
+            raise _fail(f"--tenant: {exc}") from exc
+        try:
+            window = parse_overlap(overlap)
+        except ValueError as exc:
+            raise _fail(f"--overlap: {exc}") from exc
+        try:
+            operator = webhook_secret(_settings(database_url=db))
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+        now = datetime.now(UTC)
+        with _keys_session(db) as session:
+            state = start_next(session, tenant, window, now)
+        if state.previous_until is None:
+            typer.echo(f"the previous secret (generation {state.current - 1}) no longer signs")
+        else:
+            typer.echo(
+                f"the previous secret (generation {state.current - 1}) still signs until "
+                f"{state.previous_until.strftime(WHEN)}; after that only the new one"
+            )
+        typer.echo(
+            f"new webhook secret of tenant {tenant!r}, generation {state.current} (give it to its receiver's "
+            "Standard Webhooks verifier):"
+        )
+        typer.echo(tenant_secret(operator, tenant, state.current))

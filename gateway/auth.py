@@ -185,17 +185,21 @@ class SessionSigner:
     session id; a request is signed in only while the signature holds, the session has not expired or been
     signed out, and its key is still live with the same tenant and role."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, *previous: bytes) -> None:
         self._key = key
+        self._previous = previous  # sessions signed with these still read (never issued)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> SessionSigner:
-        """The signer of a deployment: its key is derived from the operator's webhook secret (every gateway
-        of a deployment shares it; rotating it ends every dashboard session)."""
+        """The signer of a deployment: its key is derived from the operator's webhook secret under a label of
+        its own (every gateway of a deployment shares it; a tenant's webhook rotation does not touch it).
+        While the operator rotates (EMOE_WEBHOOK_SECRET_PREVIOUS set), sessions signed under the previous
+        secret still read, so the rotation signs no one out."""
         from workers.webhooks import signing_key, webhook_secret
 
-        operator = signing_key(webhook_secret(settings))
-        return cls(hmac.new(operator, SESSION_CONTEXT, hashlib.sha256).digest())
+        operators = [webhook_secret(settings), settings.webhook_secret_previous]
+        keys = [hmac.new(signing_key(s), SESSION_CONTEXT, hashlib.sha256).digest() for s in operators if s]
+        return cls(*keys)
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()
@@ -224,7 +228,11 @@ class SessionSigner:
         encoded, mac = value.split(".")
         try:
             payload = _unb64(encoded)
-            if not hmac.compare_digest(_unb64(mac), self._mac(payload)):
+            signature = _unb64(mac)
+            if not any(
+                hmac.compare_digest(signature, hmac.new(key, payload, hashlib.sha256).digest())
+                for key in (self._key, *self._previous)
+            ):
                 return None
             data = json.loads(payload)
             session = DashboardSession(

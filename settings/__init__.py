@@ -189,6 +189,14 @@ class Settings(BaseSettings):
     webhook_per_host: int = Field(
         default=2, ge=1, description="Deliveries in flight to one destination host per hooks consumer."
     )
+    webhook_per_tenant: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "Deliveries in flight for one tenant per hooks consumer, whatever their hosts; below "
+            "EMOE_WEBHOOK_CONCURRENCY, so that one tenant's slow receivers leave threads to the others."
+        ),
+    )
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     webhook_connect_timeout_s: float = Field(
         default=2.0, gt=0, description="Longest wait for a receiver's TCP/TLS connection."

@@ -4,11 +4,16 @@ every attempt: `<job id>:<event>`), `webhook-timestamp` (Unix seconds of the att
 `whsec_<base64 key>`; receivers verify with any Standard Webhooks library given their tenant's secret.
 
 Each tenant has a secret of its own, so that a tenant that verifies its webhooks cannot forge another's: it is
-derived from the operator's `EMOE_WEBHOOK_SECRET` (`tenant_secret`: HMAC-SHA256 of the tenant's name under the
-operator's key; nothing secret is stored in the database), shown by `emoe-gate webhooks secret --tenant T`.
-Rotating: set the new operator secret in `EMOE_WEBHOOK_SECRET` and the old one in
-`EMOE_WEBHOOK_SECRET_PREVIOUS`; during that overlap every webhook carries both signatures (space-separated, as
-the specification allows), so receivers can move to their new secret before the old one is dropped.
+derived from the operator's `EMOE_WEBHOOK_SECRET` and (tenant, generation) (`tenant_secret`: HMAC-SHA256
+under the operator's key; generation 0 is the HMAC of the tenant's name alone, as before generations existed).
+The database holds only each tenant's generation number (`audit.webhook_secrets`), never a secret. The secret
+is shown with the tenant's first key (`emoe-gate keys create`) and by `emoe-gate webhooks secret --tenant T`.
+
+Rotating one tenant: `emoe-gate webhooks rotate --tenant T --overlap 24h` starts its next generation; until
+the overlap ends every webhook of that tenant carries both signatures (space-separated `v1,...`, as the
+specification allows), so its receiver can move to the new secret before the old one stops signing. Rotating
+the operator's secret (every tenant's at once): set the new one in `EMOE_WEBHOOK_SECRET` and the old one in
+`EMOE_WEBHOOK_SECRET_PREVIOUS`; meanwhile webhooks carry the signatures under both.
 
 Deprecated: `X-Emoe-Signature: t=<unix time>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>` is still sent, so
 that receivers written against it keep working while they move to a standard verifier; it will be removed.
@@ -19,10 +24,11 @@ its host for the Host header and TLS; no proxy from the environment, no redirect
 refused ones included, is recorded in `webhook_deliveries`; failures are retried with exponential backoff up
 to `webhook_max_attempts` (with jitter).
 
-Each destination host has at most `webhook_per_host` deliveries in flight in one process (the hooks consumer's
-threads): a delivery to a host that already has them is not attempted but put back (`HostBusy`, the same
-attempt again shortly), so that one tenant's slow receiver holds at most that many threads and the others'
-webhooks keep going out.
+Each destination host has at most `webhook_per_host` deliveries in flight in one process (the hooks
+consumer's threads), and each tenant at most `webhook_per_tenant`: a delivery whose host or tenant already has
+them is not attempted but put back (`HostBusy`, the same attempt again shortly), so that one slow receiver, or
+one tenant's many slow receivers on different hosts, hold at most that many threads and the others' webhooks
+keep going out.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,6 +53,7 @@ from urllib.parse import urlsplit
 from audit import jobs as repo
 from audit.db import session_scope
 from audit.models import WebhookDelivery
+from audit.webhook_secrets import generations
 from settings import Settings
 from workers import url_guard
 
@@ -74,20 +81,30 @@ def webhook_secret(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-TENANT_CONTEXT = b"emoe-gate webhook secret of tenant v1\x00"
+TENANT_CONTEXT = b"emoe-gate webhook secret of tenant v1\x00"  # generation 0
+GENERATION_CONTEXT = b"emoe-gate webhook secret of tenant v2\x00"  # generations 1, 2, ...
 
 
-def tenant_secret(operator_secret: str, tenant: str) -> str:
-    """The tenant's own `whsec_` secret, derived from the operator's secret (one-way: one tenant's secret
-    tells nothing of another's)."""
-    key = hmac.new(signing_key(operator_secret), TENANT_CONTEXT + tenant.encode(), hashlib.sha256).digest()
+def tenant_secret(operator_secret: str, tenant: str, generation: int = 0) -> str:
+    """The tenant's own `whsec_` secret of `generation`, derived from the operator's secret (one-way: one
+    tenant's or generation's secret tells nothing of another's)."""
+    if generation < 0:
+        raise ValueError(f"generation must be 0 or more, not {generation}")
+    # the two contexts differ before the tenant's name, so no (tenant, generation) collides with another
+    message = (
+        TENANT_CONTEXT + tenant.encode()
+        if generation == 0
+        else GENERATION_CONTEXT + f"{generation}\x00{tenant}".encode()
+    )
+    key = hmac.new(signing_key(operator_secret), message, hashlib.sha256).digest()
     return SECRET_PREFIX + base64.b64encode(key).decode()
 
 
-def tenant_secrets(settings: Settings, tenant: str) -> list[str]:
-    """The secrets a tenant's webhooks are signed with: the current one and, while rotating, the previous."""
+def tenant_secrets(settings: Settings, tenant: str, live: Sequence[int] = (0,)) -> list[str]:
+    """The secrets a tenant's webhooks are signed with: each of its `live` generations (current first) under
+    the operator's secret and, while the operator rotates, under the previous one too."""
     operators = [webhook_secret(settings), settings.webhook_secret_previous]
-    return [tenant_secret(s, tenant) for s in operators if s]
+    return [tenant_secret(s, tenant, g) for s in operators if s for g in live]
 
 
 def new_secret() -> str:
@@ -204,8 +221,9 @@ def pinned_request(url: str, allow: url_guard.Allow) -> tuple[str, dict[str, str
 
 
 class HostBusy(float):
-    """The delay before trying a delivery again whose host had `webhook_per_host` deliveries in flight: not an
-    attempt (nothing was sent or recorded), so the next try keeps the attempt number (`next_attempt`)."""
+    """The delay before trying a delivery again whose host had `webhook_per_host` (or whose tenant had
+    `webhook_per_tenant`) deliveries in flight: not an attempt (nothing was sent or recorded), so the next try
+    keeps the attempt number (`next_attempt`)."""
 
 
 def next_attempt(attempt: int, retry_in: float) -> int:
@@ -213,27 +231,30 @@ def next_attempt(attempt: int, retry_in: float) -> int:
     return attempt if isinstance(retry_in, HostBusy) else attempt + 1
 
 
-_in_flight: dict[str, int] = {}  # destination host -> deliveries in flight in this process
+_in_flight: dict[tuple[str, str], int] = {}  # ("host", name) or ("tenant", name) -> deliveries in flight here
 _in_flight_lock = threading.Lock()
 
 
 @contextmanager
-def host_slot(host: str, limit: int) -> Iterator[bool]:
-    """True (and one of the host's `limit` slots held for the block) unless the host has them all in use."""
+def slots(wanted: Sequence[tuple[tuple[str, str], int]]) -> Iterator[bool]:
+    """True (and one slot of each (counter, limit) in `wanted` held for the block) unless one of the counters
+    has all its slots in use; all or none are taken."""
     with _in_flight_lock:
-        got = _in_flight.get(host, 0) < limit
+        got = all(_in_flight.get(counter, 0) < limit for counter, limit in wanted)
         if got:
-            _in_flight[host] = _in_flight.get(host, 0) + 1
+            for counter, _ in wanted:
+                _in_flight[counter] = _in_flight.get(counter, 0) + 1
     try:
         yield got
     finally:
         if got:
             with _in_flight_lock:
-                left = _in_flight[host] - 1
-                if left:
-                    _in_flight[host] = left
-                else:
-                    del _in_flight[host]
+                for counter, _ in wanted:
+                    left = _in_flight[counter] - 1
+                    if left:
+                        _in_flight[counter] = left
+                    else:
+                        del _in_flight[counter]
 
 
 def destination_host(url: str) -> str:
@@ -246,11 +267,15 @@ def destination_host(url: str) -> str:
 
 def deliver(job_id: uuid.UUID, event: str, attempt: int, settings: Settings) -> float | None:
     """POST one signed webhook and record the attempt; returns the delay before a retry (`HostBusy` when the
-    host had no free slot: nothing was attempted), or None when done."""
+    host or the tenant had no free slot: nothing was attempted), or None when done."""
     url, body, tenant = payload(job_id, event, settings)
     if url is None:
         return None
-    with host_slot(destination_host(url), settings.webhook_per_host) as got:
+    wanted = [
+        (("tenant", tenant), settings.webhook_per_tenant),
+        (("host", destination_host(url)), settings.webhook_per_host),
+    ]
+    with slots(wanted) as got:
         if not got:
             return HostBusy(random.uniform(0.25, 0.75))
         return _attempt(job_id, event, attempt, settings, url, body, tenant)
@@ -265,9 +290,11 @@ def _attempt(
     error: str | None = None
     delivered = False
     msg_id = f"{job_id}:{event}"
+    with session_scope(settings.resolved_database_url) as session:
+        live = generations(session, tenant).signing()
     try:
         target, host, extensions = pinned_request(url, url_guard.parse_allow(settings.webhook_allow))
-        secrets_ = tenant_secrets(settings, tenant)
+        secrets_ = tenant_secrets(settings, tenant, live)
         headers = {
             **host,
             "Content-Type": "application/json",

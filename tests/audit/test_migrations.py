@@ -16,7 +16,10 @@ from audit import db
 from audit.models import Base
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"jobs", "decisions", "reviews", "artifacts", "api_keys", "webhook_deliveries", "replay_runs"}
+TABLES = {
+    "jobs", "decisions", "reviews", "artifacts", "api_keys", "webhook_deliveries", "replay_runs",
+    "webhook_secrets",
+}  # fmt: skip
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -188,3 +191,23 @@ def test_downgrade_keeps_rows_and_refuses_to_break_the_chain(empty_url: str) -> 
     with db.session_scope(empty_url) as session:
         reports = verify_all(session)
     assert all(r.ok for r in reports), [str(r) for r in reports]
+
+
+def test_0006_webhook_secrets_go_down_and_up(empty_url: str) -> None:
+    """Down to 0005 the table of secret generations goes (every tenant is back at generation 0, the secret
+    from before rotation existed) and comes back empty."""
+    from datetime import timedelta
+
+    from audit.webhook_secrets import generations, rotate
+
+    db.upgrade(empty_url)
+    with db.session_scope(empty_url) as session:
+        rotate(session, "acme", timedelta(hours=1))
+    with db.session_scope(empty_url) as session:
+        assert generations(session, "acme").current == 1
+    db.downgrade(empty_url, "0005")
+    assert "webhook_secrets" not in _tables(empty_url)
+    assert db.current_revision(empty_url) == "0005"
+    db.upgrade(empty_url)
+    with db.session_scope(empty_url) as session:
+        assert generations(session, "acme").current == 0

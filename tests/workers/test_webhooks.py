@@ -131,11 +131,11 @@ def test_submission_takes_allowed_and_public_targets(api) -> None:
 # --- at delivery: resolve once, refuse, connect to the checked address, follow no redirects -----------------
 
 
-def _job(url: str, callback_url: str) -> uuid.UUID:
+def _job(url: str, callback_url: str, tenant: str = "t") -> uuid.UUID:
     with session_scope(url) as session:
         job, _ = repo.create_job(
             session,
-            tenant="t",
+            tenant=tenant,
             prompt="a red circle",
             negative_prompt="",
             mode="fast",
@@ -449,3 +449,194 @@ def test_a_slow_receiver_holds_at_most_its_hosts_slots(migrated_sqlite_url, tmp_
     assert len(slow.requests) == 1 and len(fast.requests) == 1
     assert [_deliveries(migrated_sqlite_url, j) for j in slow_jobs[1:]] == [[], []]  # nothing recorded
     assert [r.delivered for r in _deliveries(migrated_sqlite_url, slow_jobs[0])] == [True]
+
+
+def test_one_tenants_slow_receivers_on_many_hosts_leave_threads_to_the_others(
+    migrated_sqlite_url, tmp_path, fake_dns
+) -> None:
+    """Three consumer threads, two slots per tenant: tenant a's third delivery (to a third host, whose own
+    slot is free) is put back, so tenant b's delivery goes out while a's two slow receivers hang."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for name in ("slow1.test", "slow2.test", "slow3.test", "b.test"):
+        fake_dns[name] = ["127.0.0.1"]
+    settings = make_settings(
+        migrated_sqlite_url,
+        tmp_path,
+        webhook_allow="127.0.0.1/32",
+        webhook_per_host=2,
+        webhook_per_tenant=2,
+        webhook_timeout_s=10,
+    )
+    with Receiver(delay_s=2.0) as slow, Receiver() as fast:
+        a_jobs = [
+            _job(migrated_sqlite_url, slow.url.replace("127.0.0.1", f"slow{i}.test"), tenant="a")
+            for i in (1, 2, 3)
+        ]
+        b_job = _job(migrated_sqlite_url, fast.url.replace("127.0.0.1", "b.test"), tenant="b")
+        with ThreadPoolExecutor(3) as consumer:
+            held = [consumer.submit(webhooks.deliver, j, "completed", 1, settings) for j in a_jobs[:2]]
+            while len(slow.requests) < 2:  # a's two deliveries hold the tenant's two slots
+                time.sleep(0.01)
+            busy = consumer.submit(webhooks.deliver, a_jobs[2], "completed", 1, settings).result(timeout=1)
+            other = consumer.submit(webhooks.deliver, b_job, "completed", 1, settings)
+            assert other.result(timeout=1) is None  # b's delivered...
+            assert slow.answered == 0  # ...while a's receivers still hold their requests
+            assert [f.result(timeout=10) for f in held] == [None, None]
+    assert isinstance(busy, webhooks.HostBusy) and webhooks.next_attempt(1, busy) == 1
+    assert len(slow.requests) == 2 and len(fast.requests) == 1
+    assert _deliveries(migrated_sqlite_url, a_jobs[2]) == []  # put back, not an attempt
+    assert Settings().webhook_per_tenant < Settings().webhook_concurrency  # the default leaves threads over
+
+
+# --- per-tenant rotation ------------------------------------------------------------------------------------
+
+
+def test_generation_0_is_the_secret_from_before_rotation_existed() -> None:
+    import hashlib
+    import hmac
+
+    operator = "whsec_" + base64.b64encode(b"o" * 32).decode()
+    before = hmac.new(b"o" * 32, b"emoe-gate webhook secret of tenant v1\x00acme", hashlib.sha256).digest()
+    assert webhooks.tenant_secret(operator, "acme", 0) == "whsec_" + base64.b64encode(before).decode()
+    derived = {webhooks.tenant_secret(operator, t, g) for t in ("acme", "acme1", "1") for g in (0, 1, 2, 11)}
+    assert len(derived) == 12  # no (tenant, generation) shares another's secret
+
+
+def _delivered(url: str, settings: Settings, tenant: str) -> tuple[dict[str, str], bytes]:
+    """The one request a fresh receiver got for a job of `tenant`."""
+    with Receiver() as receiver:
+        assert webhooks.deliver(_job(url, receiver.url, tenant), "completed", 1, settings) is None
+    [request] = receiver.requests
+    return request
+
+
+def test_rotating_a_tenant_signs_with_both_secrets_until_the_overlap_ends(
+    migrated_sqlite_url, tmp_path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from audit.webhook_secrets import rotate
+
+    settings = make_settings(migrated_sqlite_url, tmp_path, webhook_allow="127.0.0.1/32")
+    operator = settings.webhook_secret or ""
+    old, new = (Webhook(webhooks.tenant_secret(operator, "t", g)) for g in (0, 1))
+    headers, body = _delivered(migrated_sqlite_url, settings, "t")
+    assert old.verify(body, headers) and " " not in headers["webhook-signature"]
+
+    with session_scope(migrated_sqlite_url) as session:
+        assert rotate(session, "t", timedelta(hours=24)).current == 1
+    headers, body = _delivered(migrated_sqlite_url, settings, "t")
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    assert old.verify(body, headers)["event"] == "completed"  # a receiver not yet moved still verifies
+    assert new.verify(body, headers)["event"] == "completed"
+    headers, body = _delivered(migrated_sqlite_url, settings, "t2")  # another tenant is untouched
+    assert Webhook(webhooks.tenant_secret(operator, "t2", 0)).verify(body, headers)
+    assert " " not in headers["webhook-signature"]
+
+    with session_scope(migrated_sqlite_url) as session:  # an overlap that ended a minute ago
+        rotate(session, "t", timedelta(hours=1), now=datetime.now(UTC) - timedelta(minutes=61))
+    headers, body = _delivered(migrated_sqlite_url, settings, "t")
+    assert " " not in headers["webhook-signature"]
+    assert Webhook(webhooks.tenant_secret(operator, "t", 2)).verify(body, headers)
+    for stale in (old, new):
+        with pytest.raises(WebhookVerificationError):
+            stale.verify(body, headers)
+
+
+def _cli(*args: str, secret: str = "an operator secret for the test") -> Any:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from settings import get_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EMOE_WEBHOOK_SECRET", secret)
+        get_settings.cache_clear()
+        try:
+            return CliRunner().invoke(app, list(args))
+        finally:
+            get_settings.cache_clear()
+
+
+def test_the_rotate_command_prints_the_new_secret_and_until_when_the_old_one_signs(
+    migrated_sqlite_url, tmp_path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    operator = "an operator secret for the test"
+    result = _cli("webhooks", "rotate", "--tenant", "acme", "--overlap", "2h", "--db", migrated_sqlite_url)
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1] == webhooks.tenant_secret(operator, "acme", 1)
+    until = datetime.strptime(lines[0].split("until ")[1].split(";")[0], "%Y-%m-%d %H:%M:%S UTC")
+    assert abs(until.replace(tzinfo=UTC) - datetime.now(UTC) - timedelta(hours=2)) < timedelta(minutes=1)
+
+    shown = _cli("webhooks", "secret", "--tenant", "acme", "--db", migrated_sqlite_url)
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.strip().splitlines()[-1] == lines[-1]
+    assert webhooks.tenant_secret(operator, "acme", 0) in shown.output  # still signing: shown with its end
+
+    again = _cli("webhooks", "rotate", "--tenant", "acme", "--overlap", "0", "--db", migrated_sqlite_url)
+    assert again.exit_code == 0 and "no longer signs" in again.output
+    assert again.output.strip().splitlines()[-1] == webhooks.tenant_secret(operator, "acme", 2)
+    settings = make_settings(
+        migrated_sqlite_url, tmp_path, webhook_allow="127.0.0.1/32", webhook_secret=operator
+    )
+    headers, body = _delivered(migrated_sqlite_url, settings, "acme")
+    assert Webhook(again.output.strip().splitlines()[-1]).verify(body, headers)
+    assert " " not in headers["webhook-signature"]
+
+    for bad, field in ((["--overlap", "soon"], "--overlap"), (["--overlap", "31d"], "--overlap")):
+        refused = _cli("webhooks", "rotate", "--tenant", "acme", *bad, "--db", migrated_sqlite_url)
+        assert refused.exit_code == 2 and field in refused.output, refused.output
+    refused = _cli("webhooks", "rotate", "--tenant", "no spaces", "--db", migrated_sqlite_url)
+    assert refused.exit_code == 2 and "--tenant" in refused.output, refused.output
+
+
+def test_the_first_key_of_a_tenant_shows_its_webhook_secret(migrated_sqlite_url, tmp_path) -> None:
+    operator = "an operator secret for the test"
+    first = _cli("keys", "create", "--tenant", "acme", "--db", migrated_sqlite_url)
+    assert first.exit_code == 0, first.output
+    lines = first.output.strip().splitlines()
+    assert lines[-1].startswith("emg_")  # the key stays on the last line
+    [shown] = [line for line in lines if line.startswith("whsec_")]
+    assert "Standard Webhooks" in first.output
+    settings = make_settings(
+        migrated_sqlite_url, tmp_path, webhook_allow="127.0.0.1/32", webhook_secret=operator
+    )
+    headers, body = _delivered(migrated_sqlite_url, settings, "acme")
+    assert Webhook(shown).verify(body, headers)["event"] == "completed"  # what it prints verifies
+
+    second = _cli("keys", "create", "--tenant", "acme", "--role", "read", "--db", migrated_sqlite_url)
+    assert second.exit_code == 0 and "whsec_" not in second.output
+
+    # a tenant rotated before its first key gets the current generation's secret
+    assert (
+        _cli(
+            "webhooks", "rotate", "--tenant", "globex", "--overlap", "0", "--db", migrated_sqlite_url
+        ).exit_code
+        == 0
+    )
+    made = _cli("keys", "create", "--tenant", "globex", "--db", migrated_sqlite_url)
+    assert webhooks.tenant_secret(operator, "globex", 1) in made.output
+
+
+def test_rotating_the_operator_secret_signs_no_one_out_of_the_dashboard(tmp_path) -> None:
+    from audit.models import ApiKey
+    from gateway.auth import SessionSigner
+
+    old, new = (f"whsec_{base64.b64encode(bytes([i]) * 32).decode()}" for i in (3, 4))
+    key = ApiKey(id=7, tenant="acme", role="read", key_prefix="emg_abcdefgh")
+    cookie, _ = SessionSigner.for_settings(Settings(home=tmp_path, webhook_secret=old)).issue(key, 3600)
+    rotating = SessionSigner.for_settings(
+        Settings(home=tmp_path, webhook_secret=new, webhook_secret_previous=old)
+    )
+    signed = rotating.read(cookie)
+    assert signed is not None and (signed.tenant, signed.key_id) == ("acme", 7)
+    fresh, _ = rotating.issue(key, 3600)  # new sessions are signed under the new secret only
+    assert SessionSigner.for_settings(Settings(home=tmp_path, webhook_secret=old)).read(fresh) is None
+    done = SessionSigner.for_settings(Settings(home=tmp_path, webhook_secret=new))
+    assert done.read(fresh) is not None
+    assert done.read(cookie) is None  # the previous secret unset: its sessions end
+    assert rotating.read(cookie[:-2] + "AA") is None
