@@ -373,11 +373,13 @@ def _walk(
     *,
     at: Position | None,
     expect_head: str | None = None,
+    start: Position | None = None,
 ) -> ChainReport:
     """Recompute every link of `rows` (mappings in id order); stop at the first bad row. `link(prev, row)`
     is the row's hash, `check(row, state)` a further problem with it (or None). `at`: the row at that count
-    must have that hash (the log still extends a checkpoint); `expect_head`: some row has that hash."""
-    prev, count, state = GENESIS_HASH, 0, {}
+    must have that hash (the log still extends a checkpoint); `expect_head`: some row has that hash; `start`:
+    `rows` continue a chain already verified that far."""
+    prev, count, state = (start.head, start.rows, {}) if start is not None else (GENESIS_HASH, 0, {})
     seen_head = expect_head is None
     for row in rows:
         bad = None
@@ -459,7 +461,13 @@ def verify_chain(
         raise ValueError(f"expect_head: give at least 8 hex digits of a row_hash, got {expect_head!r}")
     # Plain column values straight from the database (no ORM identity map that could hold in-memory copies),
     # streamed in batches so a long log does not sit in memory.
-    query = (
+    query = _decisions_query()
+    result = session.execute(query, execution_options={"yield_per": batch_size, "stream_results": True})
+    return _walk(result.mappings(), "decisions", row_hash, _decision_problem, at=at, expect_head=expect_head)
+
+
+def _decisions_query() -> Any:
+    return (
         select(
             *Decision.__table__.columns,
             Job.prompt_sha256.label("job_prompt_sha256"),
@@ -470,8 +478,31 @@ def verify_chain(
         .outerjoin(Job, Job.id == Decision.job_id)
         .order_by(Decision.id)
     )
-    result = session.execute(query, execution_options={"yield_per": batch_size, "stream_results": True})
-    return _walk(result.mappings(), "decisions", row_hash, _decision_problem, at=at, expect_head=expect_head)
+
+
+def extend_verified(
+    session: Session, verified: Position, last_id: int, *, limit: int
+) -> tuple[ChainReport, int]:
+    """Continue a walk of the decisions that reached `verified` at decision id `last_id` (0: from the start)
+    over at most `limit` further rows: the report and the last id walked. Cheap per call: it re-checks only
+    that the row at `last_id` still has the recorded hash, not the rows before it (`verify_chain` does)."""
+    if last_id:
+        hash_now = session.scalar(select(Decision.row_hash).where(Decision.id == last_id))
+        if hash_now != verified.head:
+            problem = "row_hash changed after it was verified (the log was rewritten)"
+            if hash_now is None:
+                problem = "the row was deleted after it was verified"
+            return ChainReport(False, verified.rows - 1, verified.head, last_id, None, problem), last_id
+    walked = [last_id]
+
+    def rows() -> Any:
+        query = _decisions_query().where(Decision.id > last_id).limit(limit)
+        for row in session.execute(query).mappings():
+            yield row
+            walked[0] = row["id"]
+
+    report = _walk(rows(), "decisions", row_hash, _decision_problem, at=None, start=verified)
+    return report, walked[0] if report.ok else last_id
 
 
 def verify_artifacts(session: Session, *, at: Position | None = None, batch_size: int = 2000) -> ChainReport:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ from sqlalchemy import and_, case, func, literal, select
 from sqlalchemy.orm import Session
 
 from audit.fairness import Records
-from audit.models import Artifact, Decision, Job, ReplayRun
+from audit.models import JOB_STATUSES, Artifact, Decision, Job, ReplayRun
 from policies import ACTIONS
 
 GROUP_BY_LANGUAGE = "language"
@@ -216,10 +216,12 @@ def policy_counts(
 # --- the dashboard's job browser ---
 
 
-def action_counts(session: Session, *, tenant: str | None = None) -> dict[str, int]:
+def action_counts(
+    session: Session, *, tenant: str | None = None, since: datetime | None = None
+) -> dict[str, int]:
     """Decisions per (effective) action."""
     action = effective_action_sql().label("action")
-    stmt = _scoped(select(action, func.count()).group_by(action), tenant, None)
+    stmt = _scoped(select(action, func.count()).group_by(action), tenant, since)
     counts = dict.fromkeys(ACTIONS, 0)
     counts.update({a: int(n) for a, n in session.execute(stmt)})
     return counts
@@ -230,20 +232,88 @@ def latest_decision_id(session: Session, *, tenant: str | None = None) -> int:
     return int(session.execute(_scoped(select(func.max(Decision.id)), tenant, None)).scalar() or 0)
 
 
+def awaiting_review(session: Session, *, tenant: str) -> dict[str, int]:
+    """The tenant's jobs waiting for a verdict (review pending or escalated), by status (held, halted)."""
+    stmt = (
+        select(Job.status, func.count())
+        .where(Job.tenant == tenant, Job.review.in_(("pending", "escalated")))
+        .where(Job.status.in_(("held", "halted")))
+        .group_by(Job.status)
+    )
+    counts = {"held": 0, "halted": 0}
+    counts.update({status: int(n) for status, n in session.execute(stmt)})
+    return counts
+
+
+def _day(name: str, value: str) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{name}: {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, its `%`, `_` and `\\` taken literally (escape `\\`)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 @dataclass(frozen=True)
 class DecisionFilter:
-    """Filters of the dashboard's decision browser; empty strings mean no filter."""
+    """Filters of the dashboard's decision browser; empty strings mean no filter. `date_from` and
+    `date_to` are UTC days (both included); `prompt` is a case-insensitive substring."""
 
     action: str = ""
     language: str = ""
     policy_version: str = ""
+    status: str = ""
+    date_from: str = ""
+    date_to: str = ""
+    prompt: str = ""
 
     def __post_init__(self) -> None:
         if self.action and self.action not in ACTIONS:
             raise ValueError(f"action: must be one of {', '.join(ACTIONS)}, got {self.action!r}")
+        if self.status and self.status not in JOB_STATUSES:
+            raise ValueError(f"status: must be one of {', '.join(JOB_STATUSES)}, got {self.status!r}")
         for name in ("language", "policy_version"):
             if len(getattr(self, name)) > 64:
                 raise ValueError(f"{name}: at most 64 characters")
+        if len(self.prompt) > 200:
+            raise ValueError("prompt: search for at most 200 characters")
+        start, end = self.day_range()
+        if start is not None and end is not None and end < start:
+            raise ValueError(f"date_to: {self.date_to} is before date_from {self.date_from}")
+
+    def day_range(self) -> tuple[date | None, date | None]:
+        """The two days as dates (ValueError naming the field that is not a date)."""
+        return _day("date_from", self.date_from), _day("date_to", self.date_to)
+
+    def query(self) -> dict[str, str]:
+        """The filter's non-empty fields, for links that keep it."""
+        return {k: v for k, v in vars(self).items() if v}
+
+
+def _filtered(stmt: Any, flt: DecisionFilter) -> Any:
+    if flt.action:
+        stmt = stmt.where(effective_action_sql() == flt.action)
+    if flt.language:
+        stmt = stmt.where(Decision.language == flt.language)
+    if flt.policy_version:
+        stmt = stmt.where(Decision.policy_version == flt.policy_version)
+    if flt.status:
+        stmt = stmt.where(Job.status == flt.status)
+    start, end = flt.day_range()
+    if start is not None:
+        stmt = stmt.where(Decision.created_at >= datetime.combine(start, time.min, tzinfo=UTC))
+    if end is not None:
+        after = datetime.combine(end, time.min, tzinfo=UTC) + timedelta(days=1)
+        stmt = stmt.where(Decision.created_at < after)
+    if flt.prompt:
+        stmt = stmt.where(Job.prompt.ilike(like_pattern(flt.prompt), escape="\\"))
+    return stmt
 
 
 def list_decisions(
@@ -256,18 +326,12 @@ def list_decisions(
 ) -> list[dict[str, Any]]:
     """Newest decisions first, with their job: keyset pagination on the decision id (fast on large tables)."""
     stmt = (
-        select(Decision, Job.prompt, Job.status)
+        select(Decision, Job.prompt, Job.status, Job.labels)
         .join(Job, Job.id == Decision.job_id)
         .order_by(Decision.id.desc())
         .limit(limit)
     )
-    stmt = _scoped(stmt, tenant, None)
-    if flt.action:
-        stmt = stmt.where(effective_action_sql() == flt.action)
-    if flt.language:
-        stmt = stmt.where(Decision.language == flt.language)
-    if flt.policy_version:
-        stmt = stmt.where(Decision.policy_version == flt.policy_version)
+    stmt = _filtered(_scoped(stmt, tenant, None), flt)
     if before_id is not None:
         stmt = stmt.where(Decision.id < before_id)
     return [
@@ -283,8 +347,9 @@ def list_decisions(
             "policy": f"{d.policy_name} {d.policy_version}",
             "prompt": prompt,
             "status": status,
+            "labels": labels or {},
         }
-        for d, prompt, status in session.execute(stmt)
+        for d, prompt, status, labels in session.execute(stmt)
     ]
 
 

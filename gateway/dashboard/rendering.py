@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,25 @@ STATIC_FILES = {
 }
 
 router = APIRouter()
+
+
+def when(moment: datetime | str | None) -> str:
+    """A time as the dashboard shows every time: UTC, to the second (`2026-01-31 12:00:05`); naive is UTC."""
+    if moment is None or moment == "":
+        return "–"
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 templates = Jinja2Templates(directory=str(TEMPLATES))
 templates.env.filters["num"] = fmt
 templates.env.filters["ci"] = fmt_ci
 templates.env.filters["pct"] = fmt_pct  # rates read the same here as in the HTML report
 templates.env.filters["cell"] = cell
+templates.env.filters["when"] = when
 templates.env.globals["missing_notes"] = missing_notes
 templates.env.globals["rates_svg"] = rates_svg
 
@@ -38,6 +53,13 @@ def page(request: Request, name: str, viewer: Viewer, status_code: int = 200, **
         {"tenant": viewer.tenant, "viewer": viewer, "csrf": viewer.csrf, "active": name, **context},
         status_code=status_code,
     )
+
+
+def deviation_bars(deviations: list[float] | None) -> list[tuple[int, float, float]]:
+    """(path, deviation, bar length 0-100 against the largest) for the experts' deviations chart."""
+    values = list(deviations or [])
+    top = max(values, default=0.0) or 1.0
+    return [(i, d, round(100 * d / top, 2)) for i, d in enumerate(values)]
 
 
 @router.get("/static/{name}")

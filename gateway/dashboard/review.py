@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from audit import reviews as review_repo
 from audit.db import transaction
 from gateway.dashboard.forms import read_form
-from gateway.dashboard.rendering import PAGE_SIZE, page
+from gateway.dashboard.rendering import PAGE_SIZE, deviation_bars, page
 from gateway.dashboard.sessions import Viewer, ViewerDep, check_post, to_login
 from gateway.deps import SessionDep
 from gateway.schemas import ReviewRequest
@@ -152,8 +152,6 @@ def review_page(
         after = ids[ids.index(current.id) + 1 :] if current.id in ids else ids
         following = next((i for i in after if i != current.id), None)
     decision = current.decision if current is not None else None
-    deviations = list(decision.expert_deviation or []) if decision is not None else []
-    top = max(deviations, default=0.0) or 1.0
     return page(
         request,
         "review.html",
@@ -165,7 +163,7 @@ def review_page(
         decision=decision,
         lease_until=lease.until if lease is not None else None,
         scale=_scale(decision.score, decision.flag_at, decision.halt_at) if decision is not None else None,
-        deviations=[(i, d, round(100 * d / top, 2)) for i, d in enumerate(deviations)],
+        deviations=deviation_bars(decision.expert_deviation if decision is not None else None),
         verdicts=review_repo.verdicts_of(session, [current.id])[current.id] if current is not None else [],
         following=following,
         flt=flt,
