@@ -33,6 +33,24 @@ CHROMIUM_ARGS = [
 ]
 
 
+WIDTH = 1366  # the most common laptop width: no page may need sideways scrolling at it
+
+
+def shoot(page, shots: Path, name: str) -> None:
+    """Save a full-page screenshot of `page` after checking that it has no horizontal overflow."""
+    root = "document.documentElement"
+    widths = page.evaluate(f"() => [{root}.scrollWidth, {root}.clientWidth]")
+    assert widths[0] <= widths[1], f"{name}: {widths[0]} px wide in a {widths[1]} px window"
+    page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
+
+def assert_shots(shots: Path, names: list[str]) -> None:
+    """Every screenshot was written and holds an image; copied to /tmp for a human to look at."""
+    for name in names:
+        assert (shots / f"{name}.png").stat().st_size > 2000, name
+    shutil.copytree(shots, Path("/tmp/emoe_dashboard_screenshots"), dirs_exist_ok=True)
+
+
 @pytest.fixture
 def server(module_pg_url: str, tmp_path):
     """The gateway (with the dashboard) served by uvicorn in a thread on a free port."""
@@ -76,7 +94,7 @@ def test_dashboard_in_chromium(server: str, module_pg_url: str, tmp_path: Path) 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(viewport={"width": WIDTH, "height": 900})
             page.on(
                 "console",
                 lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
@@ -87,10 +105,12 @@ def test_dashboard_in_chromium(server: str, module_pg_url: str, tmp_path: Path) 
             # 1. an unsigned visit lands on the sign-in form; signing in returns to the page asked for
             page.goto(f"{server}/dashboard/jobs")
             assert "/dashboard/login" in page.url
+            shoot(page, shots, "login")
             page.fill("#key", secret)
             page.click("#sign-in")
             page.wait_for_url("**/dashboard/jobs")
             assert page.locator("tr.job").count() == 13
+            shoot(page, shots, "jobs")
 
             # 2. the filter: halted jobs only
             page.select_option("#f-action", "halt")
@@ -98,29 +118,38 @@ def test_dashboard_in_chromium(server: str, module_pg_url: str, tmp_path: Path) 
             page.wait_for_url("**action=halt**")
             actions = page.locator("tr.job").evaluate_all("rows => rows.map(r => r.dataset.action)")
             assert actions == ["halt", "halt", "halt"]
-            page.screenshot(path=str(shots / "jobs-halted.png"), full_page=True)
+            shoot(page, shots, "jobs-halted")
 
             # 3. a job with its image, which the browser loads through the cookie
             page.goto(f"{server}/dashboard/jobs/{job_id}")
             page.wait_for_function("() => document.querySelector('img.art')?.naturalWidth > 0")
             assert page.inner_text("#rule") == "thresholds"
+            shown = page.eval_on_selector(
+                "img.art", "i => [i.clientWidth, getComputedStyle(i).imageRendering]"
+            )
+            assert shown == [256, "pixelated"]  # an 8x8 image shown large, without smoothing
+            shoot(page, shots, "job")
 
             # 4. overview and fairness
             page.goto(f"{server}/dashboard")
             assert page.locator("#over-time tr").count() > 1
             assert "dash@7#" in page.inner_text("#policy")
-            page.screenshot(path=str(shots / "overview.png"), full_page=True)
+            assert page.locator("#chain").count() == 1 and page.locator("#awaiting").count() == 1
+            shoot(page, shots, "overview")
+            page.goto(f"{server}/dashboard?period=7d")
+            assert page.input_value("#f-period") == "7d"
+            shoot(page, shots, "overview-7d")
             page.goto(f"{server}/dashboard/fairness")
             assert page.locator("#fairness tr[data-group]").count() == 2
-            page.screenshot(path=str(shots / "fairness.png"), full_page=True)
+            shoot(page, shots, "fairness")
+            page.goto(f"{server}/dashboard/fairness?group_by=team")
+            shoot(page, shots, "fairness-by-label")
         finally:
             browser.close()
 
     assert problems == []
-    for name in ("jobs-halted.png", "overview.png", "fairness.png"):
-        assert (shots / name).stat().st_size > 5000
-    keep = Path("/tmp/emoe_dashboard_screenshots")
-    shutil.copytree(shots, keep, dirs_exist_ok=True)  # for a human to look at after the run
+    assert_shots(shots, ["login", "jobs", "jobs-halted", "job", "overview", "overview-7d"])
+    assert_shots(shots, ["fairness", "fairness-by-label"])
 
 
 def test_review_in_chromium(server: str, module_pg_url: str, tmp_path: Path) -> None:
@@ -146,7 +175,7 @@ def test_review_in_chromium(server: str, module_pg_url: str, tmp_path: Path) -> 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport={"width": 1280, "height": 1000})
+            context = browser.new_context(viewport={"width": WIDTH, "height": 1000})
             page = context.new_page()
             page.on(
                 "console",
@@ -175,7 +204,7 @@ def test_review_in_chromium(server: str, module_pg_url: str, tmp_path: Path) -> 
                 "img.big", "i => [i.clientWidth, getComputedStyle(i).imageRendering]"
             )
             assert shown == [384, "pixelated"]
-            page.screenshot(path=str(shots / "review.png"), full_page=True)
+            shoot(page, shots, "review")
 
             # n opens the next job, r rejects it; back on the first (still leased to this reviewer) a approves
             page.keyboard.press("n")
@@ -194,6 +223,7 @@ def test_review_in_chromium(server: str, module_pg_url: str, tmp_path: Path) -> 
             # bulk: approve every open Finnish job, after a confirmation (dismissed first: nothing happens)
             page.goto(f"{server}/dashboard/review?language=fi")
             assert page.inner_text("#bulk-n") == "2"
+            shoot(page, shots, "review-bulk")
             answers = iter([False, True])
             asked: list[str] = []
 
@@ -226,6 +256,7 @@ def test_review_in_chromium(server: str, module_pg_url: str, tmp_path: Path) -> 
             browser.close()
 
     assert problems == []
+    assert_shots(shots, ["review", "review-bulk"])
     with httpx.Client(base_url=server, headers=read) as api:
         assert api.get(f"/v1/jobs/{first}/images/0").status_code == 200
         denied = api.get(f"/v1/jobs/{second}/images/0")
