@@ -9,6 +9,7 @@ trajectories, each its own routing group of CFG rows, so a trajectory routes as 
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -115,9 +116,14 @@ def seeded_generators(state: torch.Tensor, n: int) -> list[torch.Generator]:
 
 
 # 4. denoise
+@functools.cache
+def _step_parameters(scheduler_type: type) -> frozenset[str]:
+    return frozenset(inspect.signature(scheduler_type.step).parameters)  # once a type: every step asks
+
+
 def step_kwargs(scheduler: Any, generator: torch.Generator) -> dict[str, Any]:
     """The keyword arguments this scheduler's `step` takes: eta 0 (DDIM) and the trajectory's generator."""
-    params = set(inspect.signature(scheduler.step).parameters)
+    params = _step_parameters(type(scheduler))
     kwargs: dict[str, Any] = {}
     if "eta" in params:
         kwargs["eta"] = 0.0

@@ -108,9 +108,6 @@ class GateJob:
 def run_gate(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outcome:
     """Score this job and any others waiting (one batch across requests), decide, record, move each on."""
     outcome = Outcome()
-    # let a few concurrent submissions arrive, so that they share the batch
-    if settings.gate_batch_size > 1 and settings.gate_batch_wait_ms:
-        time.sleep(settings.gate_batch_wait_ms / 1000)
     batch = claim_for_gate(job_id, settings, outcome)
     if not batch:
         return outcome
@@ -120,12 +117,16 @@ def run_gate(job_id: uuid.UUID, settings: Settings, runtime: Runtime) -> Outcome
 
 
 def claim_for_gate(job_id: uuid.UUID, settings: Settings, outcome: Outcome) -> list[GateJob]:
-    """1. Claim this job, then fill the batch with other queued jobs; detect the language of those stored
-    without one (the gateway keeps detection off the submission path; it is written with the decision)."""
+    """1. Claim this job, wait `gate_batch_wait_ms` for concurrent submissions, then fill the batch with other
+    queued jobs; detect the language of those stored without one (the gateway keeps detection off the
+    submission path; it is written with the decision)."""
     with session_scope(settings.resolved_database_url) as session:
         first = _claim(session, job_id, "scoring", settings, outcome)
-        if first is None:
-            return []
+    if first is None:
+        return []  # e.g. a neighbour's batch took it: no wait for a batch this message will not score
+    if settings.gate_batch_size > 1 and settings.gate_batch_wait_ms:
+        time.sleep(settings.gate_batch_wait_ms / 1000)
+    with session_scope(settings.resolved_database_url) as session:
         claims = [
             first,
             *repo.claim_waiting(

@@ -163,6 +163,22 @@ def test_redelivered_tasks_write_one_decision_and_one_image(
     assert counts(migrated_sqlite_url, job_id) == (1, 1)
 
 
+def test_only_a_gate_message_that_claims_its_job_waits_for_a_batch(
+    migrated_sqlite_url, tmp_path, tiny_runtime
+) -> None:
+    """EMOE_GATE_BATCH_WAIT_MS lets concurrent submissions join a batch; a message whose job a neighbour's
+    batch scored already returns at once (one worker would otherwise sit out the wait once per such job)."""
+    settings = make_settings(migrated_sqlite_url, tmp_path, gate_batch_wait_ms=1500, gate_batch_size=8)
+    ids = [_queued_job(migrated_sqlite_url, p) for p in PROMPTS[:2]]
+    started = time.monotonic()
+    stages.run_gate(ids[0], settings, tiny_runtime)
+    assert time.monotonic() - started >= 1.5
+    started = time.monotonic()
+    assert stages.run_gate(ids[1], settings, tiny_runtime).note == "done"  # scored in ids[0]'s batch
+    assert time.monotonic() - started < 1.0
+    assert [counts(migrated_sqlite_url, i)[0] for i in ids] == [1, 1]
+
+
 def test_a_stale_claim_is_taken_over_and_attempts_run_out(
     migrated_sqlite_url, tmp_path, tiny_runtime
 ) -> None:
