@@ -11,7 +11,11 @@ import typer
 
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", help="Database URL (default: EMOE_DATABASE_URL, else the embedded SQLite file)."),
+    typer.Option(
+        "--db",
+        metavar="URL",
+        help="Database URL (default: EMOE_DATABASE_URL, else the embedded SQLite file).",
+    ),
 ]
 
 
@@ -72,11 +76,14 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     @app.command("migrate")
     def migrate(
         db: DbOption = None,
-        revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+        revision: Annotated[
+            str, typer.Option("--revision", metavar="REVISION", help="Target revision.")
+        ] = "head",
         app_role: Annotated[
             str | None,
             typer.Option(
                 "--app-role",
+                metavar="ROLE",
                 help=(
                     "PostgreSQL: the role the gateway and workers connect as; it gets SELECT and INSERT on "
                     "the hash-chained tables and no more (run migrate as the tables' owner)."
@@ -116,12 +123,16 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         db: DbOption = None,
         expect_head: Annotated[
             str | None,
-            typer.Option(help="A row_hash (or 8+ digit prefix) recorded earlier: fail if the chain lost it."),
+            typer.Option(
+                metavar="HASH",
+                help="A row_hash (or 8+ digit prefix) recorded earlier: fail if the chain lost it.",
+            ),
         ] = None,
         checkpoint: Annotated[
             Path | None,
             typer.Option(
                 "--checkpoint",
+                metavar="FILE",
                 help="A file from `audit checkpoint`: fail unless the log still extends it (needs the key).",
             ),
         ] = None,
@@ -158,7 +169,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @groups["audit"].command("checkpoint")
     def checkpoint_command(
-        out: Annotated[Path, typer.Option("--out", help="The file to write (keep it outside the database).")],
+        out: Annotated[
+            Path,
+            typer.Option("--out", metavar="FILE", help="The file to write (keep it outside the database)."),
+        ],
         db: DbOption = None,
     ) -> None:
         """Write a signed checkpoint of the chains (row counts, heads, time; HMAC-SHA256 with the audit key)
@@ -193,7 +207,11 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     def redact(
         older_than: Annotated[
             float,
-            typer.Option("--older-than", help="Redact prompts of finished jobs older than this many days."),
+            typer.Option(
+                "--older-than",
+                metavar="DAYS",
+                help="Redact prompts of finished jobs older than this many days.",
+            ),
         ],
         db: DbOption = None,
         check: Annotated[

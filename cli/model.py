@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.params import NAMED
 from cli.progress import quiet_libraries, spinner
 
 #: `generate` exits with this when the gate halts (no image); 0 when it rendered, 2 on bad input
@@ -72,7 +73,9 @@ def _policy(path: Path | None) -> tuple[Any, bool]:
 
 
 def score_command(
-    prompts: Annotated[list[str], typer.Argument(metavar="PROMPT...", help="One or more prompts.")],
+    prompts: Annotated[
+        list[str], typer.Argument(metavar="PROMPT...", click_type=NAMED, help="One or more prompts.")
+    ],
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a JSON list of score objects (with their decision).")
     ] = False,
@@ -179,7 +182,7 @@ def _decide(scores: list[Any], policy: Any, named: bool) -> tuple[list[dict[str,
 
 
 def generate_command(
-    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="The prompt.")],
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", click_type=NAMED, help="The prompt.")],
     out: Annotated[
         Path, typer.Option("--out", metavar="DIR", help="Folder to write the image(s) and score.json into.")
     ],

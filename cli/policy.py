@@ -51,29 +51,47 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @app.command("calibrate")
     def calibrate(
-        out: Annotated[Path, typer.Option("--out", help="Where to write the policy YAML.")],
+        out: Annotated[Path, typer.Option("--out", metavar="FILE", help="Where to write the policy YAML.")],
         prompts: Annotated[
-            Path | None, typer.Option("--prompts", help="Reference prompts, one per line.")
+            Path | None, typer.Option("--prompts", metavar="FILE", help="Reference prompts, one per line.")
         ] = None,
-        flag_quantile: Annotated[float, typer.Option(help="Flag above this conformal quantile.")] = 0.75,
-        halt_quantile: Annotated[float, typer.Option(help="Halt above this conformal quantile.")] = 0.95,
-        name: Annotated[str, typer.Option(help="Policy name.")] = "default",
+        flag_quantile: Annotated[
+            float, typer.Option(metavar="Q", help="Flag above this conformal quantile.")
+        ] = 0.75,
+        halt_quantile: Annotated[
+            float, typer.Option(metavar="Q", help="Halt above this conformal quantile.")
+        ] = 0.95,
+        name: Annotated[str, typer.Option("--name", metavar="NAME", help="Policy name.")] = "default",
         version: Annotated[
-            str, typer.Option(help='Policy version (--from-reviews: default the base version + "-reviewed").')
+            str,
+            typer.Option(
+                "--version",
+                metavar="VERSION",
+                help='Policy version (--from-reviews: default the base version + "-reviewed").',
+            ),
         ] = "1",
-        mode: Annotated[str, typer.Option(help="enforce or shadow.")] = "enforce",
+        mode: Annotated[str, typer.Option(metavar="enforce|shadow", help="enforce or shadow.")] = "enforce",
         ensemble: Annotated[
-            str | None, typer.Option(help="Ensemble spec (default: EMOE_ENSEMBLE, i.e. 'default').")
+            str | None,
+            typer.Option(metavar="NAME|PATH", help="Ensemble spec (default: EMOE_ENSEMBLE, i.e. 'default')."),
         ] = None,
         resamples: Annotated[
-            int, typer.Option(help="Bootstrap resamples for the threshold intervals.")
+            int, typer.Option(metavar="N", help="Bootstrap resamples for the threshold intervals.")
         ] = 2000,
-        seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+        seed: Annotated[int, typer.Option(metavar="N", help="Bootstrap seed.")] = 0,
         on_flag: Annotated[
-            str, typer.Option(help="release (flagged jobs complete) or hold (their images await review).")
+            str,
+            typer.Option(
+                metavar="release|hold",
+                help="release (flagged jobs complete) or hold (their images await review).",
+            ),
         ] = "release",
         on_halt: Annotated[
-            str, typer.Option(help="final (a halt stands) or review (a reviewer may approve a halted job).")
+            str,
+            typer.Option(
+                metavar="final|review",
+                help="final (a halt stands) or review (a reviewer may approve a halted job).",
+            ),
         ] = "final",
         from_reviews: Annotated[
             bool,
@@ -83,29 +101,49 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         ] = False,
         max_unreviewed_rejects: Annotated[
             float | None,
-            typer.Option(help="--from-reviews: at most this share of rejected prompts continue unreviewed."),
+            typer.Option(
+                metavar="SHARE",
+                help="--from-reviews: at most this share of rejected prompts continue unreviewed.",
+            ),
         ] = None,
         max_halted_approvals: Annotated[
-            float | None, typer.Option(help="--from-reviews: at most this share of approved prompts halt.")
+            float | None,
+            typer.Option(
+                metavar="SHARE", help="--from-reviews: at most this share of approved prompts halt."
+            ),
         ] = None,
         confidence: Annotated[
             float | None,
-            typer.Option(help="--from-reviews: the targets hold with this probability (clopper-pearson)."),
+            typer.Option(
+                metavar="LEVEL",
+                help="--from-reviews: the targets hold with this probability (clopper-pearson).",
+            ),
         ] = None,
         method: Annotated[
             str,
-            typer.Option(help="--from-reviews: clopper-pearson (with --confidence) or crc (in expectation)."),
+            typer.Option(
+                metavar="clopper-pearson|crc",
+                help="--from-reviews: clopper-pearson (with --confidence) or crc (in expectation).",
+            ),
         ] = "clopper-pearson",
         base: Annotated[
             Path | None,
             typer.Option(
-                "--policy", help="--from-reviews: the policy to start from (default: the one in force)."
+                "--policy",
+                metavar="FILE",
+                help="--from-reviews: the policy to start from (default: the one in force).",
             ),
         ] = None,
         since: Annotated[
-            str | None, typer.Option(help="--from-reviews: only decisions from this ISO date or time on.")
+            str | None,
+            typer.Option(
+                metavar="DATE", help="--from-reviews: only decisions from this ISO date or time on."
+            ),
         ] = None,
-        tenant: Annotated[str | None, typer.Option(help="--from-reviews: only this tenant's jobs.")] = None,
+        tenant: Annotated[
+            str | None,
+            typer.Option("--tenant", metavar="TENANT", help="--from-reviews: only this tenant's jobs."),
+        ] = None,
         db: DbOption = None,
     ) -> None:
         """Write a policy: thresholds at the split-conformal quantiles of reference prompts' scores, or with
@@ -300,9 +338,9 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
 
     @app.command("replay")
     def replay(
-        policy: Annotated[Path, typer.Option("--policy", help="Policy YAML to replay.")],
+        policy: Annotated[Path, typer.Option("--policy", metavar="FILE", help="Policy YAML to replay.")],
         since: Annotated[
-            str | None, typer.Option(help="Only decisions from this ISO date or time on.")
+            str | None, typer.Option(metavar="DATE", help="Only decisions from this ISO date or time on.")
         ] = None,
         db: DbOption = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,

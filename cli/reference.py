@@ -11,10 +11,19 @@ from typing import Annotated
 
 import typer
 
+from cli.params import NAMED
+
 EnsembleOption = Annotated[
-    str, typer.Option("--ensemble", help="default (the shipped reference ensemble) or a checkpoint folder.")
+    str,
+    typer.Option(
+        "--ensemble",
+        metavar="NAME|DIR",
+        help="default (the shipped reference ensemble) or a checkpoint folder.",
+    ),
 ]
-OutOption = Annotated[Path, typer.Option("--out", help="Folder for the JSON results and PNG plots.")]
+OutOption = Annotated[
+    Path, typer.Option("--out", metavar="DIR", help="Folder for the JSON results and PNG plots.")
+]
 QuickOption = Annotated[bool, typer.Option("--quick", help="A smaller run (fewer prompts and resamples).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object, last line.")]
 
@@ -49,7 +58,7 @@ def _report(result: dict, as_json: bool, lines: list[str]) -> None:
 
 
 def train(
-    out: Annotated[Path, typer.Option("--out", help="Folder to build every part into.")],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder to build every part into.")],
     smoke: Annotated[
         bool, typer.Option("--smoke", help="A seconds-long plan (tests the code, not the model).")
     ] = False,
@@ -57,7 +66,10 @@ def train(
         bool, typer.Option("--resume", help="Load the stages already finished in --out.")
     ] = False,
     ship: Annotated[
-        Path | None, typer.Option("--ship", help="Also merge and save the fp16 checkpoint + manifest here.")
+        Path | None,
+        typer.Option(
+            "--ship", metavar="DIR", help="Also merge and save the fp16 checkpoint + manifest here."
+        ),
     ] = None,
     jobs: Annotated[
         int,
@@ -65,6 +77,7 @@ def train(
             "--jobs",
             min=1,
             max=8,
+            metavar="N",
             help="Processes (= cores) to use: the single-model stages run with this many threads, and this "
             "many experts are fine-tuned at once, one thread each.",
         ),
@@ -74,6 +87,7 @@ def train(
         typer.Option(
             "--expert-seed-offset",
             min=0,
+            metavar="N",
             help="Shift every expert's seed (and so its data sample) by this much: the seed-robustness "
             "runs of docs/reference-results.md (e.g. 100; with --resume on a folder holding the base).",
         ),
@@ -105,7 +119,10 @@ def train(
 
 
 def verify(
-    folder: Annotated[Path | None, typer.Argument(help="Shipped folder (default: the package's).")] = None,
+    folder: Annotated[
+        Path | None,
+        typer.Argument(metavar="FOLDER", click_type=NAMED, help="Shipped folder (default: the package's)."),
+    ] = None,
 ) -> None:
     """Check the shipped reference ensemble's files against its manifest of sha256 hashes."""
     from reference.ship import ENSEMBLE_DIR, verify_manifest

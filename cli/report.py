@@ -22,38 +22,51 @@ FORMAT_HELP = (
 
 
 def report(
-    out: Annotated[Path, typer.Option("--out", help="File to write.")],
-    fmt: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "html",
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="File to write.")],
+    fmt: Annotated[str, typer.Option("--format", metavar="html|json|csv", help=FORMAT_HELP)] = "html",
     db_url: Annotated[
-        str | None, typer.Option("--db", help="Database URL; default: EMOE_DATABASE_URL.")
+        str | None, typer.Option("--db", metavar="URL", help="Database URL; default: EMOE_DATABASE_URL.")
     ] = None,
     group_by: Annotated[
-        str, typer.Option(help="`language` or the name of a client label, e.g. region.")
+        str,
+        typer.Option(metavar="language|LABEL", help="`language` or the name of a client label, e.g. region."),
     ] = "language",
     since: Annotated[
-        str | None, typer.Option(help="Only decisions from this ISO date/datetime on (UTC).")
+        str | None, typer.Option(metavar="DATE", help="Only decisions from this ISO date/datetime on (UTC).")
     ] = None,
     reference: Annotated[
         str | None,
-        typer.Option(help="The group the others are compared with (default: en, else the largest group)."),
+        typer.Option(
+            metavar="GROUP",
+            help="The group the others are compared with (default: en, else the largest group).",
+        ),
     ] = None,
     keyword: Annotated[
         list[str] | None,
-        typer.Option(help="Share of prompts with this word in the lowest quartile (repeatable)."),
+        typer.Option(
+            metavar="WORD", help="Share of prompts with this word in the lowest quartile (repeatable)."
+        ),
     ] = None,
-    confidence: Annotated[float, typer.Option(help="Confidence level of every interval.")] = 0.95,
-    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    confidence: Annotated[
+        float, typer.Option(metavar="LEVEL", help="Confidence level of every interval.")
+    ] = 0.95,
+    n_boot: Annotated[int, typer.Option(metavar="N", help="Bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed of the bootstrap.")] = 0,
     min_group_size: Annotated[
-        int, typer.Option(min=1, help="Groups smaller than this are marked too small to compare.")
+        int,
+        typer.Option(min=1, metavar="N", help="Groups smaller than this are marked too small to compare."),
     ] = 30,
     bootstrap_max_n: Annotated[
         int,
         typer.Option(
-            help="Bootstrap groups up to this size; larger ones use normal/order-statistic intervals."
+            metavar="N",
+            help="Bootstrap groups up to this size; larger ones use normal/order-statistic intervals.",
         ),
     ] = 200,
-    tenant: Annotated[str | None, typer.Option(help="Only this tenant's decisions (default: all).")] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option("--tenant", metavar="TENANT", help="Only this tenant's decisions (default: all)."),
+    ] = None,
 ) -> None:
     """Fairness report: per-group scores, halt and flag rates with intervals, quartiles, plots."""
     from sqlalchemy.engine import make_url
@@ -105,22 +118,29 @@ def eval_multilingual(
     ensemble_spec: Annotated[
         str | None,
         typer.Option(
-            "--ensemble", help="tiny, default, a segmoe YAML or a checkpoint folder (default: EMOE_ENSEMBLE)."
+            "--ensemble",
+            metavar="NAME|PATH",
+            help="tiny, default, a segmoe YAML or a checkpoint folder (default: EMOE_ENSEMBLE).",
         ),
     ] = None,
-    per_language: Annotated[int, typer.Option(help="Parallel prompts per language.")] = 40,
-    out: Annotated[Path, typer.Option(help="Folder for run.json, scores.jsonl and the report.")] = Path(
-        "eval-multilingual"
-    ),
+    per_language: Annotated[int, typer.Option(metavar="N", help="Parallel prompts per language.")] = 40,
+    out: Annotated[
+        Path, typer.Option(metavar="DIR", help="Folder for run.json, scores.jsonl and the report.")
+    ] = Path("eval-multilingual"),
     languages: Annotated[
-        str | None, typer.Option(help="Comma-separated ISO 639-1 codes (default: 25 languages).")
+        str | None,
+        typer.Option(metavar="CODE,...", help="Comma-separated ISO 639-1 codes (default: 25 languages)."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Which (template, class) pairs are drawn.")] = 0,
-    batch_size: Annotated[int | None, typer.Option(help="Prompts per scoring batch.")] = None,
-    keyword: Annotated[list[str] | None, typer.Option(help="Keyword share in the lowest quartile.")] = None,
+    seed: Annotated[int, typer.Option(metavar="N", help="Which (template, class) pairs are drawn.")] = 0,
+    batch_size: Annotated[int | None, typer.Option(metavar="N", help="Prompts per scoring batch.")] = None,
+    keyword: Annotated[
+        list[str] | None, typer.Option(metavar="WORD", help="Keyword share in the lowest quartile.")
+    ] = None,
     quality_model: Annotated[
         Path | None,
-        typer.Option(help="CLIP checkpoint folder: also generate each image and store its CLIP score."),
+        typer.Option(
+            metavar="DIR", help="CLIP checkpoint folder: also generate each image and store its CLIP score."
+        ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -253,22 +273,26 @@ def eval_quality(
     model: Annotated[
         Path | None,
         typer.Option(
-            "--model", help="Local folder of a CLIP checkpoint (CLIPModel); default: the reference CLIP."
+            "--model",
+            metavar="DIR",
+            help="Local folder of a CLIP checkpoint (CLIPModel); default: the reference CLIP.",
         ),
     ] = None,
     db_url: Annotated[
-        str | None, typer.Option("--db", help="Database URL; default: EMOE_DATABASE_URL.")
+        str | None, typer.Option("--db", metavar="URL", help="Database URL; default: EMOE_DATABASE_URL.")
     ] = None,
     since: Annotated[
-        str | None, typer.Option(help="Only images stored from this ISO date/datetime on.")
+        str | None, typer.Option(metavar="DATE", help="Only images stored from this ISO date/datetime on.")
     ] = None,
     reference_label: Annotated[
-        str, typer.Option(help="Job label holding the English text of a translated prompt.")
+        str, typer.Option(metavar="LABEL", help="Job label holding the English text of a translated prompt.")
     ] = "reference_text",
     overwrite: Annotated[
         bool, typer.Option(help="Score images that already have a quality score too.")
     ] = False,
-    batch_size: Annotated[int, typer.Option(min=1, max=1024, help="Images per CLIP batch.")] = 16,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=1024, metavar="N", help="Images per CLIP batch.")
+    ] = 16,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Store the CLIP score of every stored image (the report's quality), from a CLIP in a local folder.

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.audit import open_database
+from cli.params import NAMED
 from cli.progress import spinner
 
 DEMO_PROMPTS = Path(__file__).resolve().parent / "demo_prompts.json"
@@ -40,12 +41,15 @@ def _prepare_database(url: str) -> None:
 
 
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    host: Annotated[
+        str, typer.Option("--host", metavar="HOST", help="Interface to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", metavar="PORT", help="TCP port.")] = 8000,
     db: Annotated[
-        str | None, typer.Option(help="Database URL (default: EMOE_DATABASE_URL or embedded SQLite).")
+        str | None,
+        typer.Option(metavar="URL", help="Database URL (default: EMOE_DATABASE_URL or embedded SQLite)."),
     ] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Gateway processes (real mode only).")] = 1,
+    workers: Annotated[int, typer.Option(min=1, metavar="N", help="Gateway processes (real mode only).")] = 1,
 ) -> None:
     """Run the HTTP gateway. Without EMOE_BROKER_URL it also runs the worker in process (embedded mode)."""
     import os
@@ -149,17 +153,18 @@ class _HooksConsumer:
 
 def worker(
     queues: Annotated[
-        str, typer.Option(help="Comma-separated queues: gate, render, hooks.")
+        str, typer.Option(metavar="QUEUE,...", help="Comma-separated queues: gate, render, hooks.")
     ] = "gate,render,hooks",
     concurrency: Annotated[
         int,
         typer.Option(
             min=1,
+            metavar="N",
             help="Worker processes (each loads the model once). Webhooks run on a consumer of their own "
             "with EMOE_WEBHOOK_CONCURRENCY threads.",
         ),
     ] = 1,
-    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
+    loglevel: Annotated[str, typer.Option(metavar="LEVEL", help="Celery log level.")] = "info",
 ) -> None:
     """Run a Celery worker against EMOE_BROKER_URL (Redis) and EMOE_DATABASE_URL."""
     from workers.dispatch import QUEUES
@@ -224,7 +229,8 @@ def worker(
 
 
 KeysDb = Annotated[
-    str | None, typer.Option("--db", help="Database URL (default: EMOE_DATABASE_URL or embedded SQLite).")
+    str | None,
+    typer.Option("--db", metavar="URL", help="Database URL (default: EMOE_DATABASE_URL or embedded SQLite)."),
 ]
 
 
@@ -240,9 +246,13 @@ def _keys_session(db: str | None) -> Iterator[Any]:
 
 
 def keys_create(
-    tenant: Annotated[str, typer.Option(help="Tenant the key belongs to.")],
+    tenant: Annotated[str, typer.Option("--tenant", metavar="TENANT", help="Tenant the key belongs to.")],
     role: Annotated[
-        str, typer.Option(help="submit (submit and read), read (read only) or review (read and review).")
+        str,
+        typer.Option(
+            metavar="submit|read|review",
+            help="submit (submit and read), read (read only) or review (read and review).",
+        ),
     ] = "submit",
     db: KeysDb = None,
 ) -> None:
@@ -279,7 +289,9 @@ def keys_create(
 
 
 def keys_list(
-    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", metavar="TENANT", help="Only this tenant's keys.")
+    ] = None,
     db: KeysDb = None,
 ) -> None:
     """List API keys by their shown prefix (never the secret): tenant, role, created, revoked."""
@@ -296,7 +308,14 @@ def keys_list(
 
 
 def keys_revoke(
-    prefix: Annotated[str, typer.Argument(help="The key's prefix, as `keys create` and `keys list` show.")],
+    prefix: Annotated[
+        str,
+        typer.Argument(
+            metavar="PREFIX",
+            click_type=NAMED,
+            help="The key's prefix, as `keys create` and `keys list` show.",
+        ),
+    ],
     db: KeysDb = None,
 ) -> None:
     """Revoke a key. Gateways stop accepting it within their key cache's lifetime (10 s)."""
@@ -316,17 +335,27 @@ def load_demo_prompts(limit: int | None = None) -> list[dict[str, str]]:
 
 
 def demo(
-    db: Annotated[str | None, typer.Option(help="Database URL (default: OUT/emoe-demo.db, SQLite).")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N bundled prompts.")] = None,
-    out: Annotated[Path, typer.Option(help="Folder for the images and the report.")] = Path("demo-out"),
-    ensemble: Annotated[
-        str | None, typer.Option(help="Ensemble (default: EMOE_ENSEMBLE, i.e. `default`).")
+    db: Annotated[
+        str | None, typer.Option(metavar="URL", help="Database URL (default: OUT/emoe-demo.db, SQLite).")
     ] = None,
-    steps: Annotated[int, typer.Option(min=1, max=200, help="Denoising steps of each rendered image.")] = 25,
+    limit: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="Use only the first N bundled prompts.")
+    ] = None,
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder for the images and the report.")] = Path(
+        "demo-out"
+    ),
+    ensemble: Annotated[
+        str | None,
+        typer.Option(metavar="NAME|PATH", help="Ensemble (default: EMOE_ENSEMBLE, i.e. `default`)."),
+    ] = None,
+    steps: Annotated[
+        int, typer.Option(min=1, max=200, metavar="N", help="Denoising steps of each rendered image.")
+    ] = 25,
     min_group_size: Annotated[
         int,
         typer.Option(
             min=1,
+            metavar="N",
             help="The demo report's smallest group to compare: 8 prompts per language here, where an audit "
             "would use `emoe-gate report`'s 30.",
         ),

@@ -8,9 +8,12 @@ from typing import Annotated
 
 import typer
 
-TenantOption = Annotated[str, typer.Option(help="The tenant whose receiver verifies the webhooks.")]
+TenantOption = Annotated[
+    str, typer.Option("--tenant", metavar="TENANT", help="The tenant whose receiver verifies the webhooks.")
+]
 DbOption = Annotated[
-    str | None, typer.Option("--db", help="Database URL (default: EMOE_DATABASE_URL or embedded SQLite).")
+    str | None,
+    typer.Option("--db", metavar="URL", help="Database URL (default: EMOE_DATABASE_URL or embedded SQLite)."),
 ]
 WHEN = "%Y-%m-%d %H:%M:%S UTC"
 
@@ -73,7 +76,10 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
         tenant: TenantOption,
         overlap: Annotated[
             str,
-            typer.Option(help="How long the old secret still signs too: e.g. 24h, 90m, 2d, 0 (at most 30d)."),
+            typer.Option(
+                metavar="DURATION",
+                help="How long the old secret still signs too: e.g. 24h, 90m, 2d, 0 (at most 30d).",
+            ),
         ] = "24h",
         db: DbOption = None,
     ) -> None:

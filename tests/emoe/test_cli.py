@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
+import typer
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -93,6 +96,35 @@ def test_help_reads_as_a_person_reads_it() -> None:
     generate_help = runner.invoke(app, ["generate", "--help"], env={"COLUMNS": "200"}).stdout
     assert "SCORE" in generate_help and "DIR" in generate_help and "moe|experts" in generate_help
     assert "1 when --halt-above halted it" in generate_help
+
+
+# what typer shows for a parameter without a metavar of its own: `<str>`, `<int range>` (typer 0.2x) or
+# TEXT, INTEGER, FLOAT ... (older typer)
+MACHINE_METAVAR = re.compile(r"<[a-z ]+>|\b(TEXT|INTEGER|FLOAT|BOOLEAN|FILENAME|DIRECTORY|UUID)( RANGE)?\b")
+
+
+def all_commands() -> Iterator[tuple[list[str], typer.core.TyperCommand]]:
+    """Every command and group of the CLI with its path, the root first."""
+    stack = [([], typer.main.get_command(app))]
+    while stack:
+        path, command = stack.pop()
+        yield path, command
+        stack.extend(([*path, name], sub) for name, sub in getattr(command, "commands", {}).items())
+
+
+def test_every_help_shows_metavars_a_person_reads() -> None:
+    """Issue #17: each argument and option names what it takes (PROMPT, FILE, URL, N ...), never its type."""
+    commands = list(all_commands())
+    assert len(commands) > 30  # the walk reached the subcommands
+    for path, command in commands:
+        for param in command.params:
+            if not getattr(param, "is_flag", False) and param.name != "help":
+                assert param.metavar, f"emoe-gate {' '.join(path)}: {param.name} has no metavar"
+            # typer names an option after a metavar that spells its name (metavar="TENANT" gives --TENANT)
+            assert all(opt == opt.lower() for opt in param.opts), (path, param.opts)
+        shown = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).stdout
+        found = MACHINE_METAVAR.search(shown)
+        assert found is None, f"emoe-gate {' '.join(path)} --help shows {found.group()!r}:\n{shown}"
 
 
 def test_generate_writes_image_and_score(tiny_folder: Path, tmp_path: Path) -> None:
