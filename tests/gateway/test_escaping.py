@@ -4,11 +4,14 @@ report, whose embedded JSON escapes `<` so that `<!--<script>` cannot break it (
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import uuid
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from fastapi.testclient import TestClient
@@ -118,6 +121,9 @@ def test_every_dashboard_page_shows_the_payloads_as_text(hostile) -> None:
         "/dashboard/fairness?group_by=team": set(),
         "/dashboard/fairness?group_by=region": set(),
         "/dashboard/jobs": set(),
+        "/dashboard/jobs?status=held": set(),
+        "/dashboard/jobs?" + urlencode({"prompt": SCRIPT}): set(),  # the search echoed in its field
+        "/dashboard?period=24h": set(),
         f"/dashboard/jobs/{completed}": set(),
         f"/dashboard/jobs/{held}": set(),
         "/dashboard/review": review_js,
@@ -142,6 +148,31 @@ def test_every_dashboard_page_shows_the_payloads_as_text(hostile) -> None:
     assert "&lt;!--&lt;script&gt;" in overview  # the seeded policy version
     fair = client.get("/dashboard/fairness?group_by=team").text
     assert 'data-group="&lt;!--&lt;script&gt;&lt;script&gt;alert(&#34;xss&#34;)&lt;/script&gt;"' in fair
+
+
+def test_the_new_columns_and_the_csv_keep_the_payloads_as_text(hostile) -> None:
+    client, body = hostile["client"], hostile["body"]
+    jobs = client.get("/dashboard/jobs?status=completed").text
+    labels = re.findall(r'<td class="l labels">(.*?)</td>', jobs)
+    assert '<span class="label">region=&#34;&gt;&lt;img src=x onerror=alert(1)&gt;</span>' in labels[-1]
+    assert "team=&lt;!--&lt;script&gt;&lt;script&gt;alert(&#34;xss&#34;)&lt;/script&gt;" in labels[-1]
+    assert 'data-status="completed"' in jobs
+    found = client.get("/dashboard/jobs?" + urlencode({"prompt": SCRIPT})).text
+    assert 'value="&lt;script&gt;alert(&#34;xss&#34;)&lt;/script&gt;"' in found  # the search field
+    assert found.count('class="job"') == 3  # the two API jobs and the seeded one carry it in the prompt
+    job = client.get(f"/dashboard/jobs/{hostile['completed']}").text
+    assert "team=&lt;!--&lt;script&gt;&lt;script&gt;" in job
+
+    r = client.get("/dashboard/jobs.csv?" + urlencode({"prompt": SCRIPT}))
+    assert r.status_code == 200 and r.headers["content-type"] == "text/csv; charset=utf-8"
+    assert r.headers["x-content-type-options"] == "nosniff"  # a browser never renders it as HTML
+    assert r.headers["content-disposition"].startswith("attachment")
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    mine = [row for row in rows if row["prompt"] == body["prompt"]]
+    assert len(rows) == 3 and len(mine) == 2  # the payloads come back as the exact text, one cell each
+    assert mine[0]["labels"] == f"region={ATTR}, team={COMMENT}{SCRIPT}"
+    seeded = next(row for row in rows if row["prompt"] == SCRIPT)
+    assert seeded["rule"] == SCRIPT and seeded["policy"] == f"{ATTR} {COMMENT}"
 
 
 def test_the_html_report_shows_the_payloads_as_text_and_its_json_survives(hostile) -> None:
