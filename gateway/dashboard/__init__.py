@@ -1,8 +1,10 @@
 """`/dashboard`: server-rendered audit pages for keys with the read role, scoped to the key's tenant.
 
-Pages: overview (decisions over time by action, the policy in force, the tenant's share of the latest replay),
-fairness (per-group table with intervals and disparity), a job browser (filters by action, language and policy
-version), a job page (score, rule, image) and, for review keys, the review queue (`/dashboard/review`).
+Pages: overview (decisions over time by action in a time range, jobs awaiting review, the audit chain's state,
+the policy in force, the tenant's share of the latest replay), fairness (per-group table with intervals and
+disparity), a job browser (filters by action, status, language, policy version, day range and prompt text; CSV
+export), a job page (score, rule, row hash, deviations, images) and, for review keys, the review queue
+(`/dashboard/review`).
 
 A browser signs in once with its API key (`login`): the cookie then holds a signed session (`sessions`),
 never the key. Every form posts a CSRF token bound to the session; sign-in checks the form's Origin and slows
