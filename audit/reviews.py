@@ -437,6 +437,8 @@ def lease_next(
     min_score: float | None = None,
     max_score: float | None = None,
     label: tuple[str, str] | None = None,
+    min_age_s: float | None = None,
+    max_age_s: float | None = None,
     now: datetime | None = None,
 ) -> Lease | None:
     """Lease the first job of the open queue (pending first, oldest first, with the queue's filters) that no
@@ -444,7 +446,14 @@ def lease_next(
     now = now or utcnow()
     who = reviewer[:16]
     where = _queue_filters(
-        tenant, state="open", language=language, min_score=min_score, max_score=max_score, label=label
+        tenant,
+        state="open",
+        language=language,
+        min_score=min_score,
+        max_score=max_score,
+        label=label,
+        min_age_s=min_age_s,
+        max_age_s=max_age_s,
     )
     free = (Job.review_lease_by.is_(None)) | (Job.review_lease_until <= now) | (Job.review_lease_by == who)
     mine_first = case((Job.review_lease_by == who, 0), else_=1)
@@ -478,12 +487,21 @@ def bulk_selection(
     min_score: float | None = None,
     max_score: float | None = None,
     label: tuple[str, str] | None = None,
+    min_age_s: float | None = None,
+    max_age_s: float | None = None,
     lock: bool = False,
 ) -> list[uuid.UUID]:
     """The ids of the open jobs a bulk verdict with these filters decides (in id order; `lock`: FOR UPDATE
     on PostgreSQL, so the selection cannot change before the verdicts are written)."""
     where = _queue_filters(
-        tenant, state="open", language=language, min_score=min_score, max_score=max_score, label=label
+        tenant,
+        state="open",
+        language=language,
+        min_score=min_score,
+        max_score=max_score,
+        label=label,
+        min_age_s=min_age_s,
+        max_age_s=max_age_s,
     )
     query = select(Job.id).join(Decision, Decision.job_id == Job.id).where(*where).order_by(Job.id)
     if lock and session.get_bind().dialect.name == "postgresql":
@@ -503,6 +521,8 @@ def bulk_verdict(
     min_score: float | None = None,
     max_score: float | None = None,
     label: tuple[str, str] | None = None,
+    min_age_s: float | None = None,
+    max_age_s: float | None = None,
 ) -> list[Verdict]:
     """Approve or reject every open job the filters select (what `GET /v1/reviews` lists with them), each
     with its own verdict row in the chain. All or nothing: raises `SelectionChanged` when the selection does
@@ -517,8 +537,17 @@ def bulk_verdict(
         )
     if confirm > BULK_MAX:
         raise ReviewRefused(f"confirm: at most {BULK_MAX} jobs at once; narrow the filters", conflict=False)
-    filters = {"language": language, "min_score": min_score, "max_score": max_score, "label": label}
-    ids = bulk_selection(session, tenant, **filters, lock=True)
+    ids = bulk_selection(
+        session,
+        tenant,
+        language=language,
+        min_score=min_score,
+        max_score=max_score,
+        label=label,
+        min_age_s=min_age_s,
+        max_age_s=max_age_s,
+        lock=True,
+    )
     if len(ids) != confirm:
         raise SelectionChanged(len(ids), confirm)
     results = []

@@ -280,9 +280,12 @@ class Client(_Base):
         min_score: float | None = None,
         max_score: float | None = None,
         label: str | None = None,
+        min_age_s: float | None = None,
+        max_age_s: float | None = None,
     ) -> Lease | None:
         """Lease the next job of the review queue no other reviewer holds; None when none waits."""
-        params = _drop_none(dict(language=language, min_score=min_score, max_score=max_score, label=label))
+        params = dict(language=language, min_score=min_score, max_score=max_score, label=label)
+        params = _drop_none({**params, "min_age_s": min_age_s, "max_age_s": max_age_s})
         response = self._request("POST", "/v1/reviews/next", params=params)
         return None if response.status_code == 204 else _parse(Lease, response)
 
@@ -304,11 +307,14 @@ class Client(_Base):
         min_score: float | None = None,
         max_score: float | None = None,
         label: str | None = None,
+        min_age_s: float | None = None,
+        max_age_s: float | None = None,
     ) -> BulkResult:
         """Approve or reject every open job the filters select; `confirm` is how many the caller saw selected
         (`reviews(...).total`): the server refuses with 409 if that changed."""
         body = _drop_none(dict(verdict=verdict, confirm=confirm, note=note, language=language, label=label))
         body.update(_drop_none(dict(min_score=min_score, max_score=max_score)))
+        body.update(_drop_none(dict(min_age_s=min_age_s, max_age_s=max_age_s)))
         return _parse(BulkResult, self._request("POST", "/v1/reviews/bulk", json=body))
 
 
@@ -481,9 +487,12 @@ class AsyncClient(_Base):
         min_score: float | None = None,
         max_score: float | None = None,
         label: str | None = None,
+        min_age_s: float | None = None,
+        max_age_s: float | None = None,
     ) -> Lease | None:
         """Lease the next job of the review queue (see `Client.next_review`)."""
-        params = _drop_none(dict(language=language, min_score=min_score, max_score=max_score, label=label))
+        params = dict(language=language, min_score=min_score, max_score=max_score, label=label)
+        params = _drop_none({**params, "min_age_s": min_age_s, "max_age_s": max_age_s})
         response = await self._request("POST", "/v1/reviews/next", params=params)
         return None if response.status_code == 204 else _parse(Lease, response)
 
@@ -505,8 +514,11 @@ class AsyncClient(_Base):
         min_score: float | None = None,
         max_score: float | None = None,
         label: str | None = None,
+        min_age_s: float | None = None,
+        max_age_s: float | None = None,
     ) -> BulkResult:
         """Approve or reject every open job the filters select (see `Client.bulk_review`)."""
         body = _drop_none(dict(verdict=verdict, confirm=confirm, note=note, language=language, label=label))
         body.update(_drop_none(dict(min_score=min_score, max_score=max_score)))
+        body.update(_drop_none(dict(min_age_s=min_age_s, max_age_s=max_age_s)))
         return _parse(BulkResult, await self._request("POST", "/v1/reviews/bulk", json=body))

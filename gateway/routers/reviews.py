@@ -44,6 +44,28 @@ def _age_s(moment: datetime | None, now: datetime) -> float | None:
     return max(0.0, (now - moment).total_seconds())
 
 
+MinAge = Annotated[
+    float | None, Query(ge=0, allow_inf_nan=False, description="Waiting at least this long (seconds).")
+]
+MaxAge = Annotated[
+    float | None, Query(ge=0, allow_inf_nan=False, description="Waiting at most this long (seconds).")
+]
+
+
+def _check_bounds(
+    where: str,
+    min_score: float | None,
+    max_score: float | None,
+    min_age_s: float | None,
+    max_age_s: float | None,
+) -> None:
+    """422 naming the upper bound when a filter's minimum is above its maximum (`where`: query or body)."""
+    if min_score is not None and max_score is not None and min_score > max_score:
+        raise field_error([where, "max_score"], f"is below min_score {min_score}")
+    if min_age_s is not None and max_age_s is not None and min_age_s > max_age_s:
+        raise field_error([where, "max_age_s"], f"is below min_age_s {min_age_s}")
+
+
 def _label(value: str | None) -> tuple[str, str] | None:
     if value is None:
         return None
@@ -71,18 +93,11 @@ def list_reviews(
     label: Annotated[
         str | None, Query(max_length=330, pattern=r"^[A-Za-z0-9_.:-]+:.*$", description="key:value")
     ] = None,
-    min_age_s: Annotated[
-        float | None, Query(ge=0, allow_inf_nan=False, description="Waiting at least this long (seconds).")
-    ] = None,
-    max_age_s: Annotated[
-        float | None, Query(ge=0, allow_inf_nan=False, description="Waiting at most this long (seconds).")
-    ] = None,
+    min_age_s: MinAge = None,
+    max_age_s: MaxAge = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> ReviewQueue:
-    if min_score is not None and max_score is not None and min_score > max_score:
-        raise field_error(["query", "max_score"], f"is below min_score {min_score}")
-    if min_age_s is not None and max_age_s is not None and min_age_s > max_age_s:
-        raise field_error(["query", "max_age_s"], f"is below min_age_s {min_age_s}")
+    _check_bounds("query", min_score, max_score, min_age_s, max_age_s)
     wanted = _label(label)
     with transaction(request.app.state.sessionmaker) as session:
         queue = repo.review_queue(
@@ -210,9 +225,10 @@ def lease_next(
     label: Annotated[
         str | None, Query(max_length=330, pattern=r"^[A-Za-z0-9_.:-]+:.*$", description="key:value")
     ] = None,
+    min_age_s: MinAge = None,
+    max_age_s: MaxAge = None,
 ) -> LeaseOut | Response:
-    if min_score is not None and max_score is not None and min_score > max_score:
-        raise field_error(["query", "max_score"], f"is below min_score {min_score}")
+    _check_bounds("query", min_score, max_score, min_age_s, max_age_s)
     wanted = _label(label)
     seconds = request.app.state.settings.review_lease_s
     with transaction(request.app.state.sessionmaker) as session:
@@ -225,6 +241,8 @@ def lease_next(
             min_score=min_score,
             max_score=max_score,
             label=wanted,
+            min_age_s=min_age_s,
+            max_age_s=max_age_s,
         )
         if lease is None:
             return Response(status_code=204)
@@ -293,6 +311,12 @@ class BulkReviewRequest(Strict):
     label: Annotated[str, Field(max_length=330, pattern=r"^[A-Za-z0-9_.:-]+:.*$")] | None = Field(
         default=None, description="key:value"
     )
+    min_age_s: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="Waiting at least this long (seconds)."
+    )
+    max_age_s: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="Waiting at most this long (seconds)."
+    )
 
 
 class BulkItem(BaseModel):
@@ -313,8 +337,7 @@ class BulkResult(BaseModel):
     summary="Approve or reject a filtered selection of the queue, one verdict (and chain row) per job.",
 )
 async def bulk_review(body: BulkReviewRequest, tenant: ReviewTenant, request: Request) -> BulkResult:
-    if body.min_score is not None and body.max_score is not None and body.min_score > body.max_score:
-        raise field_error(["body", "max_score"], f"is below min_score {body.min_score}")
+    _check_bounds("body", body.min_score, body.max_score, body.min_age_s, body.max_age_s)
     wanted = None
     if body.label is not None:
         key, _, value = body.label.partition(":")
@@ -348,6 +371,8 @@ def _bulk(
                 min_score=body.min_score,
                 max_score=body.max_score,
                 label=label,
+                min_age_s=body.min_age_s,
+                max_age_s=body.max_age_s,
             )
         except repo.ReviewRefused as exc:
             raise _conflict(exc, "confirm") from exc

@@ -594,3 +594,67 @@ def test_audit_redact_treats_notes_like_prompts(tmp_path: Path) -> None:
             hashlib.sha256(b"fine").hexdigest(),
         }
         assert verify_reviews(session).ok
+
+
+def _age(url: str, job_id: uuid.UUID, hours: int) -> None:
+    """Make a job look submitted `hours` ago (its age in the queue counts from submission)."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE jobs SET created_at = created_at - make_interval(hours => :h) WHERE id = :id"),
+            {"h": hours, "id": job_id},
+        )
+    engine.dispose()
+
+
+def test_next_and_bulk_take_the_queues_waiting_time_filters(
+    make_client, module_pg_url: str, tmp_path: Path
+) -> None:
+    """A reviewer working the "waiting more than an hour" slice leases and bulk-decides that slice only."""
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    _, a = new_key(module_pg_url, tenant, "review")
+    _, b = new_key(module_pg_url, tenant, "review")
+    client = make_client()
+    old, older = gated(module_pg_url, tmp_path, tenant, 1.2), gated(module_pg_url, tmp_path, tenant, 1.3)
+    fresh = gated(module_pg_url, tmp_path, tenant, 1.4)
+    _age(module_pg_url, old, 2)
+    _age(module_pg_url, older, 3)
+    # the oldest job heads the queue; the recent slice skips it and the old one
+    recent = client.post("/v1/reviews/next", params={"max_age_s": 3600}, headers=a)
+    assert recent.status_code == 200 and recent.json()["job_id"] == str(fresh), recent.text
+    assert recent.json()["item"]["waiting_s"] < 3600
+    assert client.delete(f"/v1/reviews/{fresh}/lease", headers=a).status_code == 204
+    slice_ = {"min_age_s": 3600, "max_age_s": 4 * 3600}
+    got = client.post("/v1/reviews/next", params=slice_, headers=a)
+    assert got.json()["job_id"] == str(older) and got.json()["item"]["waiting_s"] >= 3 * 3600
+    assert client.post("/v1/reviews/next", params=slice_, headers=b).json()["job_id"] == str(old)
+    assert client.post("/v1/reviews/next", params={"min_age_s": 4 * 3600}, headers=b).status_code == 204
+    assert client.delete(f"/v1/reviews/{older}/lease", headers=a).status_code == 204
+    assert client.delete(f"/v1/reviews/{old}/lease", headers=b).status_code == 204
+
+    # bulk: the slice of GET /v1/reviews is what a bulk verdict with the same filters decides
+    listed = client.get("/v1/reviews", params={"min_age_s": 3600}, headers=a).json()
+    assert listed["total"] == 2
+    everything = client.post("/v1/reviews/bulk", json={"verdict": "reject", "confirm": 2}, headers=a)
+    assert everything.status_code == 409 and "holds 3 job(s)" in everything.json()["detail"]
+    done = client.post(
+        "/v1/reviews/bulk", json={"verdict": "reject", "confirm": 2, "min_age_s": 3600}, headers=a
+    )
+    assert done.status_code == 200, done.text
+    assert {i["job_id"] for i in done.json()["items"]} == {str(old), str(older)}
+    left = client.get("/v1/reviews", headers=a).json()
+    assert [i["job"]["id"] for i in left["items"]] == [str(fresh)]
+
+    # the same validation as the queue's: a minimum above the maximum is a 422 naming max_age_s
+    bad = client.post("/v1/reviews/next", params={"min_age_s": 60, "max_age_s": 1}, headers=a)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "max_age_s"], bad.text
+    for body, loc in (
+        ({"min_age_s": 60, "max_age_s": 1}, ["body", "max_age_s"]),
+        ({"min_age_s": -1}, ["body", "min_age_s"]),
+    ):
+        bad = client.post("/v1/reviews/bulk", json={"verdict": "reject", "confirm": 1, **body}, headers=a)
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == loc, bad.text
+    negative = client.post("/v1/reviews/next", params={"max_age_s": -5}, headers=a)
+    assert negative.status_code == 422 and "max_age_s" in str(negative.json())
+    with session_scope(module_pg_url) as session:
+        assert repo.get_job(session, fresh).status == "held"  # nothing refused was decided
