@@ -28,6 +28,14 @@ QuickOption = Annotated[bool, typer.Option("--quick", help="A smaller run (fewer
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object, last line.")]
 
 
+MAX_EVAL_THREADS = 2
+THREADS_NOTE = (
+    f"Runs on at most {MAX_EVAL_THREADS} torch threads (fewer when OMP_NUM_THREADS or the cores say so), as "
+    "docs/reference-results.md was measured: the reference model's kernels are too small to share among "
+    "more; on a busy machine OMP_NUM_THREADS=1 is faster still."
+)
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
@@ -38,7 +46,10 @@ def _load(spec: str):
 
     from emoe import load_ensemble
 
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+    # At most 2 threads: docs/reference-results.md was measured with 2, and the reference ensemble's kernels
+    # (1.5 M-parameter UNets at 32x32) are too small to share among more; on this 2-core box under load, 32
+    # prompts scored in 0.3 s on 1 thread and 6-23 s on 2, bit-identical. OMP_NUM_THREADS=1 lowers it to 1.
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), MAX_EVAL_THREADS)))
     ensemble = load_ensemble(spec, device="cpu", dtype="float32")
     if ensemble.is_random:
         typer.echo(f"warning: {ensemble.description}", err=True)
@@ -78,8 +89,8 @@ def train(
             min=1,
             max=8,
             metavar="N",
-            help="Processes (= cores) to use: the single-model stages run with this many threads, and this "
-            "many experts are fine-tuned at once, one thread each.",
+            help="Processes (= cores) to use: sets torch's thread count to N for the single-model stages "
+            "(whatever OMP_NUM_THREADS says), and fine-tunes N experts at once, one thread each.",
         ),
     ] = 1,
     expert_seed_offset: Annotated[
@@ -219,7 +230,7 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
     """Add this area's commands to the CLI."""
     groups["reference"].command("train")(train)
     groups["reference"].command("verify")(verify)
-    groups["eval"].command("ood")(ood)
-    groups["eval"].command("languages")(languages)
-    groups["eval"].command("quartiles")(quartiles)
-    groups["eval"].command("ablation")(ablation)
+    groups["eval"].command("ood", epilog=THREADS_NOTE)(ood)
+    groups["eval"].command("languages", epilog=THREADS_NOTE)(languages)
+    groups["eval"].command("quartiles", epilog=THREADS_NOTE)(quartiles)
+    groups["eval"].command("ablation", epilog=THREADS_NOTE)(ablation)
