@@ -439,10 +439,12 @@ def lease_next(
     label: tuple[str, str] | None = None,
     min_age_s: float | None = None,
     max_age_s: float | None = None,
+    skip: uuid.UUID | None = None,
     now: datetime | None = None,
 ) -> Lease | None:
     """Lease the first job of the open queue (pending first, oldest first, with the queue's filters) that no
-    other reviewer holds; the reviewer's own running lease comes first. None when there is none."""
+    other reviewer holds; the reviewer's own running lease comes first. None when there is none. `skip`: a
+    job the reviewer just handed back, not to be leased to them again at once."""
     now = now or utcnow()
     who = reviewer[:16]
     where = _queue_filters(
@@ -455,6 +457,8 @@ def lease_next(
         min_age_s=min_age_s,
         max_age_s=max_age_s,
     )
+    if skip is not None:
+        where.append(Job.id != skip)
     free = (Job.review_lease_by.is_(None)) | (Job.review_lease_until <= now) | (Job.review_lease_by == who)
     mine_first = case((Job.review_lease_by == who, 0), else_=1)
     query = (

@@ -1,5 +1,5 @@
 """The review queue for review keys: the open jobs, one leased job with its score and images, verdicts one
-at a time or in bulk over the filtered queue."""
+at a time or in bulk over the filtered queue, and the lease handed back to the queue (release)."""
 
 from __future__ import annotations
 
@@ -113,9 +113,11 @@ def review_page(
     viewer: ViewerDep,
     job: uuid.UUID | None = None,
     done: str = "",
+    skip: uuid.UUID | None = None,
 ) -> Response:
     """The open queue (age and count) and one job leased to this reviewer, with its score against the
-    thresholds, the experts' deviations and its images shown large."""
+    thresholds, the experts' deviations and its images shown large; `skip`: a job just handed back, not
+    leased to this reviewer again at once."""
     checked = _require_reviewer(request, viewer)
     if isinstance(checked, Response):
         return checked
@@ -141,6 +143,7 @@ def review_page(
                 viewer.tenant,
                 reviewer=viewer.key_prefix,
                 seconds=settings.review_lease_s,
+                skip=skip,
                 **flt.kwargs(),
             )
     except review_repo.ReviewRefused as exc:
@@ -150,7 +153,7 @@ def review_page(
     if current is not None:
         ids = [j.id for j in queue.jobs]
         after = ids[ids.index(current.id) + 1 :] if current.id in ids else ids
-        following = next((i for i in after if i != current.id), None)
+        following = next((i for i in after if i not in (current.id, skip)), None)
     decision = current.decision if current is not None else None
     return page(
         request,
@@ -169,7 +172,8 @@ def review_page(
         flt=flt,
         filter_query=flt.query(),
         problem=problem,
-        done=done if done in ("approved", "rejected", "escalated", "bulk") else "",
+        skip=skip,
+        done=done if done in ("approved", "rejected", "escalated", "bulk", "released") else "",
         bulk_n=len(review_repo.bulk_selection(session, viewer.tenant, **flt.kwargs())),
         bulk_max=review_repo.BULK_MAX,
     )
@@ -238,6 +242,39 @@ async def review_bulk(request: Request, viewer: ViewerDep) -> Response:
     results = await run_in_threadpool(record)
     _follow_up(request, results)
     return RedirectResponse(f"/dashboard/review?{flt.query(done='bulk')}", status_code=303)
+
+
+@router.post("/review/{job_id}/release")
+async def review_release(job_id: uuid.UUID, request: Request, viewer: ViewerDep) -> Response:
+    """Hand this reviewer's lease on a job back to the queue (no verdict); back to the queue."""
+    checked = _require_reviewer(request, viewer)
+    if isinstance(checked, Response):
+        return checked
+    form = await read_form(request)
+    check_post(request, checked, form)
+    try:
+        flt = QueueFilter.parse(form)
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
+
+    def release() -> None:
+        with transaction(request.app.state.sessionmaker) as session:
+            try:
+                released = review_repo.release_lease(
+                    session, job_id, checked.tenant, reviewer=checked.key_prefix
+                )
+            except review_repo.LeaseHeld as exc:
+                raise HTTPException(status_code=409, detail=f"only its holder can release it: {exc}") from exc
+            if not released:
+                raise HTTPException(
+                    status_code=409,
+                    detail=f"job {job_id} is not leased to you (no such job, or the lease ended)",
+                )
+
+    await run_in_threadpool(release)
+    return RedirectResponse(
+        f"/dashboard/review?{flt.query(done='released', skip=str(job_id))}", status_code=303
+    )
 
 
 @router.post("/review/{job_id}")

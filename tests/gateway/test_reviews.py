@@ -658,3 +658,87 @@ def test_next_and_bulk_take_the_queues_waiting_time_filters(
     assert negative.status_code == 422 and "max_age_s" in str(negative.json())
     with session_scope(module_pg_url) as session:
         assert repo.get_job(session, fresh).status == "held"  # nothing refused was decided
+
+
+# --- the dashboard's review page: releasing a lease ------------------------------------------------------
+
+
+def _signed_in(client, headers: dict[str, str]) -> None:
+    key = headers["Authorization"].removeprefix("Bearer ")
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    signed = client.post("/dashboard/login", content=f"key={key}&next=/dashboard", headers=form)
+    assert signed.status_code == 200 and 'id="sign-out"' in signed.text, signed.text
+
+
+def _csrf(html: str) -> str:
+    import re
+
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+def test_the_review_page_releases_the_reviewers_own_lease_only_and_with_its_csrf_token(
+    make_client, module_pg_url: str, tmp_path: Path
+) -> None:
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    _, a = new_key(module_pg_url, tenant, "review")
+    _, b = new_key(module_pg_url, tenant, "review")
+    first, second = gated(module_pg_url, tmp_path, tenant, 1.2), gated(module_pg_url, tmp_path, tenant, 1.4)
+    as_a, as_b = make_client(), make_client()
+    _signed_in(as_a, a)
+    _signed_in(as_b, b)
+
+    def lease_by(job_id: uuid.UUID) -> str | None:
+        with session_scope(module_pg_url) as session:
+            return repo.get_job(session, job_id).review_lease_by
+
+    page = as_a.get("/dashboard/review?language=en").text  # opening the page leases A the oldest job
+    assert f'data-job="{first}">' in page and lease_by(first) == _prefix(a)
+    form_html = page[page.index('id="release-form"') :]
+    assert f'action="/dashboard/review/{first}/release"' in page and 'name="csrf"' in form_html
+    token = _csrf(page)
+    url = f"/dashboard/review/{first}/release"
+    # without the session's CSRF token (or from another site) nothing is released
+    for form, extra in (
+        ({}, {}),
+        ({"csrf": "x" * 43}, {}),
+        ({"csrf": token}, {"origin": "https://evil.example"}),
+    ):
+        refused = as_a.post(url, data=form, headers=extra, follow_redirects=False)
+        assert refused.status_code == 403 and "CSRF" in refused.json()["detail"], form
+    assert lease_by(first) == _prefix(a)
+    # another reviewer cannot release A's lease: the refusal says whose it is and until when
+    b_token = _csrf(as_b.get("/dashboard/review").text)  # B is leased the second job
+    assert lease_by(second) == _prefix(b)
+    theirs = as_b.post(url, data={"csrf": b_token}, follow_redirects=False)
+    assert theirs.status_code == 409, theirs.text
+    detail = theirs.json()["detail"]
+    assert "only its holder can release it" in detail and _prefix(a) in detail and "until" in detail
+    assert lease_by(first) == _prefix(a)
+
+    # A hands it back: no verdict, the lease ends, back to the queue (filters kept) with a notice
+    released = as_a.post(url, data={"csrf": token, "language": "en"}, follow_redirects=False)
+    assert released.status_code == 303, released.text
+    assert released.headers["location"] == f"/dashboard/review?language=en&done=released&skip={first}"
+    with session_scope(module_pg_url) as session:
+        job = repo.get_job(session, first)
+        assert (job.status, job.review, job.review_lease_by, job.review_lease_until) == (
+            "held",
+            "pending",
+            None,
+            None,
+        )
+        assert (
+            session.scalar(sa.select(sa.func.count()).select_from(Review).where(Review.job_id == first)) == 0
+        )
+    back = as_a.get(released.headers["location"]).text
+    assert "handed back to the queue" in back and f'class="queued" data-job="{first}"' in back
+    # the only other job is B's: A is not handed the released one again, which stays free
+    assert 'id="queue-empty"' in back and "the one handed back is free" in back and lease_by(first) is None
+    # any reviewer can now take it
+    taken = as_b.post("/v1/reviews/next", headers=b)  # B's own lease (the second job) comes first
+    assert taken.json()["job_id"] == str(second)
+    _, c = new_key(module_pg_url, tenant, "review")
+    assert as_b.post("/v1/reviews/next", headers=c).json()["job_id"] == str(first)
+    # a job one holds no lease on has nothing to release
+    gone = as_a.post(f"/dashboard/review/{uuid.uuid4()}/release", data={"csrf": token})
+    assert gone.status_code == 409 and "not leased to you" in gone.json()["detail"]
