@@ -1,5 +1,6 @@
 """The review queue for review keys: the open jobs, one leased job with its score and images, verdicts one
-at a time or in bulk over the filtered queue, and the lease handed back to the queue (release)."""
+at a time or in bulk over the filtered queue, the lease handed back to the queue (release), and an override
+of a decided job (with a note, as the API's `override: true`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
+from audit import jobs as job_repo
 from audit import reviews as review_repo
 from audit.db import transaction
 from gateway.dashboard.forms import read_form
@@ -117,7 +119,7 @@ def review_page(
 ) -> Response:
     """The open queue (age and count) and one job leased to this reviewer, with its score against the
     thresholds, the experts' deviations and its images shown large; `skip`: a job just handed back, not
-    leased to this reviewer again at once."""
+    leased to this reviewer again at once. A decided job (`job` approved or rejected) is shown to override."""
     checked = _require_reviewer(request, viewer)
     if isinstance(checked, Response):
         return checked
@@ -129,15 +131,18 @@ def review_page(
     settings = request.app.state.settings
     now = datetime.now(UTC)
     queue = review_repo.review_queue(session, viewer.tenant, state="open", limit=PAGE_SIZE, **flt.kwargs())
-    lease = problem = None
+    lease = problem = decided = None
+    if job is not None:
+        found = job_repo.get_job(session, job, viewer.tenant)
+        decided = found if found is not None and found.review in review_repo.DECIDED else None
     try:
-        if job is not None:
+        if job is not None and decided is None:  # a decided job is shown to override, without a lease
             lease = review_repo.take_lease(
                 session, job, viewer.tenant, reviewer=viewer.key_prefix, seconds=settings.review_lease_s
             )
             if lease is None:
                 raise HTTPException(status_code=404, detail=f"no job {job}")
-        else:
+        elif job is None:
             lease = review_repo.lease_next(
                 session,
                 viewer.tenant,
@@ -148,7 +153,7 @@ def review_page(
             )
     except review_repo.ReviewRefused as exc:
         problem = str(exc)
-    current = lease.job if lease is not None else None
+    current = decided or (lease.job if lease is not None else None)
     following = None
     if current is not None:
         ids = [j.id for j in queue.jobs]
@@ -163,6 +168,11 @@ def review_page(
         rows=[(j, _age(j.created_at, now)) for j in queue.jobs],
         oldest=_age(queue.oldest, now),
         current=current,
+        overriding=decided is not None,
+        overridable=decided is not None and decided.status in review_repo.REVIEWABLE_STATUSES,
+        recent=review_repo.review_queue(
+            session, viewer.tenant, state="decided", limit=10, **flt.kwargs()
+        ).jobs,
         decision=decision,
         lease_until=lease.until if lease is not None else None,
         scale=_scale(decision.score, decision.flag_at, decision.halt_at) if decision is not None else None,
@@ -279,7 +289,8 @@ async def review_release(job_id: uuid.UUID, request: Request, viewer: ViewerDep)
 
 @router.post("/review/{job_id}")
 async def review_verdict(job_id: uuid.UUID, request: Request, viewer: ViewerDep) -> Response:
-    """A verdict (approve, reject, escalate) with an optional note on one job; back to the queue."""
+    """A verdict (approve, reject, escalate) with an optional note on one job, or (`override`) a changed
+    verdict on a decided job with a note saying why; back to the queue."""
     checked = _require_reviewer(request, viewer)
     if isinstance(checked, Response):
         return checked
@@ -301,6 +312,7 @@ async def review_verdict(job_id: uuid.UUID, request: Request, viewer: ViewerDep)
                     verdict=form.get("verdict", ""),
                     reviewer=checked.key_prefix,
                     note=note,
+                    override=form.get("override") == "1",
                 )
             except review_repo.ReviewRefused as exc:
                 raise _review_error(exc) from exc

@@ -742,3 +742,58 @@ def test_the_review_page_releases_the_reviewers_own_lease_only_and_with_its_csrf
     # a job one holds no lease on has nothing to release
     gone = as_a.post(f"/dashboard/review/{uuid.uuid4()}/release", data={"csrf": token})
     assert gone.status_code == 409 and "not leased to you" in gone.json()["detail"]
+
+
+def test_the_review_page_overrides_a_decided_job_with_a_note_as_the_api_does(
+    make_client, module_pg_url: str, tmp_path: Path
+) -> None:
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    _, a = new_key(module_pg_url, tenant, "review")
+    _, read = new_key(module_pg_url, tenant, "read")
+    job_id = gated(module_pg_url, tmp_path, tenant, 1.5)
+    client = make_client()
+    _signed_in(client, a)
+    token = _csrf(client.get("/dashboard/review").text)
+    url = f"/dashboard/review/{job_id}"
+    assert (
+        client.post(url, data={"verdict": "approve", "csrf": token}, follow_redirects=False).status_code
+        == 303
+    )
+    assert client.get(f"/v1/jobs/{job_id}/images/0", headers=read).status_code == 200
+
+    # the decided job is listed as recently decided; opened, it offers an override (no lease, no release)
+    queue = client.get("/dashboard/review").text
+    assert f'class="decided" data-job="{job_id}"' in queue
+    page = client.get(f"/dashboard/review?job={job_id}").text
+    assert 'id="override-form"' in page and 'name="override" value="1"' in page
+    assert 'id="override-reject"' in page and 'id="override-approve"' not in page  # approved already
+    assert 'id="verdict-form"' not in page and 'id="release-form"' not in page
+    with session_scope(module_pg_url) as session:
+        assert repo.get_job(session, job_id).review_lease_by is None
+
+    # refused: without the CSRF token, without a note, without saying it is an override
+    assert client.post(url, data={"verdict": "reject", "override": "1", "note": "x"}).status_code == 403
+    no_note = client.post(url, data={"verdict": "reject", "override": "1", "csrf": token})
+    assert no_note.status_code == 422 and "note" in no_note.json()["detail"]
+    plain = client.post(url, data={"verdict": "reject", "note": "x", "csrf": token})
+    assert plain.status_code == 409 and "override" in plain.json()["detail"]
+    form = {"verdict": "reject", "override": "1", "note": "the image shows a logo", "csrf": token}
+    done = client.post(url, data=form, follow_redirects=False)
+    assert done.status_code == 303 and "done=rejected" in done.headers["location"]
+    assert client.get(f"/v1/jobs/{job_id}/images/0", headers=read).status_code == 403
+    with session_scope(module_pg_url) as session:
+        rows = session.scalars(sa.select(Review).where(Review.job_id == job_id).order_by(Review.id)).all()
+        assert [(r.verdict, r.previous, r.override, r.note) for r in rows] == [
+            ("approve", "pending", False, None),
+            ("reject", "approved", True, "the image shows a logo"),
+        ]
+        assert verify_reviews(session).ok
+    again = client.get(f"/dashboard/review?job={job_id}").text
+    assert 'id="override-approve"' in again and 'id="override-reject"' not in again
+    # an approved halted job is rendering (no worker runs here): the API refuses an override, the page says so
+    halted = gated(module_pg_url, tmp_path, tenant, 2.5)
+    assert client.post("/v1/reviews/next", headers=a).json()["job_id"] == str(halted)
+    assert client.post(f"/v1/jobs/{halted}/review", json={"verdict": "approve"}, headers=a).status_code == 200
+    rendering = client.get(f"/dashboard/review?job={halted}").text
+    assert 'id="not-overridable"' in rendering and "is rendering now" in rendering
+    assert 'id="override-form"' not in rendering
