@@ -65,6 +65,10 @@ class LeaseHeld(ReviewRefused):
         self.job_id, self.holder, self.until = job_id, holder, until
 
 
+class UnknownJob(LookupError):
+    """No job with this id for this tenant (404)."""
+
+
 class SelectionChanged(ReviewRefused):
     """A bulk verdict whose selection no longer holds the number of jobs the client confirmed (409)."""
 
@@ -415,10 +419,10 @@ def take_lease(
 
 def release_lease(session: Session, job_id: uuid.UUID, tenant: str, *, reviewer: str) -> bool:
     """End `reviewer`'s lease on a job early; False if the reviewer held none (raises `LeaseHeld` if
-    another reviewer's lease runs)."""
+    another reviewer's lease runs, `UnknownJob` if the tenant has no such job)."""
     job = _locked_job(session, job_id, tenant)
     if job is None:
-        return False
+        raise UnknownJob(f"no job {job_id}")
     held = lease_of(job)
     if held is None:
         return False

@@ -273,12 +273,14 @@ async def review_release(job_id: uuid.UUID, request: Request, viewer: ViewerDep)
                 released = review_repo.release_lease(
                     session, job_id, checked.tenant, reviewer=checked.key_prefix
                 )
+            except review_repo.UnknownJob as exc:
+                raise HTTPException(status_code=404, detail=str(exc)) from exc
             except review_repo.LeaseHeld as exc:
                 raise HTTPException(status_code=409, detail=f"only its holder can release it: {exc}") from exc
             if not released:
                 raise HTTPException(
                     status_code=409,
-                    detail=f"job {job_id} is not leased to you (no such job, or the lease ended)",
+                    detail=f"job {job_id} is not leased to you (the lease ended)",
                 )
 
     await run_in_threadpool(release)

@@ -286,6 +286,8 @@ def release_lease(job_id: uuid.UUID, tenant: ReviewTenant, request: Request) -> 
     with transaction(request.app.state.sessionmaker) as session:
         try:
             repo.release_lease(session, job_id, tenant, reviewer=_reviewer(request))
+        except repo.UnknownJob as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from exc
         except repo.ReviewRefused as exc:
             raise _conflict(exc, "job_id") from exc
     return Response(status_code=204)

@@ -389,6 +389,7 @@ def test_a_lease_keeps_a_second_reviewer_out_until_the_holder_decides(
     again = client.post(f"/v1/reviews/{job_id}/lease", headers=b)
     assert again.status_code == 409 and "not awaiting a verdict" in again.json()["detail"]
     assert client.post(f"/v1/reviews/{uuid.uuid4()}/lease", headers=b).status_code == 404
+    assert client.delete(f"/v1/reviews/{uuid.uuid4()}/lease", headers=b).status_code == 404
     assert client.post(f"/v1/reviews/{job_id}/lease", headers=keys["read"]).status_code == 403
 
 
@@ -739,9 +740,9 @@ def test_the_review_page_releases_the_reviewers_own_lease_only_and_with_its_csrf
     assert taken.json()["job_id"] == str(second)
     _, c = new_key(module_pg_url, tenant, "review")
     assert as_b.post("/v1/reviews/next", headers=c).json()["job_id"] == str(first)
-    # a job one holds no lease on has nothing to release
-    gone = as_a.post(f"/dashboard/review/{uuid.uuid4()}/release", data={"csrf": token})
-    assert gone.status_code == 409 and "not leased to you" in gone.json()["detail"]
+    # a job the tenant does not have: 404, named
+    gone = as_a.post(f"/dashboard/review/{(unknown := uuid.uuid4())}/release", data={"csrf": token})
+    assert gone.status_code == 404 and gone.json()["detail"] == f"no job {unknown}"
 
 
 def test_the_review_page_overrides_a_decided_job_with_a_note_as_the_api_does(
