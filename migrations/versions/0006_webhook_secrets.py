@@ -28,5 +28,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # every tenant falls back to generation 0, the secret it had before its first rotation
+    # Below 0006 every tenant signs with generation 0 again: a secret a rotated tenant replaced (perhaps
+    # because it leaked). Refuse while any tenant has rotated, and lose nothing.
+    rotated = op.get_bind().execute(sa.text("SELECT count(*) FROM webhook_secrets")).scalar()
+    if rotated:
+        raise RuntimeError(
+            f"cannot downgrade below 0006: {rotated} tenant(s) rotated their webhook secret, and 0005 would sign "
+            "their webhooks with the secret they replaced; restore a backup taken before 0006 instead"
+        )
     op.drop_table("webhook_secrets")

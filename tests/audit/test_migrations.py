@@ -193,18 +193,23 @@ def test_downgrade_keeps_rows_and_refuses_to_break_the_chain(empty_url: str) -> 
     assert all(r.ok for r in reports), [str(r) for r in reports]
 
 
-def test_0006_webhook_secrets_go_down_and_up(empty_url: str) -> None:
-    """Down to 0005 the table of secret generations goes (every tenant is back at generation 0, the secret
-    from before rotation existed) and comes back empty."""
+def test_0006_refuses_to_go_down_while_a_tenant_has_rotated(empty_url: str) -> None:
+    """Below 0006 every tenant would sign with generation 0 again, the secret a rotated tenant replaced: that
+    downgrade is refused and changes nothing; without rotations the table goes and comes back empty."""
     from datetime import timedelta
 
+    from audit.models import WebhookSecret
     from audit.webhook_secrets import generations, rotate
 
     db.upgrade(empty_url)
     with db.session_scope(empty_url) as session:
         rotate(session, "acme", timedelta(hours=1))
+    with pytest.raises(RuntimeError, match="cannot downgrade below 0006: 1 tenant"):
+        db.downgrade(empty_url, "0005")
+    assert db.current_revision(empty_url) == db.head_revision()
     with db.session_scope(empty_url) as session:
         assert generations(session, "acme").current == 1
+        session.query(WebhookSecret).delete()
     db.downgrade(empty_url, "0005")
     assert "webhook_secrets" not in _tables(empty_url)
     assert db.current_revision(empty_url) == "0005"
