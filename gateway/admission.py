@@ -5,9 +5,10 @@ across a wait):
 
 - request limits that need the server's settings (prompt length, image side, the model's sizes) and the
   cost ceiling `max_request_cost` (height x width x steps x images; full mode counts one image per expert);
-- submissions per second per API key (`submit_rate_per_s`, burst `submit_burst`: a token bucket in this
-  process; with `serve --workers N` each process has its own buckets), answered 429 with `Retry-After` and the
-  `RateLimit`/`RateLimit-Policy` fields of draft-ietf-httpapi-ratelimit-headers-09;
+- submissions per second per API key (`submit_rate_per_s`, burst `submit_burst`: a token bucket,
+  `gateway.rate_limit`: in Redis, shared by every gateway process, in real mode; in this process embedded),
+  answered 429 with `Retry-After` and the `RateLimit`/`RateLimit-Policy` fields of
+  draft-ietf-httpapi-ratelimit-headers-09;
 - unfinished jobs per tenant (`tenant_max_queued`) and the global queue (`queue_max_depth`), both counted from
   the database at most every QUEUE_DEPTH_CACHE_S (single flight) and advanced by what this process admits;
 - concurrent waits per API key (`max_waits_per_key`; beyond it 429 with Retry-After, before any job is made);
@@ -40,6 +41,7 @@ from audit.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Job
 from gateway.auth import SubmitTenant
 from gateway.errors import field_error
 from gateway.group_commit import GroupCommit
+from gateway.rate_limit import make_rate_limiter
 from gateway.schemas import JobRequest, ScoreRequest
 from settings import Settings
 from workers import url_guard
@@ -49,7 +51,6 @@ if TYPE_CHECKING:
 
 QUEUE_DEPTH_CACHE_S = 0.25
 UNFINISHED = ACTIVE_STATUSES  # what counts against a tenant's `tenant_max_queued`
-RATE_POLICY = "submit"  # the quota policy's name in the RateLimit fields
 
 
 # --- the wait parameter -------------------------------------------------------------------------------------
@@ -103,51 +104,6 @@ class CachedCount:
 
     def add(self, n: int) -> None:
         self.count = (self.count or 0) + n
-
-
-# --- submissions per second per key -------------------------------------------------------------------------
-
-
-@dataclass
-class Bucket:
-    tokens: float
-    at: float
-
-
-class RateLimiter:
-    """Token buckets per API key (in this process): `rate` tokens a second, at most `burst` stored."""
-
-    def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.max_keys = max_keys
-        self._buckets: dict[str, Bucket] = {}
-
-    def take(self, key: str, now: float | None = None) -> tuple[bool, float, float]:
-        """(allowed, tokens left, seconds until one more token) after trying to take one token for `key`."""
-        now = time.monotonic() if now is None else now
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= self.max_keys:
-                self._buckets.clear()
-            bucket = self._buckets[key] = Bucket(float(self.burst), now)
-        bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.at) * self.rate)
-        bucket.at = now
-        allowed = bucket.tokens >= 1.0
-        if allowed:
-            bucket.tokens -= 1.0
-        return allowed, bucket.tokens, max(0.0, 1.0 - bucket.tokens) / self.rate
-
-    def headers(self, remaining: float) -> dict[str, str]:
-        """The draft's fields (draft-ietf-httpapi-ratelimit-headers-09, sections 3 and 4): the policy as a
-        quota of `burst` per window of burst/rate seconds; the tokens left and the seconds until the bucket is
-        full again."""
-        window = max(1, math.ceil(self.burst / self.rate))
-        full_in = max(0, math.ceil((self.burst - remaining) / self.rate))
-        return {
-            "RateLimit-Policy": f'"{RATE_POLICY}";q={self.burst};w={window}',
-            "RateLimit": f'"{RATE_POLICY}";r={int(remaining)};t={full_in}',
-        }
 
 
 # --- waits --------------------------------------------------------------------------------------------------
@@ -264,7 +220,7 @@ class Admission:
         self.dispatcher = dispatcher
         self.queue = CachedCount(self._read_queue_depth)
         self.tenants: dict[str, CachedCount] = {}
-        self.rates = RateLimiter(settings.submit_rate_per_s, settings.submit_burst)
+        self.rates = make_rate_limiter(settings)
         self.waits = WaitSlots(settings.max_waits_per_key)
         self.watcher = JobWatcher(sessionmaker)
         self.group_commit = GroupCommit(
@@ -396,11 +352,11 @@ def check_cost(state: GatewayState, body: JobRequest) -> None:
         )
 
 
-def rate_limit(request: Request, response: Response) -> None:
+async def rate_limit(request: Request, response: Response) -> None:
     """One submission for this API key: 429 with Retry-After when its bucket is empty; the RateLimit fields
     on every answer."""
     state = _state(request)
-    allowed, remaining, next_in = state.admission.rates.take(_key(request))
+    allowed, remaining, next_in = await state.admission.rates.take_one(_key(request))
     headers = state.admission.rates.headers(remaining)
     if not allowed:
         state.metrics.rejected.labels("rate_limited").inc()
@@ -450,7 +406,7 @@ async def admit_job(
 ) -> AsyncIterator[Admitted]:
     state = _state(request)
     check_job_request(state, body)
-    rate_limit(request, response)
+    await rate_limit(request, response)
     seconds = wait_seconds(request, wait)
     async with wait_slot(request, seconds):
         await state.admission.admit_jobs(tenant, 1, state.metrics)
@@ -469,7 +425,7 @@ async def admit_score(
             "too_long",
         )
     check_prompts(settings, [(["body", "prompts", i], p) for i, p in enumerate(body.prompts)])
-    rate_limit(request, response)
+    await rate_limit(request, response)
     seconds = settings.max_wait_s
     async with wait_slot(request, seconds):
         await state.admission.admit_jobs(tenant, len(body.prompts), state.metrics)

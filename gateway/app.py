@@ -63,6 +63,7 @@ def create_app(
             yield
         finally:
             app.state.dispatcher.stop()
+            await app.state.admission.rates.close()
 
     app = FastAPI(
         title="emoe-gate",

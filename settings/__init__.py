@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     submit_rate_per_s: float = Field(
         default=20.0,
         gt=0,
-        description="Submissions a second per API key (a token bucket per gateway process).",
+        description="Submissions a second per API key (a token bucket, shared via Redis in real mode).",
     )
     submit_burst: int = Field(default=40, ge=1, description="Submissions an idle API key may make at once.")
     max_waits_per_key: int = Field(

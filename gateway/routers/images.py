@@ -237,7 +237,7 @@ async def create_image(
     except _Refused as refused:
         return refused.response
     seconds = state.settings.max_wait_s
-    admission.rate_limit(request, response)
+    await admission.rate_limit(request, response)
     async with admission.wait_slot(request, seconds):
         await state.admission.admit_jobs(tenant, 1, state.metrics)
         new = repo.NewJob(

@@ -14,7 +14,8 @@ import pytest
 from audit import jobs as repo
 from audit.chain import append_decision
 from audit.db import session_scope
-from gateway.admission import QUEUE_DEPTH_CACHE_S, JobWatcher, RateLimiter
+from gateway.admission import QUEUE_DEPTH_CACHE_S, JobWatcher
+from gateway.rate_limit import RateLimiter
 from policies import DecisionContext, decide
 from tests.audit.factories import FakeScore, make_policy
 from tests.gateway.helpers import METRICS_AUTH, new_key
