@@ -74,3 +74,15 @@ def test_package_imports_nothing_forbidden(package: str) -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_the_readme_layout_table_lists_every_top_level_folder() -> None:
+    """README's layout table names exactly the folders the repository holds at its top level."""
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    folders = {path.split("/")[0] for path in tracked if "/" in path and not path.startswith(".")}
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Layout") :].split("\n## ")[0]
+    listed = {line.split("`")[1].rstrip("/") for line in table.splitlines() if line.startswith("| `")}
+    assert listed == folders
