@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from audit.db import ensure_schema, get_sessionmaker, is_sqlite, resolve_url
 from gateway.admission import Admission
 from gateway.auth import KeyCache
-from gateway.dashboard.headers import SecurityHeaders
+from gateway.dashboard.headers import SecuredApp
 from gateway.deps import GatewayState
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics
@@ -65,7 +65,7 @@ def create_app(
             app.state.dispatcher.stop()
             await app.state.admission.rates.close()
 
-    app = FastAPI(
+    app = SecuredApp(  # SecurityHeaders outermost: nosniff everywhere, CSP and frame rules on HTML, 500s too
         title="emoe-gate",
         version="0.1.0",
         summary="Uncertainty-gated text-to-image generation: EMoE gate, policies, audit log.",
@@ -94,7 +94,6 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(SecurityHeaders)  # nosniff everywhere; CSP and frame/referrer rules on HTML
     app.add_middleware(PublicBase, public_url=settings.public_url)  # absolute links (EMOE_PUBLIC_URL)
 
     app.include_router(health.router)

@@ -1,4 +1,5 @@
-"""Error responses: 422 names the field; a database or broker that is down is a 503 with Retry-After.
+"""Error responses: 422 names the field; a database or broker that is down is a 503 with Retry-After; an
+unhandled exception is a 500 that names nothing of the server's internals.
 
 Every error of the API has one shape, `Problem`: `{"detail": "message"}`, or for a request that is not valid
 `{"detail": [{"loc", "msg", "type"}, ...], "message": "invalid: field, ..."}`. The one exception is the
@@ -177,6 +178,13 @@ def install_error_handlers(app: FastAPI) -> None:
             return unavailable("the database")
         log.exception("database error")
         return JSONResponse(status_code=500, content={"detail": "internal database error"})
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's ServerErrorMiddleware answers with this, then re-raises: the server logs the traceback
+        if _openai_path(request):
+            return openai_error(500, "internal server error", type_="server_error")
+        return JSONResponse(status_code=500, content={"detail": "internal server error"})
 
     @app.exception_handler(BrokerUnavailable)
     async def _broker_down(request: Request, exc: BrokerUnavailable) -> JSONResponse:

@@ -399,6 +399,31 @@ def test_html_pages_carry_security_headers_and_load_only_their_own_assets(
     )
 
 
+def test_an_unhandled_exception_is_a_500_with_the_headers_naming_no_internals(clients) -> None:
+    from gateway.dashboard import DASHBOARD_CSP
+
+    client = clients()
+
+    def boom() -> None:
+        raise RuntimeError("connect to postgresql://admin:hunter2@10.0.0.5/audit failed")
+
+    for path in ("/v1/boom", "/dashboard/boom", "/v1/images/boom"):
+        client.app.add_api_route(path, boom)  # the test app only: the product has no such route
+    api = client.get("/v1/boom")
+    assert api.status_code == 500 and api.json() == {"detail": "internal server error"}
+    assert api.headers["x-content-type-options"] == "nosniff"
+    assert api.headers["content-type"] == "application/json"
+    page = client.get("/dashboard/boom")
+    assert page.status_code == 500 and page.json() == {"detail": "internal server error"}
+    assert page.headers["content-security-policy"] == DASHBOARD_CSP
+    assert page.headers["x-frame-options"] == "DENY"
+    openai = client.get("/v1/images/boom")  # OpenAI's SDKs read their own shape
+    assert openai.status_code == 500 and openai.headers["x-content-type-options"] == "nosniff"
+    assert openai.json()["error"]["type"] == "server_error"
+    for r in (api, page, openai):
+        assert "hunter2" not in r.text and "RuntimeError" not in r.text and "Traceback" not in r.text
+
+
 # --- /metrics and the replay ---
 
 
