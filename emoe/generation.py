@@ -15,11 +15,12 @@ Batches across requests (`generate_batch`): requests that share a `batch_key` (s
 scheduler, gate settings; seeds and negative prompts may differ) run as one batch of trajectories, each with
 its own seed's noise and generator and its own routing group, so each routes as it would alone. Their numbers
 match a request rendered alone bit for bit (tests/emoe/test_render_batch.py): a row's numbers do not depend on
-what else is in the batch (emoe/unet_passes.py, emoe/routing.py).
+what else is in the batch (emoe/unet_passes.py, emoe/routing.py). That holds with classifier-free guidance
+(two rows a trajectory); without it requests run one at a time (`batches_exactly`).
 
 `gate=False` renders fast-mode requests whose decision was taken already (a worker's gate stage): no gate
-paths at the first step, only the ordinary path, which is all that Fast EMoE's image is made of; the images
-are bit-identical to those of the gated call (tested on the tiny and the reference ensemble).
+paths at the first step (with guidance), only the ordinary path, which is all that Fast EMoE's image is made
+of; the images are bit-identical to those of the gated call (tested on the tiny and the reference ensemble).
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ def generate_batch(
     `should_stop[i]` said stop its GenerationCancelled; the others go on. Configurations must share a
     `batch_key` (else ValueError for the whole call): a batch has one size, step count and scheduler.
     `gate=False`: fast mode only, nothing to decide; the first step skips the gate paths (score None).
+    Without classifier-free guidance (guidance <= 1) the requests run one at a time, with the gate paths
+    (`batches_exactly`: a lone row convolves differently).
     """
     if mode not in MODES:
         raise ValueError(f"mode: must be 'fast' or 'full', got {mode!r}")
@@ -171,14 +174,22 @@ def generate_batch(
             if len(requests) == 1:
                 raise
             results[i] = exc
-    if planned:
-        with ensemble.lock:
-            batch = _generate(
-                planned, ensemble, mode, decide, rollout, [stops[i] for i, _, _ in planned], gate
-            )
-        for (i, _, _), result in zip(planned, batch, strict=True):
-            results[i] = result
+    together = bool(planned) and batches_exactly(planned[0][2].config)
+    groups = [planned] if together else [[request] for request in planned]
+    gate = gate or not together  # the ordinary path alone would be one row: kept among the gate paths
+    with ensemble.lock:
+        for group in groups:
+            batch = _generate(group, ensemble, mode, decide, rollout, [stops[i] for i, _, _ in group], gate)
+            for (i, _, _), result in zip(group, batch, strict=True):
+                results[i] = result
     return results
+
+
+def batches_exactly(config: ScoreConfig) -> bool:
+    """Whether requests of this configuration share one denoising batch (else `generate_batch` runs them one
+    at a time): only with classifier-free guidance, where a trajectory is a pair of rows. Without it a
+    trajectory is one row, and oneDNN convolves a lone row differently from the same row among others."""
+    return config.guidance > 1.0
 
 
 @torch.no_grad()

@@ -306,7 +306,10 @@ def claim_for_render(
 ) -> list[RenderJob]:
     """1. Claim this job, then other jobs waiting to be rendered that can share its batch (same mode, and
     render configurations that differ in seed and negative prompt only: the same steps, guidance and size,
-    the params that `Runtime.render_config` takes besides the seed; the scheduler is the worker's)."""
+    the params that `Runtime.render_config` takes besides the seed; the scheduler is the worker's). A job
+    without classifier-free guidance renders alone (`emoe.generation.batches_exactly`)."""
+    from emoe.generation import batches_exactly
+
     gate, ensemble = runtime.gate_config, runtime.ensemble
     defaults = {
         "steps": gate.steps,
@@ -319,8 +322,8 @@ def claim_for_render(
         if first is None:
             return []
         claims = [first]
-        first_job = repo.get_job(session, job_id)
-        if not isinstance(_render_config(runtime, first_job), ValueError):
+        config = _render_config(runtime, repo.get_job(session, job_id))
+        if not isinstance(config, ValueError) and batches_exactly(config):
             claims += repo.claim_render_batch(
                 session,
                 first,

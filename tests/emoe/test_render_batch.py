@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from emoe import GenerationCancelled, default_score_config, generate, load_ensemble
-from emoe.generation import batch_key, generate_batch
+from emoe.generation import batch_key, batches_exactly, generate_batch
 
 PROMPTS = [
     "a small red circle on the left",
@@ -67,6 +67,16 @@ def test_each_request_in_a_batch_is_bit_identical_to_it_alone(ensemble, mode) ->
     assert len(together[0].images) == (1 if mode == "fast" else ensemble.num_experts)
 
 
+def test_without_guidance_a_batch_is_still_each_request_as_alone(tiny) -> None:
+    """guidance <= 1: a trajectory is one row, and oneDNN convolves a lone row differently from the same row
+    among others (measured: batch 1 against 2 or more), so such requests run one at a time."""
+    cfgs = [c.replace(guidance=1.0) for c in configs(tiny)]
+    assert not batches_exactly(cfgs[0]) and batches_exactly(configs(tiny)[0])
+    alone = [generate(p, c, tiny) for p, c in zip(PROMPTS, cfgs, strict=True)]
+    for i, result in enumerate(generate_batch(list(zip(PROMPTS, cfgs, strict=True)), tiny)):
+        assert_identical(result, alone[i], f"request {i} without guidance")
+
+
 def test_one_request_stopping_or_halted_leaves_the_others_as_alone(tiny) -> None:
     cfgs = configs(tiny)
     alone = [generate(p, c, tiny) for p, c in zip(PROMPTS, cfgs, strict=True)]
@@ -104,20 +114,22 @@ def test_only_requests_with_one_batch_key_share_a_batch(tiny) -> None:
         generate_batch([(PROMPTS[0], a), (PROMPTS[1], other)], tiny)
 
 
-@pytest.mark.parametrize("scheduler", [None, "euler_a", "dpm"])
-def test_a_render_without_the_gate_paths_gives_the_images_of_fast_emoe(ensemble, scheduler) -> None:
+@pytest.mark.parametrize(("scheduler", "guidance"), [(None, None), ("euler_a", None), ("dpm", 1.0)])
+def test_a_render_without_the_gate_paths_gives_the_images_of_fast_emoe(ensemble, scheduler, guidance) -> None:
     """gate=False (the worker's render stage: the gate decided already) drops the M gate paths from the first
     step; the ordinary path's numbers do not depend on what else is in the batch, so the images are Fast
-    EMoE's, bit for bit, alone and in a batch."""
-    cfgs = [c.replace(scheduler=scheduler) if scheduler else c for c in configs(ensemble)]
+    EMoE's, bit for bit, alone and in a batch. Without guidance (a trajectory is one row) it keeps them."""
+    changes = {k: v for k, v in (("scheduler", scheduler), ("guidance", guidance)) if v is not None}
+    cfgs = [c.replace(**changes) for c in configs(ensemble)]
     gated = [generate(p, c, ensemble, mode="fast") for p, c in zip(PROMPTS, cfgs, strict=True)]
     alone = [generate(p, c, ensemble, gate=False) for p, c in zip(PROMPTS[:2], cfgs[:2], strict=True)]
     together = generate_batch(list(zip(PROMPTS, cfgs, strict=True)), ensemble, gate=False)
     for i, (result, want) in enumerate(zip(alone + together, gated[:2] + gated, strict=True)):
-        assert result.score is None and not result.halted
+        assert (result.score is None) == batches_exactly(cfgs[0]) and not result.halted
         assert torch.equal(result.latents, want.latents), f"result {i} ({scheduler})"
         assert [png(x) for x in result.images] == [png(x) for x in want.images], f"result {i} ({scheduler})"
-    assert together[0].timings_ms["render_batch_size"] == 4 and "gate_ms" not in together[0].timings_ms
+    batched, timings = batches_exactly(cfgs[0]), together[0].timings_ms
+    assert timings.get("render_batch_size", 1) == (4 if batched else 1) and ("gate_ms" in timings) != batched
 
 
 def test_a_render_without_the_gate_is_fast_mode_and_undecided(tiny) -> None:
