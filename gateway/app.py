@@ -15,6 +15,7 @@ from audit.db import ensure_schema, get_sessionmaker, is_sqlite, resolve_url
 from gateway.admission import Admission
 from gateway.auth import KeyCache
 from gateway.dashboard.headers import SecuredApp
+from gateway.dashboard.rendering import error_page
 from gateway.deps import GatewayState
 from gateway.errors import install_error_handlers
 from gateway.metrics import GatewayMetrics
@@ -92,7 +93,7 @@ def create_app(
         metrics=GatewayMetrics(app),
         admission=Admission(settings, sessionmaker, dispatcher),
     )
-    install_error_handlers(app)
+    install_error_handlers(app, html_page=error_page)  # a browser on the dashboard gets a page, not JSON
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(PublicBase, public_url=settings.public_url)  # absolute links (EMOE_PUBLIC_URL)
 

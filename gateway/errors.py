@@ -10,12 +10,13 @@ OpenAI's SDKs raise their usual exceptions.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -134,9 +135,16 @@ def _readable_body_errors(request: Request, exc: RequestValidationError, errors:
     return errors
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(
+    app: FastAPI, html_page: Callable[[Request, StarletteHTTPException], Response | None] | None = None
+) -> None:
+    """`html_page`: the page a browser gets instead of JSON where it returns one (the dashboard's)."""
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Any:
+        page = html_page(request, exc) if html_page is not None else None
+        if page is not None:
+            return page
         if not _openai_path(request):
             return await http_exception_handler(request, exc)
         kind = "server_error" if exc.status_code >= 500 else "invalid_request_error"

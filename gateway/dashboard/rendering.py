@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audit.report import cell, fmt, fmt_ci, fmt_pct, missing_notes, rates_svg
 from gateway.dashboard.sessions import Viewer
@@ -52,6 +55,28 @@ def page(request: Request, name: str, viewer: Viewer, status_code: int = 200, **
         name,
         {"tenant": viewer.tenant, "viewer": viewer, "csrf": viewer.csrf, "active": name, **context},
         status_code=status_code,
+    )
+
+
+def error_page(request: Request, exc: StarletteHTTPException) -> HTMLResponse | None:
+    """The HTML page a browser gets for a refused dashboard request (a form posted with a stale CSRF token,
+    a lease another reviewer holds...) instead of the API's JSON; None for scripts and for other paths."""
+    if not request.url.path.startswith("/dashboard") or "text/html" not in request.headers.get("accept", ""):
+        return None
+    referer = urlsplit(request.headers.get("referer", ""))
+    same_site = referer.netloc in ("", request.url.netloc) and referer.path.startswith("/dashboard")
+    back = referer.path + (f"?{referer.query}" if referer.query else "") if same_site else "/dashboard"
+    try:
+        title = f"{exc.status_code} {HTTPStatus(exc.status_code).phrase}"
+    except ValueError:
+        title = str(exc.status_code)
+    detail = exc.detail if isinstance(exc.detail, str) else "the request was refused"
+    return templates.TemplateResponse(
+        request,
+        "error.html",
+        {"tenant": None, "status": exc.status_code, "title": title, "detail": detail, "back": back},
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
     )
 
 

@@ -332,6 +332,38 @@ def test_every_dashboard_post_needs_the_session_csrf_token(
     assert r.status_code == 303
 
 
+def test_a_browser_refused_on_the_dashboard_gets_a_page_saying_why_a_script_gets_json(
+    clients, module_pg_url: str, tmp_path: Path
+) -> None:
+    client = clients()
+    tenant, headers = new_key(module_pg_url, role="review")
+    job_id = held_job(module_pg_url, tmp_path, tenant)
+    assert sign_in(client, secret_of(headers)).status_code == 303
+    browser = {
+        "accept": "text/html,application/xhtml+xml,*/*;q=0.8",
+        "referer": "http://testserver/dashboard/review?language=en",
+    }
+    r = client.post(
+        f"/dashboard/review/{job_id}", data={"verdict": "reject", "csrf": "x" * 43}, headers=browser
+    )
+    assert r.status_code == 403 and r.headers["content-type"].startswith("text/html")
+    detail = r.text.split('id="error-detail">')[1].split("</p>")[0]
+    assert "CSRF" in detail and "<h1>403 Forbidden</h1>" in r.text
+    assert 'href="/dashboard/review?language=en" id="error-back"' in r.text
+    assert r.headers["x-frame-options"] == "DENY" and "content-security-policy" in r.headers
+    # a back link never leads off the site
+    elsewhere = {**browser, "referer": "https://evil.example/dashboard/x"}
+    r = client.post(f"/dashboard/review/{job_id}", data={"verdict": "reject"}, headers=elsewhere)
+    assert 'href="/dashboard" id="error-back"' in r.text
+    # a script (no text/html in Accept) and the API keep the JSON answer
+    r = client.post(f"/dashboard/review/{job_id}", data={"verdict": "reject", "csrf": "x" * 43})
+    assert r.status_code == 403 and "CSRF" in r.json()["detail"]
+    r = client.get(f"/v1/jobs/{uuid.uuid4()}", headers={**headers, "accept": "text/html"})
+    assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+    with session_scope(module_pg_url) as session:
+        assert session.get(Job, job_id).status == "held"  # nothing was decided
+
+
 class PageAssets(HTMLParser):
     """What a page would load or run: scripts, styles, inline handlers."""
 
