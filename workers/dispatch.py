@@ -5,13 +5,19 @@ Always called after the job's row is committed (Celery's rule: enqueue after the
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from settings import Settings
 from workers.queues import GATE_TASK, HOOK_TASK, QUEUES, RENDER_TASK
+
+if TYPE_CHECKING:
+    from audit.reviews import Verdict
+
+log = logging.getLogger(__name__)
 
 
 class Dispatcher(Protocol):
@@ -95,3 +101,17 @@ def make_dispatcher(settings: Settings) -> Dispatcher:
 
         return InProcessWorker(settings)
     return CeleryDispatcher(settings)
+
+
+def follow_up_reviews(dispatcher: Dispatcher, verdicts: Iterable[Verdict]) -> None:
+    """After the verdicts' commit: render each approved halted job, then send each job's review webhook."""
+    for result in verdicts:
+        try:
+            if result.render:
+                dispatcher.render(result.job.id)
+            if result.job.callback_url:
+                dispatcher.hook(result.job.id, f"review.{result.review.outcome}")
+        except Exception:  # the recovery sweep re-enqueues a render whose message was lost
+            log.exception(
+                "could not enqueue the follow-up of review %d of job %s", result.review.id, result.job.id
+            )

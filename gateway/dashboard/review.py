@@ -25,6 +25,7 @@ from gateway.dashboard.rendering import PAGE_SIZE, deviation_bars, page
 from gateway.dashboard.sessions import Viewer, ViewerDep, check_post, to_login
 from gateway.deps import SessionDep
 from gateway.schemas import ReviewRequest
+from workers.dispatch import follow_up_reviews
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,21 @@ def _require_reviewer(request: Request, viewer: Viewer | None) -> Viewer | Respo
     return viewer
 
 
+async def _reviewer_post(
+    request: Request, viewer: Viewer | None
+) -> tuple[Viewer, dict[str, str], QueueFilter] | Response:
+    """A review form's post, checked (reviewer role, CSRF token), with the queue filters it carries."""
+    checked = _require_reviewer(request, viewer)
+    if isinstance(checked, Response):
+        return checked
+    form = await read_form(request)
+    check_post(request, checked, form)
+    try:
+        return checked, form, QueueFilter.parse(form)
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
+
+
 @router.get("/review", response_class=HTMLResponse)
 def review_page(
     request: Request,
@@ -189,19 +205,6 @@ def review_page(
     )
 
 
-def _follow_up(request: Request, verdicts: list[review_repo.Verdict]) -> None:
-    """After the commit, as the API does: render an approved halted job, then send the review webhook."""
-    dispatcher = request.app.state.dispatcher
-    for result in verdicts:
-        try:
-            if result.render:
-                dispatcher.render(result.job.id)
-            if result.job.callback_url:
-                dispatcher.hook(result.job.id, f"review.{result.review.outcome}")
-        except Exception:  # the recovery sweep re-enqueues a render whose message was lost
-            log.exception("could not enqueue the follow-up of review %d", result.review.id)
-
-
 def _checked_note(form: dict[str, str]) -> str | None:
     """The form's note under the API's rules (NFC, no control characters, at most 4000 characters)."""
     note = form.get("note", "").strip() or None
@@ -218,15 +221,10 @@ def _review_error(exc: review_repo.ReviewRefused) -> HTTPException:
 @router.post("/review/bulk")
 async def review_bulk(request: Request, viewer: ViewerDep) -> Response:
     """Approve or reject every open job the filters select; `confirm` must be the count the page showed."""
-    checked = _require_reviewer(request, viewer)
-    if isinstance(checked, Response):
-        return checked
-    form = await read_form(request)
-    check_post(request, checked, form)
-    try:
-        flt = QueueFilter.parse(form)
-    except ValueError as exc:
-        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    posted = await _reviewer_post(request, viewer)
+    if isinstance(posted, Response):
+        return posted
+    checked, form, flt = posted
     raw = form.get("confirm", "")
     if not raw.isdigit():
         raise HTTPException(status_code=422, detail=f"confirm: {raw!r} is not the number of selected jobs")
@@ -250,22 +248,17 @@ async def review_bulk(request: Request, viewer: ViewerDep) -> Response:
             return results
 
     results = await run_in_threadpool(record)
-    _follow_up(request, results)
+    follow_up_reviews(request.app.state.dispatcher, results)
     return RedirectResponse(f"/dashboard/review?{flt.query(done='bulk')}", status_code=303)
 
 
 @router.post("/review/{job_id}/release")
 async def review_release(job_id: uuid.UUID, request: Request, viewer: ViewerDep) -> Response:
     """Hand this reviewer's lease on a job back to the queue (no verdict); back to the queue."""
-    checked = _require_reviewer(request, viewer)
-    if isinstance(checked, Response):
-        return checked
-    form = await read_form(request)
-    check_post(request, checked, form)
-    try:
-        flt = QueueFilter.parse(form)
-    except ValueError as exc:
-        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    posted = await _reviewer_post(request, viewer)
+    if isinstance(posted, Response):
+        return posted
+    checked, _, flt = posted
 
     def release() -> None:
         with transaction(request.app.state.sessionmaker) as session:
@@ -293,15 +286,10 @@ async def review_release(job_id: uuid.UUID, request: Request, viewer: ViewerDep)
 async def review_verdict(job_id: uuid.UUID, request: Request, viewer: ViewerDep) -> Response:
     """A verdict (approve, reject, escalate) with an optional note on one job, or (`override`) a changed
     verdict on a decided job with a note saying why; back to the queue."""
-    checked = _require_reviewer(request, viewer)
-    if isinstance(checked, Response):
-        return checked
-    form = await read_form(request)
-    check_post(request, checked, form)
-    try:
-        flt = QueueFilter.parse(form)
-    except ValueError as exc:
-        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    posted = await _reviewer_post(request, viewer)
+    if isinstance(posted, Response):
+        return posted
+    checked, form, flt = posted
     note = _checked_note(form)
 
     def record() -> review_repo.Verdict:
@@ -323,5 +311,5 @@ async def review_verdict(job_id: uuid.UUID, request: Request, viewer: ViewerDep)
             return result
 
     result = await run_in_threadpool(record)
-    _follow_up(request, [result])
+    follow_up_reviews(request.app.state.dispatcher, [result])
     return RedirectResponse(f"/dashboard/review?{flt.query(done=result.review.outcome)}", status_code=303)

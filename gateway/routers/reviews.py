@@ -28,6 +28,7 @@ from gateway.schemas import (
     VerdictOut,
     job_out,
 )
+from workers.dispatch import follow_up_reviews
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +140,7 @@ async def review_job(
 ) -> ReviewResult:
     reviewer = getattr(request.state, "key_prefix", "") or "unknown"
     result, job, verdict = await run_in_threadpool(_record, request, job_id, tenant, body, reviewer)
-    dispatcher = request.app.state.dispatcher
-    try:  # after the commit: the render of an approved halted job, then the webhook
-        if result.render:
-            dispatcher.render(job_id)
-        if result.job.callback_url:
-            dispatcher.hook(job_id, f"review.{verdict.outcome}")
-    except Exception:  # the recovery sweep re-enqueues a render whose message was lost
-        log.exception("could not enqueue the follow-up of review %d of job %s", verdict.id, job_id)
+    follow_up_reviews(request.app.state.dispatcher, [result])
     return ReviewResult(job=job, verdict=verdict)
 
 
@@ -345,15 +339,7 @@ async def bulk_review(body: BulkReviewRequest, tenant: ReviewTenant, request: Re
         key, _, value = body.label.partition(":")
         wanted = (key, value)
     results, out = await run_in_threadpool(_bulk, request, tenant, body, wanted)
-    dispatcher = request.app.state.dispatcher
-    for result, item in zip(results, out.items, strict=True):
-        try:
-            if result.render:
-                dispatcher.render(result.job.id)
-            if result.job.callback_url:
-                dispatcher.hook(result.job.id, f"review.{item.verdict.outcome}")
-        except Exception:  # the recovery sweep re-enqueues a render whose message was lost
-            log.exception("could not enqueue the follow-up of review %d", item.verdict.id)
+    follow_up_reviews(request.app.state.dispatcher, results)
     return out
 
 
