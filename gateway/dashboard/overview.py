@@ -37,6 +37,7 @@ class _ChainMark:
 
 
 _chain_marks: weakref.WeakKeyDictionary[Any, _ChainMark] = weakref.WeakKeyDictionary()
+_chain_breaks: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _chain_lock = threading.Lock()
 
 
@@ -48,8 +49,9 @@ def chain_state(session: Session, app: Any) -> dict[str, Any]:
         report, last_id = extend_verified(session, mark.at, mark.last_id, limit=CHAIN_ROWS_PER_VIEW)
         if report.ok:
             _chain_marks[app] = _ChainMark(Position(report.rows, report.head_hash), last_id)
-    if not report.ok:
-        log.error("dashboard: %s", report)
+        if not report.ok and _chain_breaks.get(app) != str(report):  # once per break, not at every view
+            _chain_breaks[app] = str(report)
+            log.error("dashboard: %s", report)
     behind = report.ok and report.rows - mark.at.rows == CHAIN_ROWS_PER_VIEW
     return {"report": report, "last_id": last_id, "behind": behind, "checked_at": datetime.now(UTC)}
 

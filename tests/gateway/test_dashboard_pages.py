@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -66,7 +67,7 @@ def test_overview_counts_the_review_backlog_of_the_tenant_only(fresh, migrated_p
 
 
 def test_overview_shows_the_chain_verified_incrementally_and_where_it_breaks(
-    fresh, migrated_pg_url: str, tmp_path, monkeypatch
+    fresh, migrated_pg_url: str, tmp_path, monkeypatch, caplog
 ) -> None:
     from gateway.dashboard import overview
 
@@ -89,6 +90,10 @@ def test_overview_shows_the_chain_verified_incrementally_and_where_it_breaks(
     broken = fresh.get("/dashboard", headers=read).text
     assert f'BROKEN at decision #<span id="chain-bad">{_decision_ids(url)[-1]}</span>' in broken
     assert "altered" in broken and "(3 decisions verified before it)" in broken
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="gateway.dashboard.overview"):
+        again = fresh.get("/dashboard", headers=read).text
+    assert 'id="chain-bad">' in again and not caplog.records  # the break was logged once, not at each view
 
     _tamper(url, f"UPDATE decisions SET row_hash = '{'a' * 64}' WHERE id = {ids[2]}")
     rewritten = fresh.get("/dashboard", headers=read).text  # the last row it verified is checked again
