@@ -69,23 +69,34 @@ class RoutedMoE(nn.Module):
         weights = F.softmax(chosen_logits, dim=-1, dtype=torch.float).to(hidden_states.dtype)
         choices = selected.tolist()  # the one host sync of this block (segmoe's has one too)
 
-        # 2. mix: slot by slot (segmoe's summation order), each expert on the groups that chose it
+        # 2. mix: each expert once, on the groups that chose it in any slot (a row's numbers do not depend on
+        # the other rows of a product), then the slots summed in segmoe's order: ((0 + w0*y0) + w1*y1) ...
         flat = hidden_states.view(groups, rows_per_group * seq, dim)
+        users: dict[int, list[int]] = {}
+        for group, chosen in enumerate(choices):
+            for expert_idx in chosen:
+                users.setdefault(expert_idx, []).append(group)
+        outputs: dict[int, torch.Tensor] = {}
+        where: dict[tuple[int, int], int] = {}  # (expert, group) -> its row in the experts' outputs, stacked
+        for expert_idx, group_ids in users.items():
+            rows = flat if len(group_ids) == groups else flat[torch.tensor(group_ids, device=flat.device)]
+            outputs[expert_idx] = self.experts[expert_idx](rows)
+            for group in group_ids:
+                where[expert_idx, group] = len(where)
+        stacked: torch.Tensor | None = None
         out = torch.zeros(
             groups, rows_per_group * seq, self.out_dim, dtype=hidden_states.dtype, device=hidden_states.device
         )
         for slot in range(self.top_k):
-            users: dict[int, list[int]] = {}
-            for group, chosen in enumerate(choices):
-                users.setdefault(chosen[slot], []).append(group)
-            for expert_idx, group_ids in users.items():
-                if len(group_ids) == groups:
-                    out = out + weights[:, :, slot : slot + 1] * self.experts[expert_idx](flat)
-                else:
-                    idx = torch.tensor(group_ids, device=hidden_states.device)
-                    out[idx] = out[idx] + weights[idx, :, slot : slot + 1] * self.experts[expert_idx](
-                        flat[idx]
-                    )
+            experts_here = {chosen[slot] for chosen in choices}
+            if len(experts_here) == 1:
+                picked = outputs[experts_here.pop()]  # every group chose it (so it ran on all): no copy
+            else:
+                if stacked is None:
+                    stacked = torch.cat(list(outputs.values()))
+                rows = [where[chosen[slot], group] for group, chosen in enumerate(choices)]
+                picked = stacked[torch.tensor(rows, device=flat.device)]
+            out = out + weights[:, :, slot : slot + 1] * picked
         out = out.view(batch, seq, self.out_dim)
 
         # 3. disentangle: rows forced to one expert take that expert's output alone

@@ -47,8 +47,23 @@ def test_single_request_matches_segmoe_pipeline_unet(tiny, tiny_folder) -> None:
 def test_batch_of_requests_equals_each_alone(tiny) -> None:
     prompts = ["a photo of a cat", "un chat noir", "a city street at night", "ein roter Apfel"]
     x, enc, t = _inputs(tiny, prompts)
+    mixed: list[str] = []  # blocks where the requests chose different experts (the path that gathers rows)
+
+    def record(block: RoutedMoE, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+        hidden = inputs[0]
+        logits = block.gate(hidden.reshape(-1, hidden.shape[-1])).view(
+            hidden.shape[0] // 2, -1, block.num_experts
+        )
+        if len({tuple(c) for c in torch.topk(logits.sum(1), block.top_k).indices.tolist()}) > 1:
+            mixed.append(block.name)
+
+    hooks = [block.register_forward_hook(record) for block in tiny.moe_layers.values()]
     with routing(tiny.routing, rows_per_group=2):
         together = unet_passes.full(tiny.unet, x, t, enc)
+    for hook in hooks:
+        hook.remove()
+    assert mixed, "no block saw the requests choose different experts: the test would not cover mixing"
+    with routing(tiny.routing, rows_per_group=2):
         for i in range(len(prompts)):
             rows = slice(2 * i, 2 * i + 2)
             alone = unet_passes.full(tiny.unet, x[rows], t, enc[rows])
