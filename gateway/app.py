@@ -77,7 +77,7 @@ def create_app(
         redoc_url=None,
         dependencies=[Depends(refuse_unknown_query)],
     )
-    from workers import latency
+    from workers import stage_metrics
     from workers.dispatch import make_dispatcher
 
     sessionmaker = get_sessionmaker(url)
@@ -89,7 +89,7 @@ def create_app(
         sessionmaker=sessionmaker,
         key_cache=KeyCache(),
         dispatcher=dispatcher,
-        dispatcher_latency=lambda: latency.snapshot(settings),
+        stage_metrics=lambda: stage_metrics.snapshots(settings),
         metrics=GatewayMetrics(app),
         admission=Admission(settings, sessionmaker, dispatcher),
     )

@@ -32,7 +32,7 @@ class GatewayState:
     sessionmaker: Callable[[], Session]
     key_cache: KeyCache
     dispatcher: Dispatcher
-    dispatcher_latency: Callable[[], dict[str, Any] | None]
+    stage_metrics: Callable[[], dict[Any, dict[str, Any]]]  # workers.stage_metrics.snapshots
     metrics: GatewayMetrics
     admission: Admission
 

@@ -1,9 +1,11 @@
-"""`/metrics` for Prometheus: queue depth, gate latency, decisions by action and language, jobs by status.
+"""`/metrics` for Prometheus: queue depth, decisions by action and language, jobs by status, gate latency and
+render batches.
 
-Counts come from SQL at scrape time (so they agree across processes); gate latency comes from the workers'
-shared histogram (`workers.latency`). The figures are the whole deployment's, so `/metrics` is for the
-operator: with `EMOE_METRICS_TOKEN` set it wants `Authorization: Bearer <token>`, otherwise it answers only
-clients on the loopback address. Figures per tenant only with `EMOE_METRICS_PER_TENANT=true`.
+Counts come from SQL at scrape time (so they agree across processes); the gate's latency and the render
+batches' sizes and times come from the workers' shared histograms (`workers.stage_metrics`). The figures
+are the whole deployment's, so `/metrics` is for the operator: with `EMOE_METRICS_TOKEN` set it wants
+`Authorization: Bearer <token>`, otherwise it answers only clients on the loopback address. Figures per
+tenant only with `EMOE_METRICS_PER_TENANT=true`.
 """
 
 from __future__ import annotations
@@ -105,13 +107,10 @@ class _SqlCollector:
             for tenant, action, count in tenant_decisions:
                 by_action.add_metric([tenant, action], count)
             yield by_action
-        latency = self.app.state.dispatcher_latency()
-        if latency is not None:
-            hist = HistogramMetricFamily(
-                "emoe_gate_latency_seconds", "Gate scoring time per batch, by worker."
-            )
-            hist.add_metric([], buckets=latency["buckets"], sum_value=latency["sum"])
-            yield hist
+        for histogram, snapshot in self.app.state.stage_metrics().items():
+            family = HistogramMetricFamily(histogram.metric, histogram.help)
+            family.add_metric([], buckets=snapshot["buckets"], sum_value=snapshot["sum"])
+            yield family
 
 
 class GatewayMetrics:

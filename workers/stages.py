@@ -22,7 +22,7 @@ from audit.db import session_scope
 from audit.language import detect_language
 from audit.models import Artifact, Job
 from settings import Settings
-from workers import latency
+from workers import stage_metrics
 from workers.heartbeat import owner_alive, worker_identity
 from workers.runtime import Runtime
 
@@ -170,7 +170,7 @@ def score_batch(
         outcome.note = "error"
         raise GateError(str(exc), outcome) from exc
     gate_s = time.perf_counter() - started
-    latency.observe(settings, gate_s)
+    stage_metrics.GATE_LATENCY.observe(settings, gate_s)
     return scores, gate_s
 
 
@@ -356,6 +356,7 @@ def render_batch(batch: list[RenderJob], settings: Settings, runtime: Runtime) -
         by_mode.setdefault(batch[i].mode, []).append(i)
     for mode, members in by_mode.items():
         watch = _ClaimWatch(url, [batch[i].claim for i in members])
+        started = time.perf_counter()
         try:
             done = generate_batch(
                 [(batch[i].prompt, batch[i].config) for i in members],
@@ -364,11 +365,15 @@ def render_batch(batch: list[RenderJob], settings: Settings, runtime: Runtime) -
                 should_stop=[watch.stop_check(batch[i].claim) for i in members],
                 gate=mode != "fast",  # the gate stage decided: Fast EMoE's image is the ordinary path alone
             )
+            seconds = time.perf_counter() - started
             log.info(
-                "render batch of %d job(s): %s",
+                "render batch of %d job(s) in %.2f s: %s",
                 len(members),
+                seconds,
                 " ".join(str(batch[i].claim.job_id) for i in members),
             )
+            stage_metrics.RENDER_BATCH_JOBS.observe(settings, len(members))
+            stage_metrics.RENDER_BATCH_SECONDS.observe(settings, seconds)
         except Exception as exc:
             if len(members) == 1:
                 if not isinstance(exc, ValueError):

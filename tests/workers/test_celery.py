@@ -175,11 +175,18 @@ def test_accepted_jobs_rendered_together_each_get_the_image_they_get_alone(real,
         )
     jobs = wait_terminal(real, ids)
     assert [j["status"] for j in jobs] == ["completed"] * len(ids)
-    logged = re.findall(r"render batch of \d+ job\(s\): ([0-9a-f -]+)", real["log"].read_text())
+    logged = re.findall(r"render batch of \d+ job\(s\) in [\d.]+ s: ([0-9a-f -]+)", real["log"].read_text())
     batches = [line.split() for line in logged]
     ours = [[i for i in batch if i in ids] for batch in batches if set(batch) & set(ids)]
     assert sorted(i for batch in ours for i in batch) == sorted(ids)  # each job in one batch
     assert max(len(batch) for batch in ours) > 1, ours
+    # the operator sees the batches on /metrics too: the workers' shared histogram of jobs per render batch
+    metrics = client.get("/metrics", headers=METRICS_AUTH).text
+    observed = re.search(r"^emoe_render_batch_jobs_count ([\d.]+)$", metrics, re.M)
+    jobs_rendered = re.search(r"^emoe_render_batch_jobs_sum ([\d.]+)$", metrics, re.M)
+    assert observed and jobs_rendered, metrics
+    assert float(jobs_rendered[1]) > float(observed[1])  # more jobs than batches: some batch held several
+    assert "emoe_render_batch_seconds_count" in metrics
     for job, body in zip(jobs, bodies, strict=True):
         assert rows(real["db"], job["id"]) == (1, 1)
         params = {k: body.get(k) for k in ("seed", "steps")}

@@ -86,6 +86,7 @@ def test_embedded_path_gates_renders_and_audits(embedded, tiny_runtime) -> None:
     assert client.get("/readyz").status_code == 200
     metrics = client.get("/metrics", headers=METRICS_AUTH).text
     assert "emoe_gate_latency_seconds_count" in metrics and 'emoe_decisions{action="halt"' in metrics
+    assert "emoe_render_batch_jobs_count" in metrics and "emoe_render_batch_seconds_bucket" in metrics
     with session_scope(url) as session:
         from audit.chain import verify_chain
 
