@@ -18,13 +18,15 @@ Leases: opening a job for review (`take_lease`, `lease_next`) records who review
 (`jobs.review_lease_by`/`review_lease_until`); while the lease runs, another reviewer's lease or verdict is
 refused (`LeaseHeld`, naming the holder and the end). The holder's verdict releases it; an expired lease is
 free to take. `bulk_verdict` decides a filtered selection at once, one chain row per job, and only if the
-selection still holds the number of jobs the client saw.
+selection still holds the number of jobs the client saw. The queue, `lease_next` and bulk verdicts take
+their filters as one `QueueFilter`, which checks its bounds itself (`BadFilter` names the field).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -275,17 +277,41 @@ def verdicts_of(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, l
 # --- the queue ----------------------------------------------------------------------------------------------
 
 
-def _queue_filters(
-    tenant: str,
-    *,
-    state: str = "open",
-    language: str | None = None,
-    min_score: float | None = None,
-    max_score: float | None = None,
-    label: tuple[str, str] | None = None,
-    min_age_s: float | None = None,
-    max_age_s: float | None = None,
-) -> list[Any]:
+class BadFilter(ReviewRefused):
+    """A queue filter with a bound out of range or below its minimum (422); `field` names it."""
+
+    def __init__(self, field: str, value: float, problem: str) -> None:
+        super().__init__(f"{field}: {value} {problem}", conflict=False)
+        self.field, self.problem = field, problem
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    """The review queue's filters (None: any), bounds checked once here; `label`: (key, value)."""
+
+    language: str | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    label: tuple[str, str] | None = None
+    min_age_s: float | None = None
+    max_age_s: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("min_score", "max_score", "min_age_s", "max_age_s"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise BadFilter(name, value, "is not a finite number")
+        for name in ("min_age_s", "max_age_s"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise BadFilter(name, value, "is below 0")
+        for low, high in (("min_score", "max_score"), ("min_age_s", "max_age_s")):
+            lowest, highest = getattr(self, low), getattr(self, high)
+            if lowest is not None and highest is not None and lowest > highest:
+                raise BadFilter(high, highest, f"is below {low} {lowest}")
+
+
+def _queue_filters(tenant: str, *, state: str = "open", filters: QueueFilter = QueueFilter()) -> list[Any]:
     """The WHERE clauses of the queue's filters (over `jobs` joined to `decisions`); a job's age counts from
     its submission."""
     where: list[Any] = [Job.tenant == tenant]
@@ -295,19 +321,19 @@ def _queue_filters(
         where.append(Job.review.in_(DECIDED))
     else:
         where.append(Job.review.is_not(None))
-    if language:
-        where.append(Job.language == language)
-    if min_score is not None:
-        where.append(Decision.score >= min_score)
-    if max_score is not None:
-        where.append(Decision.score <= max_score)
-    if label is not None:
-        where.append(Job.labels[label[0]].as_string() == label[1])
+    if filters.language:
+        where.append(Job.language == filters.language)
+    if filters.min_score is not None:
+        where.append(Decision.score >= filters.min_score)
+    if filters.max_score is not None:
+        where.append(Decision.score <= filters.max_score)
+    if filters.label is not None:
+        where.append(Job.labels[filters.label[0]].as_string() == filters.label[1])
     now = datetime.now(UTC)
-    if min_age_s is not None:
-        where.append(Job.created_at <= now - timedelta(seconds=min_age_s))
-    if max_age_s is not None:
-        where.append(Job.created_at >= now - timedelta(seconds=max_age_s))
+    if filters.min_age_s is not None:
+        where.append(Job.created_at <= now - timedelta(seconds=filters.min_age_s))
+    if filters.max_age_s is not None:
+        where.append(Job.created_at >= now - timedelta(seconds=filters.max_age_s))
     return where
 
 
@@ -323,26 +349,12 @@ def review_queue(
     tenant: str,
     *,
     state: str = "open",
-    language: str | None = None,
-    min_score: float | None = None,
-    max_score: float | None = None,
-    label: tuple[str, str] | None = None,
-    min_age_s: float | None = None,
-    max_age_s: float | None = None,
+    filters: QueueFilter = QueueFilter(),
     limit: int = 50,
 ) -> Queue:
     """The tenant's jobs in review: `open` (pending first, then escalated, oldest first; only jobs ready to
     judge, i.e. held or halted), `decided` (most recently decided first) or `all` (like decided)."""
-    where = _queue_filters(
-        tenant,
-        state=state,
-        language=language,
-        min_score=min_score,
-        max_score=max_score,
-        label=label,
-        min_age_s=min_age_s,
-        max_age_s=max_age_s,
-    )
+    where = _queue_filters(tenant, state=state, filters=filters)
     base = select(Job).join(Decision, Decision.job_id == Job.id).where(*where)
     if state == "open":
         order = [case((Job.review == "pending", 0), else_=1), Job.created_at, Job.id]
@@ -437,12 +449,7 @@ def lease_next(
     *,
     reviewer: str,
     seconds: float,
-    language: str | None = None,
-    min_score: float | None = None,
-    max_score: float | None = None,
-    label: tuple[str, str] | None = None,
-    min_age_s: float | None = None,
-    max_age_s: float | None = None,
+    filters: QueueFilter = QueueFilter(),
     skip: uuid.UUID | None = None,
     now: datetime | None = None,
 ) -> Lease | None:
@@ -451,16 +458,7 @@ def lease_next(
     job the reviewer just handed back, not to be leased to them again at once."""
     now = now or utcnow()
     who = reviewer[:16]
-    where = _queue_filters(
-        tenant,
-        state="open",
-        language=language,
-        min_score=min_score,
-        max_score=max_score,
-        label=label,
-        min_age_s=min_age_s,
-        max_age_s=max_age_s,
-    )
+    where = _queue_filters(tenant, state="open", filters=filters)
     if skip is not None:
         where.append(Job.id != skip)
     free = (Job.review_lease_by.is_(None)) | (Job.review_lease_until <= now) | (Job.review_lease_by == who)
@@ -491,26 +489,12 @@ def bulk_selection(
     session: Session,
     tenant: str,
     *,
-    language: str | None = None,
-    min_score: float | None = None,
-    max_score: float | None = None,
-    label: tuple[str, str] | None = None,
-    min_age_s: float | None = None,
-    max_age_s: float | None = None,
+    filters: QueueFilter = QueueFilter(),
     lock: bool = False,
 ) -> list[uuid.UUID]:
     """The ids of the open jobs a bulk verdict with these filters decides (in id order; `lock`: FOR UPDATE
     on PostgreSQL, so the selection cannot change before the verdicts are written)."""
-    where = _queue_filters(
-        tenant,
-        state="open",
-        language=language,
-        min_score=min_score,
-        max_score=max_score,
-        label=label,
-        min_age_s=min_age_s,
-        max_age_s=max_age_s,
-    )
+    where = _queue_filters(tenant, state="open", filters=filters)
     query = select(Job.id).join(Decision, Decision.job_id == Job.id).where(*where).order_by(Job.id)
     if lock and session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(of=Job)
@@ -525,12 +509,7 @@ def bulk_verdict(
     reviewer: str,
     confirm: int,
     note: str | None = None,
-    language: str | None = None,
-    min_score: float | None = None,
-    max_score: float | None = None,
-    label: tuple[str, str] | None = None,
-    min_age_s: float | None = None,
-    max_age_s: float | None = None,
+    filters: QueueFilter = QueueFilter(),
 ) -> list[Verdict]:
     """Approve or reject every open job the filters select (what `GET /v1/reviews` lists with them), each
     with its own verdict row in the chain. All or nothing: raises `SelectionChanged` when the selection does
@@ -545,17 +524,7 @@ def bulk_verdict(
         )
     if confirm > BULK_MAX:
         raise ReviewRefused(f"confirm: at most {BULK_MAX} jobs at once; narrow the filters", conflict=False)
-    ids = bulk_selection(
-        session,
-        tenant,
-        language=language,
-        min_score=min_score,
-        max_score=max_score,
-        label=label,
-        min_age_s=min_age_s,
-        max_age_s=max_age_s,
-        lock=True,
-    )
+    ids = bulk_selection(session, tenant, filters=filters, lock=True)
     if len(ids) != confirm:
         raise SelectionChanged(len(ids), confirm)
     results = []

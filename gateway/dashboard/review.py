@@ -8,9 +8,8 @@ import logging
 import math
 import urllib.parse
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -33,15 +32,24 @@ router = APIRouter()
 
 
 @dataclass(frozen=True)
-class QueueFilter:
+class FilterForm:
+    """The review page's filter fields as its forms carry them, and the queue filter they select."""
+
     language: str = ""
     label: str = ""
-    min_score: float | None = None
-    max_score: float | None = None
+    filters: review_repo.QueueFilter = field(default_factory=review_repo.QueueFilter)
+
+    @property
+    def min_score(self) -> float | None:
+        return self.filters.min_score
+
+    @property
+    def max_score(self) -> float | None:
+        return self.filters.max_score
 
     @classmethod
-    def parse(cls, values: dict[str, str]) -> QueueFilter:
-        """From query or form fields; ValueError names the bad field."""
+    def parse(cls, values: dict[str, str]) -> FilterForm:
+        """From query or form fields; ValueError names the bad field (the queue filter checks the bounds)."""
         language = (values.get("language") or "").strip()
         if language and not (2 <= len(language) <= 3 and language.isascii() and language.isalpha()):
             raise ValueError(f"language: {language!r} is not an ISO 639 code")
@@ -58,18 +66,14 @@ class QueueFilter:
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name}: {raw!r} is not a finite number")
             bounds.append(value)
-        if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
-            raise ValueError(f"max_score: {bounds[1]} is below min_score {bounds[0]}")
-        return cls(language.lower(), label, bounds[0], bounds[1])
-
-    def kwargs(self) -> dict[str, Any]:
-        label = tuple(self.label.split(":", 1)) if self.label else None
-        return {
-            "language": self.language or None,
-            "min_score": self.min_score,
-            "max_score": self.max_score,
-            "label": label,
-        }
+        key, _, wanted = label.partition(":")
+        filters = review_repo.QueueFilter(
+            language=language.lower() or None,
+            min_score=bounds[0],
+            max_score=bounds[1],
+            label=(key, wanted) if label else None,
+        )
+        return cls(language.lower(), label, filters)
 
     def query(self, **extra: str) -> str:
         values = {
@@ -111,7 +115,7 @@ def _require_reviewer(request: Request, viewer: Viewer | None) -> Viewer | Respo
 
 async def _reviewer_post(
     request: Request, viewer: Viewer | None
-) -> tuple[Viewer, dict[str, str], QueueFilter] | Response:
+) -> tuple[Viewer, dict[str, str], FilterForm] | Response:
     """A review form's post, checked (reviewer role, CSRF token), with the queue filters it carries."""
     checked = _require_reviewer(request, viewer)
     if isinstance(checked, Response):
@@ -119,7 +123,7 @@ async def _reviewer_post(
     form = await read_form(request)
     check_post(request, checked, form)
     try:
-        return checked, form, QueueFilter.parse(form)
+        return checked, form, FilterForm.parse(form)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from exc
 
@@ -141,12 +145,14 @@ def review_page(
         return checked
     viewer = checked
     try:
-        flt = QueueFilter.parse(dict(request.query_params))
+        flt = FilterForm.parse(dict(request.query_params))
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from exc
     settings = request.app.state.settings
     now = datetime.now(UTC)
-    queue = review_repo.review_queue(session, viewer.tenant, state="open", limit=PAGE_SIZE, **flt.kwargs())
+    queue = review_repo.review_queue(
+        session, viewer.tenant, state="open", limit=PAGE_SIZE, filters=flt.filters
+    )
     lease = problem = decided = None
     if job is not None:
         found = job_repo.get_job(session, job, viewer.tenant)
@@ -165,7 +171,7 @@ def review_page(
                 reviewer=viewer.key_prefix,
                 seconds=settings.review_lease_s,
                 skip=skip,
-                **flt.kwargs(),
+                filters=flt.filters,
             )
     except review_repo.ReviewRefused as exc:
         problem = str(exc)
@@ -187,7 +193,7 @@ def review_page(
         overriding=decided is not None,
         overridable=decided is not None and decided.status in review_repo.REVIEWABLE_STATUSES,
         recent=review_repo.review_queue(
-            session, viewer.tenant, state="decided", limit=10, **flt.kwargs()
+            session, viewer.tenant, state="decided", limit=10, filters=flt.filters
         ).jobs,
         decision=decision,
         lease_until=lease.until if lease is not None else None,
@@ -200,7 +206,7 @@ def review_page(
         problem=problem,
         skip=skip,
         done=done if done in ("approved", "rejected", "escalated", "bulk", "released") else "",
-        bulk_n=len(review_repo.bulk_selection(session, viewer.tenant, **flt.kwargs())),
+        bulk_n=len(review_repo.bulk_selection(session, viewer.tenant, filters=flt.filters)),
         bulk_max=review_repo.BULK_MAX,
     )
 
@@ -241,7 +247,7 @@ async def review_bulk(request: Request, viewer: ViewerDep) -> Response:
                     reviewer=checked.key_prefix,
                     confirm=confirm,
                     note=note,
-                    **flt.kwargs(),
+                    filters=flt.filters,
                 )
             except review_repo.ReviewRefused as exc:
                 raise _review_error(exc) from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -53,18 +54,26 @@ MaxAge = Annotated[
 ]
 
 
-def _check_bounds(
+def _queue_filter(
     where: str,
+    language: str | None,
     min_score: float | None,
     max_score: float | None,
     min_age_s: float | None,
     max_age_s: float | None,
-) -> None:
-    """422 naming the upper bound when a filter's minimum is above its maximum (`where`: query or body)."""
-    if min_score is not None and max_score is not None and min_score > max_score:
-        raise field_error([where, "max_score"], f"is below min_score {min_score}")
-    if min_age_s is not None and max_age_s is not None and min_age_s > max_age_s:
-        raise field_error([where, "max_age_s"], f"is below min_age_s {min_age_s}")
+) -> repo.QueueFilter:
+    """The request's queue filter without its label; a bound the filter refuses (a minimum above its
+    maximum) is a 422 naming the field (`where`: query or body), before any error of the label."""
+    try:
+        return repo.QueueFilter(
+            language=language,
+            min_score=min_score,
+            max_score=max_score,
+            min_age_s=min_age_s,
+            max_age_s=max_age_s,
+        )
+    except repo.BadFilter as exc:
+        raise field_error([where, exc.field], exc.problem) from exc
 
 
 def _label(value: str | None) -> tuple[str, str] | None:
@@ -98,21 +107,10 @@ def list_reviews(
     max_age_s: MaxAge = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> ReviewQueue:
-    _check_bounds("query", min_score, max_score, min_age_s, max_age_s)
-    wanted = _label(label)
+    filters = _queue_filter("query", language, min_score, max_score, min_age_s, max_age_s)
+    filters = replace(filters, label=_label(label))
     with transaction(request.app.state.sessionmaker) as session:
-        queue = repo.review_queue(
-            session,
-            tenant,
-            state=state,
-            language=language,
-            min_score=min_score,
-            max_score=max_score,
-            label=wanted,
-            min_age_s=min_age_s,
-            max_age_s=max_age_s,
-            limit=limit,
-        )
+        queue = repo.review_queue(session, tenant, state=state, filters=filters, limit=limit)
         history = repo.verdicts_of(session, [j.id for j in queue.jobs])
         now = datetime.now(UTC)
         items = [
@@ -222,21 +220,12 @@ def lease_next(
     min_age_s: MinAge = None,
     max_age_s: MaxAge = None,
 ) -> LeaseOut | Response:
-    _check_bounds("query", min_score, max_score, min_age_s, max_age_s)
-    wanted = _label(label)
+    filters = _queue_filter("query", language, min_score, max_score, min_age_s, max_age_s)
+    filters = replace(filters, label=_label(label))
     seconds = request.app.state.settings.review_lease_s
     with transaction(request.app.state.sessionmaker) as session:
         lease = repo.lease_next(
-            session,
-            tenant,
-            reviewer=_reviewer(request),
-            seconds=seconds,
-            language=language,
-            min_score=min_score,
-            max_score=max_score,
-            label=wanted,
-            min_age_s=min_age_s,
-            max_age_s=max_age_s,
+            session, tenant, reviewer=_reviewer(request), seconds=seconds, filters=filters
         )
         if lease is None:
             return Response(status_code=204)
@@ -333,18 +322,19 @@ class BulkResult(BaseModel):
     summary="Approve or reject a filtered selection of the queue, one verdict (and chain row) per job.",
 )
 async def bulk_review(body: BulkReviewRequest, tenant: ReviewTenant, request: Request) -> BulkResult:
-    _check_bounds("body", body.min_score, body.max_score, body.min_age_s, body.max_age_s)
-    wanted = None
+    filters = _queue_filter(
+        "body", body.language, body.min_score, body.max_score, body.min_age_s, body.max_age_s
+    )
     if body.label is not None:
         key, _, value = body.label.partition(":")
-        wanted = (key, value)
-    results, out = await run_in_threadpool(_bulk, request, tenant, body, wanted)
+        filters = replace(filters, label=(key, value))
+    results, out = await run_in_threadpool(_bulk, request, tenant, body, filters)
     follow_up_reviews(request.app.state.dispatcher, results)
     return out
 
 
 def _bulk(
-    request: Request, tenant: str, body: BulkReviewRequest, label: tuple[str, str] | None
+    request: Request, tenant: str, body: BulkReviewRequest, filters: repo.QueueFilter
 ) -> tuple[list[repo.Verdict], BulkResult]:
     with transaction(request.app.state.sessionmaker) as session:
         try:
@@ -355,12 +345,7 @@ def _bulk(
                 reviewer=_reviewer(request),
                 confirm=body.confirm,
                 note=body.note,
-                language=body.language,
-                min_score=body.min_score,
-                max_score=body.max_score,
-                label=label,
-                min_age_s=body.min_age_s,
-                max_age_s=body.max_age_s,
+                filters=filters,
             )
         except repo.ReviewRefused as exc:
             raise _conflict(exc, "confirm") from exc

@@ -558,6 +558,25 @@ def test_bulk_reject_of_a_filtered_selection_needs_the_count_and_chains_each_ver
     )
 
 
+def test_a_queue_filter_checks_its_bounds_once_and_names_the_bad_field() -> None:
+    """`QueueFilter` refuses a minimum above its maximum, a negative age and a bound that is not finite with
+    a 422-kind refusal naming the field (what the API and the dashboard show); equal bounds are fine."""
+    from audit.reviews import BadFilter, QueueFilter, ReviewRefused
+
+    assert QueueFilter(min_score=1.0, max_score=1.0, min_age_s=0, max_age_s=0).max_score == 1.0
+    for fields, field, message in (
+        ({"min_score": 2.0, "max_score": 1.0}, "max_score", "max_score: 1.0 is below min_score 2.0"),
+        ({"min_age_s": 10.0, "max_age_s": 5.0}, "max_age_s", "max_age_s: 5.0 is below min_age_s 10.0"),
+        ({"min_age_s": -1.0}, "min_age_s", "min_age_s: -1.0 is below 0"),
+        ({"min_score": float("nan")}, "min_score", "min_score: nan is not a finite number"),
+        ({"max_age_s": float("inf")}, "max_age_s", "max_age_s: inf is not a finite number"),
+    ):
+        with pytest.raises(BadFilter) as caught:
+            QueueFilter(**fields)
+        assert caught.value.field == field and str(caught.value) == message, fields
+        assert isinstance(caught.value, ReviewRefused) and not caught.value.conflict
+
+
 def test_audit_redact_treats_notes_like_prompts(tmp_path: Path) -> None:
     """`emoe-gate audit redact --older-than N` nulls the notes of verdicts older than N days as it nulls the
     prompts of jobs older than N days (recent ones stay), and the review chain still verifies (it covers the
