@@ -76,12 +76,12 @@ def _queue_filter(
         raise field_error([where, exc.field], exc.problem) from exc
 
 
-def _label(value: str | None) -> tuple[str, str] | None:
+def _label(value: str | None, where: str = "query") -> tuple[str, str] | None:
     if value is None:
         return None
     key, sep, wanted = value.partition(":")
     if not sep or not key:
-        raise field_error(["query", "label"], "must be key:value (e.g. region:eu)")
+        raise field_error([where, "label"], "must be key:value (e.g. region:eu)")
     return key, wanted
 
 
@@ -325,9 +325,7 @@ async def bulk_review(body: BulkReviewRequest, tenant: ReviewTenant, request: Re
     filters = _queue_filter(
         "body", body.language, body.min_score, body.max_score, body.min_age_s, body.max_age_s
     )
-    if body.label is not None:
-        key, _, value = body.label.partition(":")
-        filters = replace(filters, label=(key, value))
+    filters = replace(filters, label=_label(body.label, "body"))
     results, out = await run_in_threadpool(_bulk, request, tenant, body, filters)
     follow_up_reviews(request.app.state.dispatcher, results)
     return out

@@ -549,6 +549,7 @@ def test_bulk_reject_of_a_filtered_selection_needs_the_count_and_chains_each_ver
         ({"verdict": "approve", "confirm": 0}, "confirm"),
         ({"verdict": "approve", "confirm": 1, "min_score": 2, "max_score": 1}, "max_score"),
         ({"verdict": "approve", "confirm": 1, "label": "nocolon"}, "label"),
+        ({"verdict": "approve", "confirm": 1, "label": "::x"}, "label"),  # an empty key, as the query refuses
     ):
         bad = client.post("/v1/reviews/bulk", json=body, headers=review)
         assert bad.status_code == 422 and field in str(bad.json()), (body, bad.text)
