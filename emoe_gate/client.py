@@ -3,6 +3,9 @@
 Both retry only a 429 (queue full) or 503 (database or queue unavailable), after the server's `Retry-After`
 plus a little jitter (or a short exponential backoff when it sent none), at most `max_retries` times; every
 other error is raised at once as an `emoe_gate.errors.APIError` carrying the server's field and message.
+
+Each request is described once, by a `_..._call` function below (what to send, and how to read the answer);
+the two clients differ only in how they send it (`_send`, plain or awaited).
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ import email.utils
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -36,6 +40,7 @@ RETRY_STATUSES = frozenset({429, 503})
 DEFAULT_TIMEOUT_S = 30.0
 MAX_RETRY_WAIT_S = 60.0
 T = TypeVar("T", bound=BaseModel)
+R = TypeVar("R")
 JobRef = str | uuid.UUID | Job
 
 
@@ -71,19 +76,111 @@ def _when(value: datetime | str | None) -> str | None:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def _job_body(prompt: str, fields: Mapping[str, Any]) -> dict[str, Any]:
-    return {"prompt": prompt, **_drop_none(fields)}
+# --- what each method sends, and how it reads the answer ----------------------------------------------------
 
 
-def _get_params(wait: float | None, expand: Sequence[str]) -> dict[str, Any]:
-    return _drop_none({"wait": wait, "expand": list(expand) or None})
+@dataclass(frozen=True)
+class _Call(Generic[R]):
+    """One API request, and how its (successful) response becomes the method's return value."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], R]
+    params: Mapping[str, Any] | None = None
+    json: Any = None
+    headers: Mapping[str, str] | None = None
+    wait: float | None = None  # how long the server may hold the request: added to the timeout
 
 
-def _parse(model: type[T], response: httpx.Response) -> T:
-    return model.model_validate(response.json())
+def _model(model: type[T]) -> Callable[[httpx.Response], T]:
+    def parse(response: httpx.Response) -> T:
+        return model.model_validate(response.json())
+
+    return parse
+
+
+def _content(response: httpx.Response) -> bytes:
+    return response.content
+
+
+def _nothing(response: httpx.Response) -> None:
+    return None
+
+
+def _lease_or_none(response: httpx.Response) -> Lease | None:
+    return None if response.status_code == 204 else Lease.model_validate(response.json())
+
+
+def _submit_call(
+    prompt: str, fields: Mapping[str, Any], *, idempotency_key: str | None, wait: float | None
+) -> _Call[Job]:
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    body = {"prompt": prompt, **_drop_none(fields)}
+    params = _drop_none({"wait": wait})
+    return _Call("POST", "/v1/jobs", _model(Job), params=params, json=body, headers=headers, wait=wait)
+
+
+def _get_call(job: JobRef, wait: float | None, expand: Sequence[str]) -> _Call[Job]:
+    params = _drop_none({"wait": wait, "expand": list(expand) or None})
+    return _Call("GET", f"/v1/jobs/{_job_id(job)}", _model(Job), params=params, wait=wait)
+
+
+def _list_page_call(filters: Mapping[str, Any], *, limit: int | None, cursor: str | None) -> _Call[JobPage]:
+    """`filters`: status, action, language, since, until (datetimes or ISO strings)."""
+    params = {**filters, "since": _when(filters["since"]), "until": _when(filters["until"])}
+    params.update(limit=limit, cursor=cursor)
+    return _Call("GET", "/v1/jobs", _model(JobPage), params=_drop_none(params))
+
+
+def _cancel_call(job: JobRef) -> _Call[Job]:
+    return _Call("POST", f"/v1/jobs/{_job_id(job)}/cancel", _model(Job))
+
+
+def _image_call(job: JobRef, index: int) -> _Call[bytes]:
+    return _Call("GET", f"/v1/jobs/{_job_id(job)}/images/{index}", _content)
+
+
+def _score_call(prompts: Sequence[str], labels: Mapping[str, str] | None) -> _Call[ScoreResponse]:
+    body = _drop_none({"prompts": list(prompts), "labels": labels})
+    return _Call("POST", "/v1/score", _model(ScoreResponse), json=body)
+
+
+def _reviews_call(filters: Mapping[str, Any], *, state: str | None, limit: int | None) -> _Call[ReviewQueue]:
+    """`filters` (here and below): language, min_score, max_score, label, min_age_s, max_age_s."""
+    params = _drop_none({"state": state, **filters, "limit": limit})
+    return _Call("GET", "/v1/reviews", _model(ReviewQueue), params=params)
+
+
+def _review_call(job: JobRef, verdict: Verdict, note: str | None, override: bool) -> _Call[ReviewResult]:
+    body = _drop_none({"verdict": verdict, "note": note, "override": override or None})
+    return _Call("POST", f"/v1/jobs/{_job_id(job)}/review", _model(ReviewResult), json=body)
+
+
+def _next_review_call(filters: Mapping[str, Any]) -> _Call[Lease | None]:
+    return _Call("POST", "/v1/reviews/next", _lease_or_none, params=_drop_none(filters))
+
+
+def _lease_call(job: JobRef) -> _Call[Lease]:
+    return _Call("POST", f"/v1/reviews/{_job_id(job)}/lease", _model(Lease))
+
+
+def _release_lease_call(job: JobRef) -> _Call[None]:
+    return _Call("DELETE", f"/v1/reviews/{_job_id(job)}/lease", _nothing)
+
+
+def _bulk_review_call(
+    verdict: Verdict, filters: Mapping[str, Any], *, confirm: int, note: str | None
+) -> _Call[BulkResult]:
+    body = _drop_none({"verdict": verdict, "confirm": confirm, "note": note, **filters})
+    return _Call("POST", "/v1/reviews/bulk", _model(BulkResult), json=body)
+
+
+# --- the clients --------------------------------------------------------------------------------------------
 
 
 class _Base:
+    _http: httpx.Client | httpx.AsyncClient
+
     def __init__(
         self,
         base_url: str,
@@ -101,6 +198,16 @@ class _Base:
     def _timeout(self, wait: float | None) -> float:
         return self.timeout + (wait or 0)
 
+    def _build_request(self, call: _Call[Any]) -> httpx.Request:
+        return self._http.build_request(
+            call.method,
+            call.path,
+            params=call.params,
+            json=call.json,
+            headers=call.headers,
+            timeout=self._timeout(call.wait),
+        )
+
     def _should_retry(self, response: httpx.Response, attempt: int) -> bool:
         return response.status_code in RETRY_STATUSES and attempt < self.max_retries
 
@@ -115,6 +222,8 @@ class Client(_Base):
     """The emoe-gate API, synchronous. Use as a context manager, or call `close()`.
 
     `Client("http://127.0.0.1:8000", api_key=KEY)`; `transport` is handed to httpx (tests, proxies)."""
+
+    _http: httpx.Client
 
     def __init__(
         self,
@@ -139,12 +248,12 @@ class Client(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def _request(self, method: str, path: str, *, wait: float | None = None, **kwargs: Any) -> httpx.Response:
+    def _send(self, call: _Call[R]) -> R:
         attempt = 0
         while True:
-            response = self._http.request(method, path, timeout=self._timeout(wait), **kwargs)
+            response = self._http.send(self._build_request(call))
             if not self._should_retry(response, attempt):
-                return self._check(response)
+                return call.parse(self._check(response))
             self._sleep(retry_delay(response, attempt))
             attempt += 1
 
@@ -170,22 +279,12 @@ class Client(_Base):
         with the same `idempotency_key` returns the first job."""
         fields = dict(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance)
         fields.update(height=height, width=width, mode=mode, callback_url=callback_url, labels=labels)
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        response = self._request(
-            "POST",
-            "/v1/jobs",
-            wait=wait,
-            json=_job_body(prompt, fields),
-            params=_drop_none({"wait": wait}),
-            headers=headers,
-        )
-        return _parse(Job, response)
+        return self._send(_submit_call(prompt, fields, idempotency_key=idempotency_key, wait=wait))
 
     def get(self, job: JobRef, *, wait: float | None = None, expand: Sequence[str] = ()) -> Job:
         """A job; with `wait`, once it is finished or `wait` seconds have passed (`expand=["scoring"]`: the
         whole scoring configuration, not its summary)."""
-        path = f"/v1/jobs/{_job_id(job)}"
-        return _parse(Job, self._request("GET", path, wait=wait, params=_get_params(wait, expand)))
+        return self._send(_get_call(job, wait, expand))
 
     def list_page(
         self,
@@ -199,9 +298,8 @@ class Client(_Base):
         cursor: str | None = None,
     ) -> JobPage:
         """One page of this tenant's jobs, newest first; pass its `next_cursor` as `cursor` for the next."""
-        params = dict(status=status, action=action, language=language, since=_when(since), until=_when(until))
-        params.update(limit=limit, cursor=cursor)
-        return _parse(JobPage, self._request("GET", "/v1/jobs", params=_drop_none(params)))
+        filters = dict(status=status, action=action, language=language, since=since, until=until)
+        return self._send(_list_page_call(filters, limit=limit, cursor=cursor))
 
     def list(
         self,
@@ -214,29 +312,22 @@ class Client(_Base):
         page_size: int = 100,
     ) -> Iterator[Job]:
         """Every job that matches, newest first, fetching page after page as the iteration goes."""
-        cursor = None
+        filters = dict(status=status, action=action, language=language, since=since, until=until)
+        cursor: str | None = None
         while True:
-            page = self.list_page(
-                status=status,
-                action=action,
-                language=language,
-                since=since,
-                until=until,
-                limit=page_size,
-                cursor=cursor,
-            )
+            page = self._send(_list_page_call(filters, limit=page_size, cursor=cursor))
             yield from page.jobs
-            if page.next_cursor is None:
-                return
             cursor = page.next_cursor
+            if cursor is None:
+                return
 
     def cancel(self, job: JobRef) -> Job:
         """Cancel a job that has not finished (`ConflictError` with `.job` if it had)."""
-        return _parse(Job, self._request("POST", f"/v1/jobs/{_job_id(job)}/cancel"))
+        return self._send(_cancel_call(job))
 
     def image(self, job: JobRef, index: int = 0) -> bytes:
         """The PNG bytes of image `index` of a job."""
-        return self._request("GET", f"/v1/jobs/{_job_id(job)}/images/{index}").content
+        return self._send(_image_call(job, index))
 
     def images(self, job: Job) -> list[bytes]:
         """The PNG bytes of every image of a job, in order."""
@@ -246,8 +337,7 @@ class Client(_Base):
 
     def score(self, prompts: Sequence[str], *, labels: Mapping[str, str] | None = None) -> ScoreResponse:
         """Scores and decisions for prompts; nothing is rendered."""
-        body = _drop_none({"prompts": list(prompts), "labels": labels})
-        return _parse(ScoreResponse, self._request("POST", "/v1/score", json=body))
+        return self._send(_score_call(prompts, labels))
 
     def reviews(
         self,
@@ -262,16 +352,15 @@ class Client(_Base):
         limit: int | None = None,
     ) -> ReviewQueue:
         """The human-review queue (a review key): pending before escalated, oldest first."""
-        params = dict(state=state, language=language, min_score=min_score, max_score=max_score)
-        params.update(label=label, min_age_s=min_age_s, max_age_s=max_age_s, limit=limit)
-        return _parse(ReviewQueue, self._request("GET", "/v1/reviews", params=_drop_none(params)))
+        filters = dict(language=language, min_score=min_score, max_score=max_score, label=label)
+        filters.update(min_age_s=min_age_s, max_age_s=max_age_s)
+        return self._send(_reviews_call(filters, state=state, limit=limit))
 
     def review(
         self, job: JobRef, verdict: Verdict, *, note: str | None = None, override: bool = False
     ) -> ReviewResult:
         """Record a verdict (approve, reject, escalate) on a job in review (a review key)."""
-        body = _drop_none({"verdict": verdict, "note": note, "override": override or None})
-        return _parse(ReviewResult, self._request("POST", f"/v1/jobs/{_job_id(job)}/review", json=body))
+        return self._send(_review_call(job, verdict, note, override))
 
     def next_review(
         self,
@@ -284,18 +373,17 @@ class Client(_Base):
         max_age_s: float | None = None,
     ) -> Lease | None:
         """Lease the next job of the review queue no other reviewer holds; None when none waits."""
-        params = dict(language=language, min_score=min_score, max_score=max_score, label=label)
-        params = _drop_none({**params, "min_age_s": min_age_s, "max_age_s": max_age_s})
-        response = self._request("POST", "/v1/reviews/next", params=params)
-        return None if response.status_code == 204 else _parse(Lease, response)
+        filters = dict(language=language, min_score=min_score, max_score=max_score, label=label)
+        filters.update(min_age_s=min_age_s, max_age_s=max_age_s)
+        return self._send(_next_review_call(filters))
 
     def lease(self, job: JobRef) -> Lease:
         """Open a job for review: lease it to this reviewer (renews this reviewer's own lease)."""
-        return _parse(Lease, self._request("POST", f"/v1/reviews/{_job_id(job)}/lease"))
+        return self._send(_lease_call(job))
 
     def release_lease(self, job: JobRef) -> None:
         """Give a job's lease back before it ends."""
-        self._request("DELETE", f"/v1/reviews/{_job_id(job)}/lease")
+        self._send(_release_lease_call(job))
 
     def bulk_review(
         self,
@@ -312,16 +400,17 @@ class Client(_Base):
     ) -> BulkResult:
         """Approve or reject every open job the filters select; `confirm` is how many the caller saw selected
         (`reviews(...).total`): the server refuses with 409 if that changed."""
-        body = _drop_none(dict(verdict=verdict, confirm=confirm, note=note, language=language, label=label))
-        body.update(_drop_none(dict(min_score=min_score, max_score=max_score)))
-        body.update(_drop_none(dict(min_age_s=min_age_s, max_age_s=max_age_s)))
-        return _parse(BulkResult, self._request("POST", "/v1/reviews/bulk", json=body))
+        filters = dict(language=language, min_score=min_score, max_score=max_score, label=label)
+        filters.update(min_age_s=min_age_s, max_age_s=max_age_s)
+        return self._send(_bulk_review_call(verdict, filters, confirm=confirm, note=note))
 
 
 class AsyncClient(_Base):
     """The emoe-gate API, asynchronous: the same methods as `Client`, awaited (`list` is an async iterator).
 
     `async with AsyncClient(url, api_key=KEY) as client: job = await client.submit(...)`."""
+
+    _http: httpx.AsyncClient
 
     def __init__(
         self,
@@ -346,14 +435,12 @@ class AsyncClient(_Base):
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def _request(
-        self, method: str, path: str, *, wait: float | None = None, **kwargs: Any
-    ) -> httpx.Response:
+    async def _send(self, call: _Call[R]) -> R:
         attempt = 0
         while True:
-            response = await self._http.request(method, path, timeout=self._timeout(wait), **kwargs)
+            response = await self._http.send(self._build_request(call))
             if not self._should_retry(response, attempt):
-                return self._check(response)
+                return call.parse(self._check(response))
             await self._sleep(retry_delay(response, attempt))
             attempt += 1
 
@@ -376,21 +463,11 @@ class AsyncClient(_Base):
         """Submit a prompt (see `Client.submit`)."""
         fields = dict(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance)
         fields.update(height=height, width=width, mode=mode, callback_url=callback_url, labels=labels)
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        response = await self._request(
-            "POST",
-            "/v1/jobs",
-            wait=wait,
-            json=_job_body(prompt, fields),
-            params=_drop_none({"wait": wait}),
-            headers=headers,
-        )
-        return _parse(Job, response)
+        return await self._send(_submit_call(prompt, fields, idempotency_key=idempotency_key, wait=wait))
 
     async def get(self, job: JobRef, *, wait: float | None = None, expand: Sequence[str] = ()) -> Job:
         """A job (see `Client.get`)."""
-        path = f"/v1/jobs/{_job_id(job)}"
-        return _parse(Job, await self._request("GET", path, wait=wait, params=_get_params(wait, expand)))
+        return await self._send(_get_call(job, wait, expand))
 
     async def list_page(
         self,
@@ -404,9 +481,8 @@ class AsyncClient(_Base):
         cursor: str | None = None,
     ) -> JobPage:
         """One page of this tenant's jobs, newest first."""
-        params = dict(status=status, action=action, language=language, since=_when(since), until=_when(until))
-        params.update(limit=limit, cursor=cursor)
-        return _parse(JobPage, await self._request("GET", "/v1/jobs", params=_drop_none(params)))
+        filters = dict(status=status, action=action, language=language, since=since, until=until)
+        return await self._send(_list_page_call(filters, limit=limit, cursor=cursor))
 
     async def list(
         self,
@@ -419,30 +495,23 @@ class AsyncClient(_Base):
         page_size: int = 100,
     ) -> AsyncIterator[Job]:
         """Every job that matches, newest first, page after page (`async for job in client.list()`)."""
-        cursor = None
+        filters = dict(status=status, action=action, language=language, since=since, until=until)
+        cursor: str | None = None
         while True:
-            page = await self.list_page(
-                status=status,
-                action=action,
-                language=language,
-                since=since,
-                until=until,
-                limit=page_size,
-                cursor=cursor,
-            )
+            page = await self._send(_list_page_call(filters, limit=page_size, cursor=cursor))
             for job in page.jobs:
                 yield job
-            if page.next_cursor is None:
-                return
             cursor = page.next_cursor
+            if cursor is None:
+                return
 
     async def cancel(self, job: JobRef) -> Job:
         """Cancel a job that has not finished (`ConflictError` with `.job` if it had)."""
-        return _parse(Job, await self._request("POST", f"/v1/jobs/{_job_id(job)}/cancel"))
+        return await self._send(_cancel_call(job))
 
     async def image(self, job: JobRef, index: int = 0) -> bytes:
         """The PNG bytes of image `index` of a job."""
-        return (await self._request("GET", f"/v1/jobs/{_job_id(job)}/images/{index}")).content
+        return await self._send(_image_call(job, index))
 
     async def images(self, job: Job) -> list[bytes]:
         """The PNG bytes of every image of a job, in order."""
@@ -452,8 +521,7 @@ class AsyncClient(_Base):
         self, prompts: Sequence[str], *, labels: Mapping[str, str] | None = None
     ) -> ScoreResponse:
         """Scores and decisions for prompts; nothing is rendered."""
-        body = _drop_none({"prompts": list(prompts), "labels": labels})
-        return _parse(ScoreResponse, await self._request("POST", "/v1/score", json=body))
+        return await self._send(_score_call(prompts, labels))
 
     async def reviews(
         self,
@@ -468,17 +536,15 @@ class AsyncClient(_Base):
         limit: int | None = None,
     ) -> ReviewQueue:
         """The human-review queue (a review key)."""
-        params = dict(state=state, language=language, min_score=min_score, max_score=max_score)
-        params.update(label=label, min_age_s=min_age_s, max_age_s=max_age_s, limit=limit)
-        return _parse(ReviewQueue, await self._request("GET", "/v1/reviews", params=_drop_none(params)))
+        filters = dict(language=language, min_score=min_score, max_score=max_score, label=label)
+        filters.update(min_age_s=min_age_s, max_age_s=max_age_s)
+        return await self._send(_reviews_call(filters, state=state, limit=limit))
 
     async def review(
         self, job: JobRef, verdict: Verdict, *, note: str | None = None, override: bool = False
     ) -> ReviewResult:
         """Record a verdict on a job in review (a review key)."""
-        body = _drop_none({"verdict": verdict, "note": note, "override": override or None})
-        path = f"/v1/jobs/{_job_id(job)}/review"
-        return _parse(ReviewResult, await self._request("POST", path, json=body))
+        return await self._send(_review_call(job, verdict, note, override))
 
     async def next_review(
         self,
@@ -491,18 +557,17 @@ class AsyncClient(_Base):
         max_age_s: float | None = None,
     ) -> Lease | None:
         """Lease the next job of the review queue (see `Client.next_review`)."""
-        params = dict(language=language, min_score=min_score, max_score=max_score, label=label)
-        params = _drop_none({**params, "min_age_s": min_age_s, "max_age_s": max_age_s})
-        response = await self._request("POST", "/v1/reviews/next", params=params)
-        return None if response.status_code == 204 else _parse(Lease, response)
+        filters = dict(language=language, min_score=min_score, max_score=max_score, label=label)
+        filters.update(min_age_s=min_age_s, max_age_s=max_age_s)
+        return await self._send(_next_review_call(filters))
 
     async def lease(self, job: JobRef) -> Lease:
         """Open a job for review: lease it to this reviewer."""
-        return _parse(Lease, await self._request("POST", f"/v1/reviews/{_job_id(job)}/lease"))
+        return await self._send(_lease_call(job))
 
     async def release_lease(self, job: JobRef) -> None:
         """Give a job's lease back before it ends."""
-        await self._request("DELETE", f"/v1/reviews/{_job_id(job)}/lease")
+        await self._send(_release_lease_call(job))
 
     async def bulk_review(
         self,
@@ -518,7 +583,6 @@ class AsyncClient(_Base):
         max_age_s: float | None = None,
     ) -> BulkResult:
         """Approve or reject every open job the filters select (see `Client.bulk_review`)."""
-        body = _drop_none(dict(verdict=verdict, confirm=confirm, note=note, language=language, label=label))
-        body.update(_drop_none(dict(min_score=min_score, max_score=max_score)))
-        body.update(_drop_none(dict(min_age_s=min_age_s, max_age_s=max_age_s)))
-        return _parse(BulkResult, await self._request("POST", "/v1/reviews/bulk", json=body))
+        filters = dict(language=language, min_score=min_score, max_score=max_score, label=label)
+        filters.update(min_age_s=min_age_s, max_age_s=max_age_s)
+        return await self._send(_bulk_review_call(verdict, filters, confirm=confirm, note=note))

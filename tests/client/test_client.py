@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 
+import httpx
 import pytest
 
 from emoe_gate import (
@@ -153,3 +155,56 @@ def test_review_leases_and_bulk_verdicts(client: Client, server: Server) -> None
         assert result.count == 2 and {i.job_id for i in result.items} == {j.id for j in held}
         assert reviewer.next_review(label=batch) is None
     assert {client.get(j).status for j in held} == {"rejected"}
+
+
+# every public method with arguments that reach its request: the sync and async clients must send the same
+SAME_CALLS = [
+    ("submit", (ACCEPTED,), dict(idempotency_key="k", wait=5, seed=3, mode="fast", labels={"a": "b"})),
+    ("get", (uuid.UUID(int=1),), dict(wait=2.5, expand=["scoring"])),
+    ("list_page", (), dict(status="held", since=datetime(2026, 1, 1, tzinfo=UTC), until="2026-02", limit=3)),
+    ("list", (), dict(action="flag", language="fi", page_size=7)),
+    ("cancel", (str(uuid.UUID(int=2)),), {}),
+    ("image", (uuid.UUID(int=3), 1), {}),
+    ("score", ([ACCEPTED, HALTED],), dict(labels={"a": "b"})),
+    ("reviews", (), dict(state="pending", min_score=0.1, label="x", max_age_s=30, limit=5)),
+    ("review", (uuid.UUID(int=4), "approve"), dict(note="fine", override=True)),
+    ("next_review", (), dict(language="fi", max_score=0.9, min_age_s=1)),
+    ("lease", (uuid.UUID(int=5),), {}),
+    ("release_lease", (uuid.UUID(int=6),), {}),
+    ("bulk_review", ("reject",), dict(confirm=2, note="no", label="x", min_score=0.5, max_age_s=9)),
+]
+
+
+def test_async_client_sends_the_requests_the_sync_client_sends() -> None:
+    def recorder(seen: list[tuple]) -> httpx.MockTransport:
+        def handle(request: httpx.Request) -> httpx.Response:
+            headers = request.headers.multi_items()
+            seen.append(
+                (request.method, request.url, headers, request.content, request.extensions["timeout"])
+            )
+            return httpx.Response(404, json={"detail": "no such thing"})
+
+        return httpx.MockTransport(handle)
+
+    sync_seen: list[tuple] = []
+    with Client("http://gate.test", api_key="k", timeout=7, transport=recorder(sync_seen)) as client:
+        for name, args, kwargs in SAME_CALLS:
+            with pytest.raises(NotFoundError):
+                result = getattr(client, name)(*args, **kwargs)
+                if name == "list":  # a generator: its first page is asked for on the first next()
+                    next(result)
+
+    async def run() -> list[tuple]:
+        seen: list[tuple] = []
+        client = AsyncClient("http://gate.test", api_key="k", timeout=7, transport=recorder(seen))
+        async with client:
+            for name, args, kwargs in SAME_CALLS:
+                with pytest.raises(NotFoundError):
+                    if name == "list":
+                        await anext(client.list(**kwargs))
+                    else:
+                        await getattr(client, name)(*args, **kwargs)
+        return seen
+
+    assert len(sync_seen) == len(SAME_CALLS)
+    assert asyncio.run(run()) == sync_seen
