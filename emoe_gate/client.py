@@ -11,6 +11,7 @@ the two clients differ only in how they send it (`_send`, plain or awaited).
 from __future__ import annotations
 
 import asyncio
+import builtins
 import email.utils
 import random
 import time
@@ -277,7 +278,9 @@ class Client(_Base):
     ) -> Job:
         """Submit a prompt; with `wait`, return once it is finished or `wait` seconds have passed. A retry
         with the same `idempotency_key` returns the first job."""
-        fields = dict(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance)
+        fields: dict[str, Any] = dict(
+            negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance
+        )
         fields.update(height=height, width=width, mode=mode, callback_url=callback_url, labels=labels)
         return self._send(_submit_call(prompt, fields, idempotency_key=idempotency_key, wait=wait))
 
@@ -329,7 +332,7 @@ class Client(_Base):
         """The PNG bytes of image `index` of a job."""
         return self._send(_image_call(job, index))
 
-    def images(self, job: Job) -> list[bytes]:
+    def images(self, job: Job) -> builtins.list[bytes]:  # `list` here is the method below
         """The PNG bytes of every image of a job, in order."""
         return [self.image(job, a.index) for a in job.artifacts]
 
@@ -461,7 +464,9 @@ class AsyncClient(_Base):
         labels: Mapping[str, str] | None = None,
     ) -> Job:
         """Submit a prompt (see `Client.submit`)."""
-        fields = dict(negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance)
+        fields: dict[str, Any] = dict(
+            negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance
+        )
         fields.update(height=height, width=width, mode=mode, callback_url=callback_url, labels=labels)
         return await self._send(_submit_call(prompt, fields, idempotency_key=idempotency_key, wait=wait))
 
@@ -513,7 +518,7 @@ class AsyncClient(_Base):
         """The PNG bytes of image `index` of a job."""
         return await self._send(_image_call(job, index))
 
-    async def images(self, job: Job) -> list[bytes]:
+    async def images(self, job: Job) -> builtins.list[bytes]:  # `list` here is the method below
         """The PNG bytes of every image of a job, in order."""
         return [await self.image(job, a.index) for a in job.artifacts]
 

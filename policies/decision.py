@@ -17,8 +17,13 @@ ACTIONS = ("continue", "flag", "halt")
 
 
 class ScoreLike(Protocol):
-    score: float
-    fingerprint: str
+    """What a policy reads of a score (read-only, so frozen scores such as `emoe.Score` qualify)."""
+
+    @property
+    def score(self) -> float: ...
+
+    @property
+    def fingerprint(self) -> str: ...
 
 
 class FingerprintMismatch(ValueError):
