@@ -269,6 +269,19 @@ class WebhookSecret(Base):
     previous_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
+class SecretFingerprint(Base):
+    """The fingerprint of a secret every process of the deployment must share (`name`: "webhook", the
+    operator's webhook secret), never the secret: who recorded it, when, and where its secret came from."""
+
+    __tablename__ = "secret_fingerprints"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(64))
+    recorded_by: Mapped[str] = mapped_column(String(255))
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
 class ReplayRun(Base):
     """A stored replay of a policy over past decisions (what the dashboard shows as 'latest replay')."""
 

@@ -6,6 +6,7 @@ tenant without a row is at generation 0, the secret it had before rotation exist
 
 from __future__ import annotations
 
+import hmac
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from audit.keys import check_tenant
-from audit.models import WebhookSecret
+from audit.models import SecretFingerprint, WebhookSecret
 
 MAX_OVERLAP = timedelta(days=30)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -86,3 +87,106 @@ def rotate(session: Session, tenant: str, overlap: timedelta, now: datetime | No
         )
         if done.rowcount == 1:  # type: ignore[attr-defined]
             return Generations(old + 1, until)
+
+
+# --- the operator's secret: one fingerprint per deployment -------------------------------------------------
+
+OPERATOR_SECRET = "webhook"
+FROM_SETTING = "EMOE_WEBHOOK_SECRET"
+FROM_HOME = "EMOE_HOME/webhook_secret"
+_ORIGINS = {FROM_SETTING: "from EMOE_WEBHOOK_SECRET", FROM_HOME: "generated in EMOE_HOME/webhook_secret"}
+
+
+def _origin(source: str) -> str:
+    return _ORIGINS.get(source, f"from {source}")
+
+
+def recorded_operator_secret(session: Session) -> SecretFingerprint | None:
+    """The deployment's recorded operator secret fingerprint, if any process recorded one yet."""
+    return session.get(SecretFingerprint, OPERATOR_SECRET, populate_existing=True)
+
+
+def _record(session: Session, fingerprint: str, source: str, host: str, when: datetime) -> bool:
+    """Insert the first record; False when another process inserted one first (read it again)."""
+    try:
+        with session.begin_nested():
+            session.add(
+                SecretFingerprint(
+                    name=OPERATOR_SECRET,
+                    fingerprint=fingerprint,
+                    source=source[:64],
+                    recorded_by=host[:255],
+                    recorded_at=when,
+                )
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+def _replace(session: Session, old: str, fingerprint: str, source: str, host: str, when: datetime) -> bool:
+    """Move the record from fingerprint `old` to `fingerprint`; False when it no longer held `old`."""
+    done = session.execute(
+        update(SecretFingerprint)
+        .where(SecretFingerprint.name == OPERATOR_SECRET, SecretFingerprint.fingerprint == old)
+        .values(fingerprint=fingerprint, source=source[:64], recorded_by=host[:255], recorded_at=when)
+        .execution_options(synchronize_session=False)
+    )
+    return done.rowcount == 1  # type: ignore[attr-defined]
+
+
+def check_operator_secret(
+    session: Session,
+    *,
+    fingerprint: str,
+    previous_fingerprint: str | None,
+    source: str,
+    host: str,
+    now: datetime | None = None,
+) -> str | None:
+    """None when this process's operator secret (its `fingerprint`) is the deployment's: the first process
+    records it, and one that rotates (the recorded one is `previous_fingerprint`) records the new one. Else
+    one line saying what is wrong and what to do. Safe when processes start at once; the caller commits."""
+    when = now or _now()
+    while True:
+        row = recorded_operator_secret(session)
+        if row is None:
+            if _record(session, fingerprint, source, host, when):
+                return None
+            continue  # another process recorded first: compare with its record
+        if hmac.compare_digest(row.fingerprint, fingerprint):
+            return None
+        if previous_fingerprint and hmac.compare_digest(row.fingerprint, previous_fingerprint):
+            if _replace(session, row.fingerprint, fingerprint, source, host, when):
+                return None
+            continue  # another process moved it first: compare again
+        return (
+            f"webhook secret: this process's secret ({_origin(source)}) is not the one this deployment signs "
+            f"with (recorded {row.recorded_at.strftime('%Y-%m-%d %H:%M UTC')} by {row.recorded_by}, "
+            f"{_origin(row.source)}): set the same EMOE_WEBHOOK_SECRET on every machine; to rotate it, also "
+            "set EMOE_WEBHOOK_SECRET_PREVIOUS to the old one; to replace a lost secret on purpose, run "
+            "`emoe-gate webhooks adopt-secret`"
+        )
+
+
+def adopt_operator_secret(
+    session: Session, *, fingerprint: str, source: str, host: str, now: datetime | None = None
+) -> SecretFingerprint | None:
+    """Record `fingerprint` as the deployment's operator secret, whatever was recorded; returns a detached
+    copy of the record it replaced (None: there was none). The caller commits."""
+    when = now or _now()
+    while True:
+        row = recorded_operator_secret(session)
+        if row is None:
+            if _record(session, fingerprint, source, host, when):
+                return None
+            continue
+        old = SecretFingerprint(
+            name=row.name,
+            fingerprint=row.fingerprint,
+            source=row.source,
+            recorded_by=row.recorded_by,
+            recorded_at=row.recorded_at,
+        )
+        if _replace(session, row.fingerprint, fingerprint, source, host, when):
+            return old

@@ -61,6 +61,8 @@ def serve(
 
     settings = _settings(database_url=db)
     _prepare_database(settings.resolved_database_url)
+    if not settings.embedded:
+        _check_operator_secret(settings)  # before anything is served (dashboard sessions are signed with it)
     dispatcher = None
     if settings.embedded:
         if workers > 1:
@@ -85,6 +87,50 @@ def serve(
         log_level="warning",
         timeout_worker_healthcheck=120,  # a gateway process imports for longer than uvicorn's 5 s default
     )
+
+
+def operator_fingerprints(settings: Any) -> tuple[str, str | None, str]:
+    """This process's operator secret: its fingerprint, the previous secret's (while rotating) and where the
+    secret came from (the setting, or the file generated in EMOE_HOME). ValueError for a broken secret."""
+    from audit.webhook_secrets import FROM_HOME, FROM_SETTING
+    from workers.webhooks import secret_fingerprint, webhook_secret
+
+    previous = settings.webhook_secret_previous
+    return (
+        secret_fingerprint(webhook_secret(settings)),
+        secret_fingerprint(previous) if previous else None,
+        FROM_SETTING if settings.webhook_secret else FROM_HOME,
+    )
+
+
+def _check_operator_secret(settings: Any) -> None:
+    """Real mode, at start: unless this process signs with the deployment's operator secret (the first one to
+    start records it), one line and exit 2, as a database that cannot be opened or is not migrated."""
+    import socket
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from audit.db import session_scope
+    from audit.webhook_secrets import check_operator_secret
+
+    url = open_database(settings.resolved_database_url, create=True)  # unmigrated, unreachable: exit 2
+    try:
+        fingerprint, previous, source = operator_fingerprints(settings)
+        with session_scope(url) as session:
+            problem = check_operator_secret(
+                session,
+                fingerprint=fingerprint,
+                previous_fingerprint=previous,
+                source=source,
+                host=socket.gethostname(),
+            )
+    except ValueError as exc:
+        problem = str(exc)
+    except SQLAlchemyError as exc:
+        problem = f"cannot check the webhook secret in the audit database: {str(exc).splitlines()[0]}"
+    if problem:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
 
 
 def _load_or_exit(settings: Any) -> Any:
@@ -189,6 +235,7 @@ def worker(
     if problem:
         typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(2)
+    _check_operator_secret(settings)  # before Celery consumes anything
     from workers.celery_app import app
 
     # webhooks wait on other people's servers: with the model's queues they get a consumer of their own (a

@@ -1,5 +1,6 @@
 """`emoe-gate webhooks secret` and `rotate`: a tenant's webhook signing secret, to give to its receiver, and
-its rotation with an overlap window."""
+its rotation with an overlap window; `adopt-secret`: this machine's operator secret becomes the deployment's
+(real-mode processes check at start that they sign with it)."""
 
 from __future__ import annotations
 
@@ -118,3 +119,49 @@ def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
             "Standard Webhooks verifier):"
         )
         typer.echo(tenant_secret(operator, tenant, state.current))
+
+    @groups["webhooks"].command("adopt-secret")
+    def adopt_secret(
+        db: DbOption = None,
+        yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    ) -> None:
+        """Record this machine's operator secret (EMOE_WEBHOOK_SECRET, else EMOE_HOME/webhook_secret) as the
+        one the deployment signs with, e.g. to replace a lost one: real-mode processes with another refuse to
+        start."""
+        import socket
+
+        from audit.webhook_secrets import adopt_operator_secret, recorded_operator_secret
+        from cli.service import _keys_session, _settings, operator_fingerprints
+
+        try:
+            fingerprint, _, source = operator_fingerprints(_settings(database_url=db))
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+        with _keys_session(db) as session:
+            recorded = recorded_operator_secret(session)
+            if recorded is not None and recorded.fingerprint == fingerprint:
+                typer.echo(f"this machine's secret ({source}) is already the deployment's: nothing changed")
+                return
+        if not yes:
+            replaced = (
+                f"recorded {recorded.recorded_at.strftime(WHEN)} by {recorded.recorded_by}"
+                if recorded is not None
+                else "none recorded yet"
+            )
+            typer.confirm(
+                f"Make this machine's webhook secret ({source}) the deployment's (was: {replaced})? Every "
+                "tenant's webhook secret and every dashboard session change with it: tenants must be given "
+                "their new secrets (`emoe-gate webhooks secret --tenant T`), and every machine must then run "
+                "with this secret",
+                abort=True,
+            )
+        with _keys_session(db) as session:
+            old = adopt_operator_secret(
+                session, fingerprint=fingerprint, source=source, host=socket.gethostname()
+            )
+        was = f"replacing the one recorded by {old.recorded_by}" if old is not None else "the first recorded"
+        typer.echo(
+            f"adopted this machine's webhook secret ({source}) as the deployment's, {was}: give each tenant "
+            "its new secret (`emoe-gate webhooks secret --tenant T`) and set the same EMOE_WEBHOOK_SECRET on "
+            "every machine"
+        )

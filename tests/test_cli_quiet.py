@@ -152,10 +152,10 @@ def _worker_output(argv: list[str], env: dict[str, str], timeout: float = 120) -
 
 @pytest.mark.postgres
 @pytest.mark.redis
-def test_worker_hides_celerys_superuser_warning_unless_verbose(tmp_path: Path, pg_url: str) -> None:
-    env = {
+def test_worker_hides_celerys_superuser_warning_unless_verbose(tmp_path: Path, migrated_pg_url: str) -> None:
+    env = {  # a real-mode worker refuses an unmigrated database (it checks the webhook secret's record there)
         **user_env(tmp_path / "home"),
-        "EMOE_DATABASE_URL": pg_url,
+        "EMOE_DATABASE_URL": migrated_pg_url,
         "EMOE_BROKER_URL": "redis://127.0.0.1:6379/13",
     }
     quiet = _worker_output([CLI, "worker", "--queues", "hooks"], env)

@@ -126,6 +126,15 @@ def signing_key(secret: str) -> bytes:
     return secret.encode()
 
 
+FINGERPRINT_CONTEXT = b"emoe-gate operator secret fingerprint v1"
+
+
+def secret_fingerprint(secret: str) -> str:
+    """The operator's secret's fingerprint (hex HMAC-SHA256 of a fixed context under its key), what
+    `secret_fingerprints` keeps so that every process can check it signs with the deployment's secret."""
+    return hmac.new(signing_key(secret), FINGERPRINT_CONTEXT, hashlib.sha256).hexdigest()
+
+
 def receiver_secret(secret: str) -> str:
     """The `whsec_` form of `secret` to give receivers for their Standard Webhooks verifier."""
     return SECRET_PREFIX + base64.b64encode(signing_key(secret)).decode()

@@ -18,7 +18,7 @@ from audit.models import Base
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {
     "jobs", "decisions", "reviews", "artifacts", "api_keys", "webhook_deliveries", "replay_runs",
-    "webhook_secrets",
+    "webhook_secrets", "secret_fingerprints",
 }  # fmt: skip
 
 

@@ -58,18 +58,19 @@ def test_serve_with_an_ensemble_that_cannot_load_exits(tmp_path: Path) -> None:
     assert "ensemble: path not found" in _one_error_line(result)
 
 
-def test_a_worker_with_a_policy_for_another_ensemble_exits_non_zero(tmp_path: Path) -> None:
+def test_a_worker_with_a_policy_for_another_ensemble_exits_non_zero(
+    tmp_path: Path, migrated_pg_url: str
+) -> None:
     # the bundled policy is for the default ensemble: the tiny one scores with another fingerprint, which only
-    # a pool process can find out (the main process never loads torch)
-    from tests.conftest import PG_ADMIN_URL
-
+    # a pool process can find out (the main process never loads torch). The database is migrated: a worker
+    # refuses an unmigrated one at start (it checks the webhook secret's record there)
     result = _run(
         tmp_path,
         "worker",
         "--queues",
         "gate",
         timeout=240,
-        database_url=PG_ADMIN_URL,
+        database_url=migrated_pg_url,
         broker_url="redis://127.0.0.1:6379/9",
         ensemble="tiny",
     )
