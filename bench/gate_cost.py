@@ -1,4 +1,5 @@
-"""What the EMoE gate costs: plain SegMoE generation vs Fast EMoE vs the gate alone (batch 1 and batch 8).
+"""What the EMoE gate costs: plain SegMoE generation vs Fast EMoE vs the gate alone (batch 1, 8, ...); and,
+with --render-batches, what rendering accepted jobs in batches gives (images/s, peak memory).
 
     python bench/gate_cost.py --quick --json          # tiny seeded ensemble, < 30 s once its cache is built
     python bench/gate_cost.py --sd15 --size 256 --steps 4   # SD1.5-shaped random 4-expert top-2 MoE
@@ -6,14 +7,18 @@
 Plain SegMoE = diffusers' StableDiffusionPipeline.__call__ on the ensemble's UNet with whole-batch routing
 (segmoe's own behaviour; same numbers as segmoe's SparseMoeBlock for one request: see test_routing.py).
 Fast EMoE = `emoe.generate(mode="fast")`: the M gate paths and the ordinary path share the first step's
-down+mid. Gate alone = `emoe.score`. Times are the best of `--repeats` runs after one warm-up. With --json the
-last line is one JSON object. The 25-step figures are extrapolated from the measured per-step time
-when --steps is below 25.
+down+mid. Gate alone = `emoe.score`. Render batch b = `emoe.generate_batch(..., gate=False)` on b accepted
+jobs (seeds and negative prompts differ), what a render worker runs with EMOE_RENDER_BATCH_SIZE=b. Times are
+the best of `--repeats` runs after one warm-up. With --json the last line is one JSON object. The 25-step
+figures are extrapolated from the measured per-step time when --steps is below 25.
+
+A GPU run of every figure issue 15 asks for (SD1.5-shaped, float16): `bench/gpu.sh` (see bench/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import resource
@@ -21,12 +26,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emoe import Ensemble, default_score_config, generate, load_ensemble, score
+from emoe import Ensemble, default_score_config, generate, generate_batch, load_ensemble, score
 from emoe.routing import routing
 
 PROMPTS = [
@@ -146,6 +152,39 @@ def sd15_like(size: int, device: str, dtype: torch.dtype, num_experts: int = 4, 
     )
 
 
+def _sizes(text: str, option: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise SystemExit(f"{option}: want positive batch sizes separated by commas, got {text!r}")
+    return sizes
+
+
+def _prompts(n: int) -> list[str]:
+    return [PROMPTS[i % len(PROMPTS)] for i in range(n)]
+
+
+def _render_requests(config: Any, n: int) -> list[tuple[str, Any]]:
+    """n accepted jobs as a render worker batches them: one seed each, every other one a negative prompt."""
+    return [
+        (PROMPTS[i % len(PROMPTS)], config.replace(seed=i, negative_prompt="blurry, text" if i % 2 else ""))
+        for i in range(n)
+    ]
+
+
+def _render_peak_mib(requests: list[tuple[str, Any]], ensemble: Ensemble) -> float | None:
+    """The GPU memory a render batch peaks at (CUDA only: a process's peak RSS cannot be reset)."""
+    if not torch.cuda.is_available() or ensemble.device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    generate_batch(requests, ensemble, gate=False)
+    torch.cuda.synchronize()
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -161,7 +200,13 @@ def main() -> None:
     parser.add_argument("--alone", type=int, default=8, help="how many prompts to time one by one (batch 1)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or float16 (GPU default)")
+    parser.add_argument("--gate-batches", default="8", help="gate batch sizes besides 1 (e.g. 8,32)")
+    parser.add_argument(
+        "--render-batches", default="", help="also time renders of accepted jobs in batches (e.g. 1,4,8)"
+    )
     args = parser.parse_args()
+    gate_batches = _sizes(args.gate_batches, "--gate-batches")
+    render_batches = _sizes(args.render_batches, "--render-batches") if args.render_batches else []
 
     dtype_name = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype_name]
@@ -207,23 +252,28 @@ def main() -> None:
             return ensemble.unet(x, 961, enc).sample
 
     alone = PROMPTS[: max(1, min(args.alone, 8))]
-    b1_config, b8_config = config.replace(batch_size=1), config.replace(batch_size=8)
-    best = best_seconds(
-        {
-            # 1. plain SegMoE generation; one UNet CFG step (to extrapolate to 25 steps)
-            "plain": plain,
-            "unet step": unet_step,
-            # 2. Fast EMoE generation (gate + one ordinary image)
-            "fast": lambda: generate(prompt, config, ensemble),
-            # 3. the gate alone: batch 1 (per prompt) and batch 8
-            "gate b1": lambda: [score([p], b1_config, ensemble) for p in alone],
-            "gate b8": lambda: score(PROMPTS, b8_config, ensemble),
-        },
-        repeats,
-        not args.no_warmup,
-    )
+    b1_config = config.replace(batch_size=1)
+    timed: dict[str, Callable[[], object]] = {
+        # 1. plain SegMoE generation; one UNet CFG step (to extrapolate to 25 steps)
+        "plain": plain,
+        "unet step": unet_step,
+        # 2. Fast EMoE generation (gate + one ordinary image)
+        "fast": lambda: generate(prompt, config, ensemble),
+        # 3. the gate alone: batch 1 (per prompt), then batches of several prompts
+        "gate b1": lambda: [score([p], b1_config, ensemble) for p in alone],
+    }
+    for b in gate_batches:
+        timed[f"gate b{b}"] = functools.partial(score, _prompts(b), config.replace(batch_size=b), ensemble)
+    # 4. renders of accepted jobs (the gate decided already), b at a time
+    renders = {b: _render_requests(config, b) for b in render_batches}
+    for b, requests in renders.items():
+        timed[f"render b{b}"] = functools.partial(generate_batch, requests, ensemble, gate=False)
+    best = best_seconds(timed, repeats, not args.no_warmup)
     t_plain, t_step, t_fast = best["plain"], best["unet step"], best["fast"]
-    t_b1, t_b8 = best["gate b1"] / len(alone), best["gate b8"] / len(PROMPTS)
+    t_b1 = best["gate b1"] / len(alone)
+    per_prompt = {b: best[f"gate b{b}"] / b for b in gate_batches}
+    per_image = {b: best[f"render b{b}"] / b for b in render_batches}
+    render_peak = {b: _render_peak_mib(renders[b], ensemble) for b in render_batches}
 
     plain_25 = t_plain if steps >= 25 else t_plain + (25 - steps) * t_step
     if args.device.startswith("cuda"):
@@ -251,37 +301,33 @@ def main() -> None:
         "unet_cfg_step_ms": round(t_step * 1e3, 2),
         "fast_ms": round(t_fast * 1e3, 2),
         "gate_b1_ms_per_prompt": round(t_b1 * 1e3, 2),
-        "gate_b8_ms_per_prompt": round(t_b8 * 1e3, 2),
         "plain_25_steps_ms": round(plain_25 * 1e3, 2),
         "fast_over_plain": round(t_fast / t_plain, 4),
         "gate_over_plain": round(t_b1 / t_plain, 4),
         "gate_over_plain_25_steps": round(t_b1 / plain_25, 4),
         "fast_over_plain_25_steps": round((plain_25 + t_fast - t_plain) / plain_25, 4),
-        "batched_speedup": round(t_b1 / t_b8, 3),
-        "gate_b8_prompts_per_s": round(1.0 / t_b8, 2),
         peak_label: round(peak, 1),
     }
+    for b, t in per_prompt.items():
+        result[f"gate_b{b}_ms_per_prompt"] = round(t * 1e3, 2)
+        result[f"gate_b{b}_prompts_per_s"] = round(1.0 / t, 2)
+        result[f"batched_speedup_b{b}"] = round(t_b1 / t, 3)
+    if 8 in per_prompt:
+        result["batched_speedup"] = result["batched_speedup_b8"]  # the name earlier runs reported
+    for b, t in per_image.items():
+        result[f"render_b{b}_images_per_s"] = round(1.0 / t, 3)
+        if 1 in per_image:
+            result[f"render_b{b}_over_b1"] = round(per_image[1] / t, 3)
+        if render_peak[b] is not None:
+            result[f"render_b{b}_peak_gpu_mib"] = render_peak[b]
     print(
         f"ensemble {result['ensemble']} (M={result['num_experts']}, top-{result['top_k']}, "
         f"random={ensemble.is_random})"
         f" on {args.device} {dtype_name}, {size}x{size}px, {steps} steps, best of {repeats}"
     )
-    for key in (
-        "plain_ms",
-        "fast_ms",
-        "unet_cfg_step_ms",
-        "gate_b1_ms_per_prompt",
-        "gate_b8_ms_per_prompt",
-        "plain_25_steps_ms",
-        "fast_over_plain",
-        "gate_over_plain",
-        "gate_over_plain_25_steps",
-        "fast_over_plain_25_steps",
-        "batched_speedup",
-        "gate_b8_prompts_per_s",
-        peak_label,
-    ):
-        print(f"  {key:28s} {result[key]}")
+    for key, value in result.items():
+        if isinstance(value, float):
+            print(f"  {key:28s} {value}")
     if args.json:
         print(json.dumps(result))
 
