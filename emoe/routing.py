@@ -94,8 +94,8 @@ class RoutedMoE(nn.Module):
             else:
                 if stacked is None:
                     stacked = torch.cat(list(outputs.values()))
-                rows = [where[chosen[slot], group] for group, chosen in enumerate(choices)]
-                picked = stacked[torch.tensor(rows, device=flat.device)]
+                positions = [where[chosen[slot], group] for group, chosen in enumerate(choices)]
+                picked = stacked[torch.tensor(positions, device=flat.device)]
             out = out + weights[:, :, slot : slot + 1] * picked
         out = out.view(batch, seq, self.out_dim)
 
