@@ -44,8 +44,8 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         description=(
-            "CPU threads of each worker process; default: the cores this process may use divided among the "
-            "worker's pool processes (at least 1)."
+            "CPU threads of each worker process; default: the cores this process may use (its CPU affinity, "
+            "at most its cgroup CPU quota) divided among the worker's pool processes (at least 1)."
         ),
     )
     allow_network: bool = Field(

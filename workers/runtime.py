@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from settings import Settings
@@ -36,10 +37,51 @@ class Runtime:
         )
 
 
+def cgroup_cpu_limit(
+    proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")
+) -> int | None:
+    """The whole CPUs a cgroup CPU quota allows this process (`docker run --cpus`, Kubernetes `limits.cpu`),
+    rounded down, at least 1; None without a quota. Unlike a cpuset, a quota leaves every core visible, and a
+    torch thread per visible core on a 2-CPU quota spends most of its time throttled."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        relative = path.lstrip("/")
+        if controllers == "":  # cgroup v2: "max 100000" or "<quota> <period>" in cpu.max
+            files = [(root / relative / "cpu.max", None), (root / "unified" / relative / "cpu.max", None)]
+        elif "cpu" in controllers.split(","):  # cgroup v1: cpu.cfs_quota_us (-1: none) and cpu.cfs_period_us
+            folder = root / controllers
+            files = [(folder / relative / "cpu.cfs_quota_us", folder / relative / "cpu.cfs_period_us")]
+        else:
+            continue
+        for quota_file, period_file in files:
+            try:
+                if period_file is None:
+                    quota, period = quota_file.read_text().split()[:2]
+                else:
+                    quota, period = quota_file.read_text().strip(), period_file.read_text().strip()
+            except (OSError, ValueError):
+                continue
+            if quota not in ("max", "-1") and int(period) > 0:
+                limits.append(max(1, int(quota) // int(period)))
+            break
+    return min(limits) if limits else None
+
+
 def default_threads(processes: int) -> int:
-    """The cores this process may use (its CPU affinity, as a container's cpuset sets it) shared among
-    `processes` worker processes."""
+    """The cores this process may use (its CPU affinity, as a container's cpuset sets it, and at most its
+    cgroup CPU quota) shared among `processes` worker processes."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        cores = min(cores, quota)
     return max(1, cores // max(1, processes))
 
 
@@ -59,8 +101,6 @@ def set_torch_threads(settings: Settings, processes: int = 1) -> int:
 def check_sources(settings: Settings) -> str | None:
     """What keeps the runtime from loading that can be told without torch (the policy file, the ensemble's
     path), as one line; None if nothing. The worker's main process checks this: it must not load torch."""
-    from pathlib import Path
-
     from policies import PolicyError, bundled_policy_path, load_policy
 
     try:
