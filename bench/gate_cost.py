@@ -185,6 +185,19 @@ def _render_peak_mib(requests: list[tuple[str, Any]], ensemble: Ensemble) -> flo
     return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
+def _same_as_alone(requests: list[tuple[str, Any]], ensemble: Ensemble) -> tuple[int, float]:
+    """How many of a batch's images have the final latents (so the bytes) they get rendered alone, and the
+    largest difference: on CPU all (tests/emoe/test_render_batch.py); on a GPU, what its kernels do."""
+    together = generate_batch(requests, ensemble, gate=False)
+    same, worst = 0, 0.0
+    for request, batched in zip(requests, together, strict=True):
+        (alone,) = generate_batch([request], ensemble, gate=False)
+        a, b = alone.latents.float(), batched.latents.float()  # type: ignore[union-attr]
+        same += int(torch.equal(a, b))
+        worst = max(worst, float((a - b).abs().max()))
+    return same, worst
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -274,6 +287,7 @@ def main() -> None:
     per_prompt = {b: best[f"gate b{b}"] / b for b in gate_batches}
     per_image = {b: best[f"render b{b}"] / b for b in render_batches}
     render_peak = {b: _render_peak_mib(renders[b], ensemble) for b in render_batches}
+    identity = {b: _same_as_alone(renders[b], ensemble) for b in render_batches if b > 1}
 
     plain_25 = t_plain if steps >= 25 else t_plain + (25 - steps) * t_step
     if args.device.startswith("cuda"):
@@ -320,13 +334,16 @@ def main() -> None:
             result[f"render_b{b}_over_b1"] = round(per_image[1] / t, 3)
         if render_peak[b] is not None:
             result[f"render_b{b}_peak_gpu_mib"] = render_peak[b]
+        if b in identity:
+            result[f"render_b{b}_same_as_alone"] = f"{identity[b][0]}/{b}"
+            result[f"render_b{b}_max_latent_diff"] = identity[b][1]
     print(
         f"ensemble {result['ensemble']} (M={result['num_experts']}, top-{result['top_k']}, "
         f"random={ensemble.is_random})"
         f" on {args.device} {dtype_name}, {size}x{size}px, {steps} steps, best of {repeats}"
     )
     for key, value in result.items():
-        if isinstance(value, float):
+        if isinstance(value, float) or key.endswith("_same_as_alone"):
             print(f"  {key:28s} {value}")
     if args.json:
         print(json.dumps(result))
